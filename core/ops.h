@@ -1,0 +1,177 @@
+// The ops layer: the only place where numbers are computed.
+//
+// Layers, losses, optimizers and the trainer call these functions; each one checks shapes, devices and
+// dtypes once, then dispatches on the tensor's device (and dtype) to a kernel in core/kernels/
+// (kernels::Cpu: OpenBLAS + OpenMP loops; kernels::Cuda: cuBLAS + CUDA kernels). A new device means
+// new kernels and a new branch in `dispatch`, never a change to layer code.
+//
+// Conventions:
+//  * Tensors are passed by const reference: a Tensor is a handle, and the op writes into its memory.
+//  * "2-D" arguments are row-major [rows, cols]; feature-axis ops view their input as [outer, C, inner].
+//  * Output arguments come last. Unless stated otherwise an output may alias an input of the same shape.
+//  * Scalars are passed as double and converted to the tensor's dtype.
+#pragma once
+
+#include <cstdint>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace lockstep::ops {
+
+// ---- threads ---------------------------------------------------------------------------------
+// Threads used by CPU ops (OpenMP loops and OpenBLAS). Defaults to the cores this process may run on.
+void set_num_threads(int n);
+int num_threads();
+int default_num_threads();
+
+// ---- elementwise and reductions --------------------------------------------------------------
+void fill(const Tensor& x, double value);
+void copy(const Tensor& src, const Tensor& dst);
+void scale(const Tensor& x, double a);                                   // x *= a
+void axpy(double a, const Tensor& x, const Tensor& y);                   // y += a*x
+void axpby(double a, const Tensor& x, double b, const Tensor& y);        // y = a*x + b*y
+void mul(const Tensor& a, const Tensor& b, const Tensor& out);           // out = a*b
+void clip_by_value(const Tensor& x, double lo, double hi);               // in place
+double sum(const Tensor& x);
+double sum_squares(const Tensor& x);
+double sum_abs(const Tensor& x);
+double max_abs_diff(const Tensor& a, const Tensor& b);
+bool all_finite(const Tensor& x);
+
+// ---- products ----------------------------------------------------------------------------------
+// C = alpha * op(A) * op(B) + beta * C, with op(X) = X or Xᵀ; A, B, C are 2-D row-major.
+void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b, double beta,
+          const Tensor& c);
+// y[B,N] += b[N] (broadcast over rows).
+void bias_add(const Tensor& y, const Tensor& b);
+// db[N] = beta*db + Σ_rows dy[B,N].
+void bias_grad(const Tensor& dy, const Tensor& db, double beta = 0.0);
+
+// ---- activations -------------------------------------------------------------------------------
+enum class Activation { Linear, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Selu, Softmax, Softplus, Softsign, Swish };
+inline constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+inline constexpr double kSeluScale = 1.0507009873554804934193349852946;
+// y = f(x) elementwise (softmax: over the last axis). y may alias x.
+void activation_forward(Activation act, double alpha, const Tensor& x, const Tensor& y);
+// dx = f'(x) * dy (softmax: the Jacobian-vector product over the last axis). Kinds whose derivative
+// is a function of y (sigmoid, tanh, softmax) read y; the others read x. dx may alias dy.
+void activation_backward(Activation act, double alpha, const Tensor& x, const Tensor& y, const Tensor& dy,
+                         const Tensor& dx);
+// Whether activation_backward needs x (else y suffices, so x may be overwritten in place).
+bool activation_backward_needs_x(Activation act);
+
+// A per-sample broadcast of a parameter (PReLU's alpha with shared axes): element (b, i1..ik) of x
+// uses alpha[Σ coord_j * stride_j]; a shared axis has stride 0.
+struct Broadcast {
+  int nd = 0;
+  int64_t dims[4] = {1, 1, 1, 1};
+  int64_t stride[4] = {0, 0, 0, 0};
+};
+void prelu_forward(const Tensor& x, const Tensor& alpha, const Broadcast& map, const Tensor& y);
+// dx = dy * (x > 0 ? 1 : alpha); dalpha = Σ_{x<=0} dy * x (assigned).
+void prelu_backward(const Tensor& x, const Tensor& alpha, const Broadcast& map, const Tensor& dy,
+                    const Tensor& dx, const Tensor& dalpha);
+// RReLU in training: slope_i ~ U[lower, upper) from `stream`, written to `slopes`; y = x >= 0 ? x : slope*x.
+void rrelu_forward_train(const Tensor& x, double lower, double upper, const rng::Stream& stream,
+                         const Tensor& slopes, const Tensor& y);
+// dx = dy * (x >= 0 ? 1 : slope).
+void rrelu_backward(const Tensor& x, const Tensor& slopes, const Tensor& dy, const Tensor& dx);
+
+// ---- dropout -----------------------------------------------------------------------------------
+// mask_i = keep ? 1/(1-rate) : 0 with keep = U_i >= rate; y = x * mask.
+void dropout_forward(const Tensor& x, double rate, const rng::Stream& stream, const Tensor& mask,
+                     const Tensor& y);
+// Keras AlphaDropout: y = a*(x*keep + α'(1-keep)) + b; mask_i = a*keep (the derivative).
+void alpha_dropout_forward(const Tensor& x, double rate, const rng::Stream& stream, const Tensor& mask,
+                           const Tensor& y);
+
+// ---- batch normalization (x viewed as [outer, C, inner]) -----------------------------------------
+struct FeatureView {
+  int64_t outer = 1, channels = 1, inner = 1;
+  int64_t count() const { return outer * inner; }  // samples per channel
+};
+FeatureView feature_view(const Shape& shape, int axis);
+// stats[0:C] = Σx, stats[C:2C] = Σx² per channel, accumulated in float64 (stats is F64 [2C], CPU or
+// the tensor's device). Assigned, not accumulated.
+void bn_sums(const Tensor& x, const FeatureView& v, const Tensor& stats);
+// From summed statistics over `count` samples: mean = Σx/n, var = max(Σx²/n - mean², 0) (biased).
+void bn_moments(const Tensor& stats, double count, const Tensor& mean, const Tensor& var);
+// y = gamma*(x-mean)/sqrt(var+eps) + beta; gamma/beta may be undefined (scale/center off).
+void bn_apply(const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var, const Tensor& gamma,
+              const Tensor& beta, double eps, const Tensor& y);
+// moving = momentum*moving + (1-momentum)*batch.
+void bn_update_moving(const Tensor& moving, const Tensor& batch, double momentum);
+// sums[0:C] = Σdy, sums[C:2C] = Σdy·x̂ per channel (F64), x̂ = (x-mean)/sqrt(var+eps).
+void bn_backward_sums(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean,
+                      const Tensor& var, double eps, const Tensor& sums);
+// Training-mode input gradient from (possibly globally reduced) sums over `count` samples:
+// dx = gamma/sqrt(var+eps) * (dy - Σdy/n - x̂·Σdy·x̂/n).
+void bn_backward_apply(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean,
+                       const Tensor& var, const Tensor& gamma, double eps, const Tensor& sums, double count,
+                       const Tensor& dx);
+// Inference-mode input gradient: dx = dy * gamma/sqrt(var+eps).
+void bn_backward_inference(const Tensor& dy, const FeatureView& v, const Tensor& var, const Tensor& gamma,
+                           double eps, const Tensor& dx);
+// dgamma = sums[C:2C], dbeta = sums[0:C], converted to the parameters' dtype (either may be undefined).
+void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbeta);
+
+// ---- losses (per-sample losses written to `loss` [B]; gradients scaled by `grad_scale`) -----------
+// Sparse softmax cross-entropy from logits z[B,K] and integer labels y[B] (stored as floats).
+// Writes dz = grad_scale * (softmax(z) - onehot(y)) when dz is defined. Labels outside [0, K) throw.
+void softmax_xent_sparse(const Tensor& z, const Tensor& y, const Tensor& loss, const Tensor& dz, double grad_scale);
+// Softmax cross-entropy from logits and dense targets t[B,K].
+void softmax_xent_dense(const Tensor& z, const Tensor& t, const Tensor& loss, const Tensor& dz, double grad_scale);
+// Sigmoid cross-entropy from logits z[B,K], targets t[B,K]; per-sample loss = mean over K.
+void sigmoid_xent(const Tensor& z, const Tensor& t, const Tensor& loss, const Tensor& dz, double grad_scale);
+// Cross-entropies from probabilities (Keras clips p to [1e-7, 1-1e-7]; see keras-semantics §8).
+void sparse_xent_probs(const Tensor& p, const Tensor& y, const Tensor& loss, const Tensor& dp, double grad_scale);
+void categorical_xent_probs(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double grad_scale);
+void binary_xent_probs(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double grad_scale);
+// Mean squared error over the last axis.
+void mse(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double grad_scale);
+// Per-sample correctness (1 or 0) into `out` [B].
+enum class AccuracyKind { Sparse, Categorical, Binary };
+void accuracy(AccuracyKind kind, const Tensor& pred, const Tensor& y, const Tensor& out);
+
+// ---- regularization and constraints ------------------------------------------------------------
+// l1·Σ|w| + l2·Σw²
+double l1l2_penalty(const Tensor& w, double l1, double l2);
+// g += l1·sign(w) + 2·l2·w
+void l1l2_grad(const Tensor& w, const Tensor& g, double l1, double l2);
+// Keras MaxNorm: w viewed as [outer, R, inner], norms over R: w *= clip(n, 0, max)/(1e-7 + n).
+void max_norm(const Tensor& w, const FeatureView& v, double max_value);
+
+// ---- optimizer updates (tf.keras 2.10 OptimizerV2 rules, keras-semantics §5) ---------------------
+// Plain SGD: w -= lr*g.
+void sgd_update(const Tensor& w, const Tensor& g, double lr);
+// Keras momentum: v = mu*v - lr*g; w += v (nesterov: w += mu*v - lr*g).
+void momentum_update(const Tensor& w, const Tensor& g, const Tensor& v, double lr, double mu, bool nesterov);
+// Adagrad: acc += g²; w -= lr*g/(sqrt(acc)+eps).
+void adagrad_update(const Tensor& w, const Tensor& g, const Tensor& acc, double lr, double eps);
+// RMSprop; mom and mg may be undefined (momentum 0, not centered).
+void rmsprop_update(const Tensor& w, const Tensor& g, const Tensor& ms, const Tensor& mom, const Tensor& mg,
+                    double lr, double rho, double momentum, double eps);
+// Adam with step size alpha_t = lr*sqrt(1-b2^t)/(1-b1^t); vhat undefined unless amsgrad.
+void adam_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vhat,
+                 double alpha_t, double b1, double b2, double eps);
+// Adamax: m = b1 m + (1-b1) g; u = max(b2 u, |g|); w -= lr_t*m/(u+eps), lr_t = lr/(1-b1^t).
+void adamax_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& u, double lr_t, double b1,
+                   double b2, double eps);
+// Nadam (K210): coefficients computed by the optimizer from the momentum cache.
+struct NadamCoeffs {
+  double lr, b1, b2, eps;
+  double g_scale;     // 1/(1-cache_t)
+  double m_scale;     // 1/(1-cache_t*mu_{t+1})
+  double v_scale;     // 1/(1-b2^t)
+  double mu_t, mu_next;
+};
+void nadam_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, const NadamCoeffs& c);
+
+// ---- random fills (initializers) ----------------------------------------------------------------
+void random_uniform(const Tensor& x, double lo, double hi, const rng::Stream& stream);
+void random_normal(const Tensor& x, double mean, double stddev, const rng::Stream& stream);
+// Normal with samples beyond 2 stddev redrawn.
+void truncated_normal(const Tensor& x, double mean, double stddev, const rng::Stream& stream);
+
+}  // namespace lockstep::ops
