@@ -1,0 +1,860 @@
+// CPU kernels. Loops are written to vectorise; work above kParallel elements is split over OpenMP
+// threads (below it, a fork/join costs more than it saves at the batch sizes of the chapter's models).
+#include "core/kernels/cpu.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace lockstep::kernels {
+
+namespace {
+constexpr int64_t kParallel = 1 << 16;
+constexpr double kKerasEps = 1e-7;  // backend.epsilon()
+
+template <typename T> inline T sigmoid(T x) {
+  if (x >= 0) return T(1) / (T(1) + std::exp(-x));
+  T e = std::exp(x);
+  return e / (T(1) + e);
+}
+}  // namespace
+
+void cpu_set_threads(int n) {
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+// ---- elementwise and reductions ------------------------------------------------------------------
+template <typename T> void fill(Cpu, T* x, int64_t n, T v) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] = v;
+}
+template <typename T> void copy(Cpu, const T* src, T* dst, int64_t n) {
+  if (src != dst) std::copy(src, src + n, dst);
+}
+template <typename T> void scale(Cpu, T* x, int64_t n, T a) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+template <typename T> void axpby(Cpu, T a, const T* x, T b, T* y, int64_t n) {
+  if (b == T(1)) {
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+  } else if (b == T(0)) {
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) y[i] = a * x[i];
+  } else {
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + b * y[i];
+  }
+}
+template <typename T> void mul(Cpu, const T* a, const T* b, T* out, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+template <typename T> void clip_by_value(Cpu, T* x, int64_t n, T lo, T hi) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] = std::min(std::max(x[i], lo), hi);
+}
+template <typename T> double sum(Cpu, const T* x, int64_t n) {
+  double s = 0;
+#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+template <typename T> double sum_squares(Cpu, const T* x, int64_t n) {
+  double s = 0;
+#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return s;
+}
+template <typename T> double sum_abs(Cpu, const T* x, int64_t n) {
+  double s = 0;
+#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) s += std::abs(double(x[i]));
+  return s;
+}
+template <typename T> double max_abs_diff(Cpu, const T* a, const T* b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+  return m;
+}
+template <typename T> bool all_finite(Cpu, const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+// ---- products --------------------------------------------------------------------------------------
+template <>
+void gemm<float>(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    scale(Cpu{}, c, m * n, beta);  // C = beta*C (ldc == n for our callers)
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m), int(n), int(k),
+              alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+template <>
+void gemm<double>(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                  int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    scale(Cpu{}, c, m * n, beta);
+    return;
+  }
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m), int(n), int(k),
+              alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= kParallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) yr[c] += b[c];
+  }
+}
+template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int64_t cols, T beta) {
+  std::vector<T> acc(static_cast<size_t>(cols), T(0));
+  T* a = acc.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* d = dy + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) a[c] += d[c];
+  }
+  for (int64_t c = 0; c < cols; ++c) db[c] = (beta == T(0) ? T(0) : beta * db[c]) + a[c];
+}
+
+// ---- activations -----------------------------------------------------------------------------------
+template <typename T>
+static void softmax_rows(const T* x, T* y, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= kParallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T m = xr[0];
+    for (int64_t c = 1; c < cols; ++c) m = std::max(m, xr[c]);
+    T s = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      yr[c] = std::exp(xr[c] - m);
+      s += yr[c];
+    }
+    T inv = T(1) / s;
+    for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+  }
+}
+
+template <typename T>
+void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int64_t rows, int64_t cols) {
+  using A = ops::Activation;
+  const int64_t n = rows * cols;
+  const bool par = n >= kParallel;
+  switch (act) {
+    case A::Linear:
+      copy(Cpu{}, x, y, n);
+      return;
+    case A::Sigmoid:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = sigmoid(x[i]);
+      return;
+    case A::Tanh:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+      return;
+    case A::Relu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+      return;
+    case A::LeakyRelu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : alpha * x[i];
+      return;
+    case A::Elu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : alpha * (std::exp(x[i]) - T(1));
+      return;
+    case A::Selu: {
+      const T s = T(ops::kSeluScale), sa = T(ops::kSeluScale * ops::kSeluAlpha);
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? s * x[i] : sa * (std::exp(x[i]) - T(1));
+      return;
+    }
+    case A::Softplus:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = std::log1p(std::exp(-std::abs(x[i]))) + std::max(x[i], T(0));
+      return;
+    case A::Softsign:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (T(1) + std::abs(x[i]));
+      return;
+    case A::Swish:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(x[i]);
+      return;
+    case A::Softmax:
+      softmax_rows(x, y, rows, cols);
+      return;
+  }
+}
+
+template <typename T>
+void activation_backward(Cpu, ops::Activation act, T alpha, const T* x, const T* y, const T* dy, T* dx,
+                         int64_t rows, int64_t cols) {
+  using A = ops::Activation;
+  const int64_t n = rows * cols;
+  const bool par = n >= kParallel;
+  switch (act) {
+    case A::Linear:
+      copy(Cpu{}, dy, dx, n);
+      return;
+    case A::Sigmoid:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+      return;
+    case A::Tanh:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
+      return;
+    case A::Relu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
+      return;
+    case A::LeakyRelu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : alpha * dy[i];
+      return;
+    case A::Elu:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : dy[i] * (y[i] + alpha);
+      return;
+    case A::Selu: {
+      const T s = T(ops::kSeluScale), sa = T(ops::kSeluScale * ops::kSeluAlpha);
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? s * dy[i] : dy[i] * (y[i] + sa);
+      return;
+    }
+    case A::Softplus:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * sigmoid(x[i]);
+      return;
+    case A::Softsign:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) {
+        T d = T(1) + std::abs(x[i]);
+        dx[i] = dy[i] / (d * d);
+      }
+      return;
+    case A::Swish:
+#pragma omp parallel for simd if (par)
+      for (int64_t i = 0; i < n; ++i) {
+        T s = sigmoid(x[i]);
+        dx[i] = dy[i] * (s + x[i] * s * (T(1) - s));
+      }
+      return;
+    case A::Softmax:
+#pragma omp parallel for if (par)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* yr = y + r * cols;
+        const T* dyr = dy + r * cols;
+        T* dxr = dx + r * cols;
+        T dot = 0;
+        for (int64_t c = 0; c < cols; ++c) dot += dyr[c] * yr[c];
+        for (int64_t c = 0; c < cols; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
+      }
+      return;
+  }
+}
+
+namespace {
+inline int64_t per_sample(const ops::Broadcast& m) {
+  int64_t n = 1;
+  for (int d = 0; d < m.nd; ++d) n *= m.dims[d];
+  return n;
+}
+// alpha index of each element within one sample.
+inline std::vector<int64_t> alpha_index(const ops::Broadcast& m) {
+  int64_t n = per_sample(m);
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t rem = i, a = 0;
+    for (int d = m.nd - 1; d >= 0; --d) {
+      int64_t coord = rem % m.dims[d];
+      rem /= m.dims[d];
+      a += coord * m.stride[d];
+    }
+    idx[static_cast<size_t>(i)] = a;
+  }
+  return idx;
+}
+}  // namespace
+
+template <typename T>
+void prelu_forward(Cpu, const T* x, const T* alpha, const ops::Broadcast& map, T* y, int64_t batch) {
+  const int64_t s = per_sample(map);
+  std::vector<int64_t> idx = alpha_index(map);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < s; ++i) {
+      T v = x[b * s + i];
+      y[b * s + i] = v > T(0) ? v : alpha[idx[i]] * v;
+    }
+}
+template <typename T>
+void prelu_backward(Cpu, const T* x, const T* alpha, const ops::Broadcast& map, const T* dy, T* dx, T* dalpha,
+                    int64_t batch) {
+  const int64_t s = per_sample(map);
+  std::vector<int64_t> idx = alpha_index(map);
+  int64_t na = 0;
+  for (int64_t i = 0; i < s; ++i) na = std::max(na, idx[i] + 1);
+  std::fill(dalpha, dalpha + na, T(0));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < s; ++i) {
+      T v = x[b * s + i], g = dy[b * s + i];
+      if (v > T(0)) {
+        dx[b * s + i] = g;
+      } else {
+        dalpha[idx[i]] += g * v;
+        dx[b * s + i] = alpha[idx[i]] * g;
+      }
+    }
+}
+
+template <typename T>
+void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, T* slopes, T* y, int64_t n) {
+#pragma omp parallel for if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    T a = lower + (upper - lower) * T(s.uniform(uint64_t(i)));
+    slopes[i] = a;
+    y[i] = x[i] >= T(0) ? x[i] : a * x[i];
+  }
+}
+template <typename T> void rrelu_backward(Cpu, const T* x, const T* slopes, const T* dy, T* dx, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) dx[i] = x[i] >= T(0) ? dy[i] : slopes[i] * dy[i];
+}
+
+// Draw 4 uniforms per Philox block; element i uses word i%4 of block i/4 (as Stream::uniform).
+template <typename T, typename F>
+static void for_uniforms(rng::Stream s, int64_t n, F&& f) {
+  const int64_t blocks = (n + 3) / 4;
+#pragma omp parallel for if (n >= kParallel)
+  for (int64_t b = 0; b < blocks; ++b) {
+    auto w = s.block(uint64_t(b));
+    for (int j = 0; j < 4; ++j) {
+      int64_t i = b * 4 + j;
+      if (i < n) f(i, rng::Stream::to_unit(w[j]));
+    }
+  }
+}
+
+template <typename T> void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n) {
+  const T keep_scale = T(1) / (T(1) - rate);
+  const float r = float(rate);
+  for_uniforms<T>(s, n, [&](int64_t i, float u) {
+    mask[i] = u >= r ? keep_scale : T(0);
+    y[i] = x[i] * mask[i];
+  });
+}
+template <typename T>
+void alpha_dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n) {
+  const double ap = -ops::kSeluScale * ops::kSeluAlpha;
+  const double p = double(rate);
+  const T a = T(1.0 / std::sqrt((1.0 - p) * (1.0 + p * ap * ap)));
+  const T b = T(-double(a) * ap * p);
+  const T apt = T(ap);
+  const float r = float(rate);
+  for_uniforms<T>(s, n, [&](int64_t i, float u) {
+    bool keep = u >= r;
+    mask[i] = keep ? a : T(0);
+    y[i] = a * (keep ? x[i] : apt) + b;
+  });
+}
+
+// ---- batch normalization ---------------------------------------------------------------------------
+template <typename T> void bn_sums(Cpu, const T* x, ops::FeatureView v, double* stats) {
+  const int64_t C = v.channels;
+  double* s = stats;
+  double* ss = stats + C;
+  std::fill(stats, stats + 2 * C, 0.0);
+  if (v.inner == 1) {
+    for (int64_t o = 0; o < v.outer; ++o) {
+      const T* xr = x + o * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        double val = xr[c];
+        s[c] += val;
+        ss[c] += val * val;
+      }
+    }
+    return;
+  }
+  for (int64_t o = 0; o < v.outer; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xr = x + (o * C + c) * v.inner;
+      double a = 0, b = 0;
+      for (int64_t i = 0; i < v.inner; ++i) {
+        double val = xr[i];
+        a += val;
+        b += val * val;
+      }
+      s[c] += a;
+      ss[c] += b;
+    }
+}
+template <typename T> void bn_moments(Cpu, const double* stats, double count, T* mean, T* var, int64_t c) {
+  for (int64_t i = 0; i < c; ++i) {
+    double m = count > 0 ? stats[i] / count : 0.0;
+    double v = count > 0 ? stats[c + i] / count - m * m : 0.0;
+    mean[i] = T(m);
+    var[i] = T(v > 0 ? v : 0.0);
+  }
+}
+// Per-channel y = x*a + b with a = gamma*invstd, b = beta - mean*a.
+template <typename T>
+static void channel_affine(const T* x, ops::FeatureView v, const T* a, const T* b, T* y) {
+  const int64_t C = v.channels;
+  if (v.inner == 1) {
+#pragma omp parallel for if (v.outer * C >= kParallel)
+    for (int64_t o = 0; o < v.outer; ++o) {
+      const T* xr = x + o * C;
+      T* yr = y + o * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * a[c] + b[c];
+    }
+    return;
+  }
+  for (int64_t o = 0; o < v.outer; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xr = x + (o * C + c) * v.inner;
+      T* yr = y + (o * C + c) * v.inner;
+      for (int64_t i = 0; i < v.inner; ++i) yr[i] = xr[i] * a[c] + b[c];
+    }
+}
+template <typename T>
+void bn_apply(Cpu, const T* x, ops::FeatureView v, const T* mean, const T* var, const T* gamma, const T* beta,
+              T eps, T* y) {
+  const int64_t C = v.channels;
+  std::vector<T> a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    T inv = T(1) / std::sqrt(var[c] + eps);
+    a[c] = (gamma ? gamma[c] : T(1)) * inv;
+    b[c] = (beta ? beta[c] : T(0)) - mean[c] * a[c];
+  }
+  channel_affine(x, v, a.data(), b.data(), y);
+}
+template <typename T> void bn_update_moving(Cpu, T* moving, const T* batch, int64_t c, T momentum) {
+  for (int64_t i = 0; i < c; ++i) moving[i] -= (moving[i] - batch[i]) * (T(1) - momentum);
+}
+template <typename T>
+void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var, T eps,
+                      double* sums) {
+  const int64_t C = v.channels;
+  std::vector<double> inv(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) inv[c] = 1.0 / std::sqrt(double(var[c]) + double(eps));
+  double* sdy = sums;
+  double* sdyx = sums + C;
+  std::fill(sums, sums + 2 * C, 0.0);
+  // Σdy·x̂ = invstd·(Σdy·x - mean·Σdy)
+  std::vector<double> sdx(static_cast<size_t>(C), 0.0);
+  for (int64_t o = 0; o < v.outer; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xr = x + (o * C + c) * v.inner;
+      const T* dr = dy + (o * C + c) * v.inner;
+      double a = 0, b = 0;
+      for (int64_t i = 0; i < v.inner; ++i) {
+        a += dr[i];
+        b += double(dr[i]) * double(xr[i]);
+      }
+      sdy[c] += a;
+      sdx[c] += b;
+    }
+  for (int64_t c = 0; c < C; ++c) sdyx[c] = inv[c] * (sdx[c] - double(mean[c]) * sdy[c]);
+}
+template <typename T>
+void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var,
+                       const T* gamma, T eps, const double* sums, double count, T* dx) {
+  const int64_t C = v.channels;
+  // dx = k·(dy - Σdy/n - x̂·Σdy·x̂/n) with k = gamma·invstd and x̂ = (x-mean)·invstd
+  //    = k·dy + (x·p + q) with p = -k·invstd·Σdy·x̂/n, q = -k·Σdy/n - mean·p.
+  std::vector<T> k(static_cast<size_t>(C)), p(static_cast<size_t>(C)), q(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    double inv = 1.0 / std::sqrt(double(var[c]) + double(eps));
+    double kk = (gamma ? double(gamma[c]) : 1.0) * inv;
+    double n = count > 0 ? count : 1.0;
+    double pp = -kk * inv * sums[C + c] / n;
+    k[c] = T(kk);
+    p[c] = T(pp);
+    q[c] = T(-kk * sums[c] / n - double(mean[c]) * pp);
+  }
+  for (int64_t o = 0; o < v.outer; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = (o * C + c) * v.inner;
+      for (int64_t i = 0; i < v.inner; ++i) dx[base + i] = k[c] * dy[base + i] + x[base + i] * p[c] + q[c];
+    }
+}
+template <typename T>
+void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx) {
+  const int64_t C = v.channels;
+  std::vector<T> a(static_cast<size_t>(C)), z(static_cast<size_t>(C), T(0));
+  for (int64_t c = 0; c < C; ++c) a[c] = (gamma ? gamma[c] : T(1)) / std::sqrt(var[c] + eps);
+  channel_affine(dy, v, a.data(), z.data(), dx);
+}
+template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T* dgamma, T* dbeta) {
+  for (int64_t i = 0; i < c; ++i) {
+    if (dgamma) dgamma[i] = T(sums[c + i]);
+    if (dbeta) dbeta[i] = T(sums[i]);
+  }
+}
+
+// ---- losses ---------------------------------------------------------------------------------------
+template <typename T>
+void softmax_xent_sparse(Cpu, const T* z, const T* y, T* loss, T* dz, int64_t rows, int64_t k, T scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * k;
+    const int64_t label = int64_t(y[r]);
+    T m = zr[0];
+    for (int64_t c = 1; c < k; ++c) m = std::max(m, zr[c]);
+    T s = 0;
+    for (int64_t c = 0; c < k; ++c) s += std::exp(zr[c] - m);
+    const T lse = m + std::log(s);
+    loss[r] = lse - zr[label];
+    if (dz) {
+      T* dr = dz + r * k;
+      for (int64_t c = 0; c < k; ++c) dr[c] = scale * (std::exp(zr[c] - lse) - (c == label ? T(1) : T(0)));
+    }
+  }
+}
+template <typename T>
+void softmax_xent_dense(Cpu, const T* z, const T* t, T* loss, T* dz, int64_t rows, int64_t k, T scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * k;
+    const T* tr = t + r * k;
+    T m = zr[0];
+    for (int64_t c = 1; c < k; ++c) m = std::max(m, zr[c]);
+    T s = 0, tsum = 0;
+    for (int64_t c = 0; c < k; ++c) s += std::exp(zr[c] - m), tsum += tr[c];
+    const T lse = m + std::log(s);
+    T l = 0;
+    for (int64_t c = 0; c < k; ++c) l += tr[c] * (lse - zr[c]);
+    loss[r] = l;
+    if (dz) {
+      T* dr = dz + r * k;
+      for (int64_t c = 0; c < k; ++c) dr[c] = scale * (tsum * std::exp(zr[c] - lse) - tr[c]);
+    }
+  }
+}
+template <typename T>
+void sigmoid_xent(Cpu, const T* z, const T* t, T* loss, T* dz, int64_t rows, int64_t k, T scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T l = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const T zz = z[r * k + c], tt = t[r * k + c];
+      l += std::max(zz, T(0)) - zz * tt + std::log1p(std::exp(-std::abs(zz)));
+      if (dz) dz[r * k + c] = scale * (sigmoid(zz) - tt) / T(k);
+    }
+    loss[r] = l / T(k);
+  }
+}
+template <typename T>
+void sparse_xent_probs(Cpu, const T* p, const T* y, T* loss, T* dp, int64_t rows, int64_t k, T scale) {
+  const T lo = T(kKerasEps), hi = T(1 - kKerasEps);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* pr = p + r * k;
+    const int64_t label = int64_t(y[r]);
+    T s = 0;
+    for (int64_t c = 0; c < k; ++c) s += std::min(std::max(pr[c], lo), hi);
+    const T py = std::min(std::max(pr[label], lo), hi);
+    loss[r] = -std::log(py) + std::log(s);
+    if (dp) {
+      for (int64_t c = 0; c < k; ++c) {
+        const bool inside = pr[c] >= lo && pr[c] <= hi;
+        T g = T(1) / s - (c == label ? T(1) / py : T(0));
+        dp[r * k + c] = inside ? scale * g : T(0);
+      }
+    }
+  }
+}
+template <typename T>
+void categorical_xent_probs(Cpu, const T* p, const T* t, T* loss, T* dp, int64_t rows, int64_t k, T scale) {
+  const T lo = T(kKerasEps), hi = T(1 - kKerasEps);
+  std::vector<T> g(static_cast<size_t>(k));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* pr = p + r * k;
+    const T* tr = t + r * k;
+    T s = 0;
+    for (int64_t c = 0; c < k; ++c) s += pr[c];
+    T l = 0, gq = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const T q = pr[c] / s;
+      const T qc = std::min(std::max(q, lo), hi);
+      l -= tr[c] * std::log(qc);
+      g[c] = (q >= lo && q <= hi) ? -tr[c] / qc : T(0);
+      gq += g[c] * q;
+    }
+    loss[r] = l;
+    if (dp)
+      for (int64_t c = 0; c < k; ++c) dp[r * k + c] = scale * (g[c] - gq) / s;
+  }
+}
+template <typename T>
+void binary_xent_probs(Cpu, const T* p, const T* t, T* loss, T* dp, int64_t rows, int64_t k, T scale) {
+  const T lo = T(kKerasEps), hi = T(1 - kKerasEps), e = T(kKerasEps);
+  for (int64_t r = 0; r < rows; ++r) {
+    T l = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const T pp = p[r * k + c], tt = t[r * k + c];
+      const T pc = std::min(std::max(pp, lo), hi);
+      l -= tt * std::log(pc + e) + (T(1) - tt) * std::log(T(1) - pc + e);
+      if (dp) {
+        const bool inside = pp >= lo && pp <= hi;
+        T g = -(tt / (pc + e) - (T(1) - tt) / (T(1) - pc + e));
+        dp[r * k + c] = inside ? scale * g / T(k) : T(0);
+      }
+    }
+    loss[r] = l / T(k);
+  }
+}
+template <typename T> void mse(Cpu, const T* p, const T* t, T* loss, T* dp, int64_t rows, int64_t k, T scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T l = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const T d = p[r * k + c] - t[r * k + c];
+      l += d * d;
+      if (dp) dp[r * k + c] = scale * T(2) * d / T(k);
+    }
+    loss[r] = l / T(k);
+  }
+}
+template <typename T>
+void accuracy(Cpu, ops::AccuracyKind kind, const T* pred, const T* y, T* out, int64_t rows, int64_t k) {
+  auto argmax = [k](const T* row) {
+    int64_t best = 0;
+    for (int64_t c = 1; c < k; ++c)
+      if (row[c] > row[best]) best = c;
+    return best;
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    switch (kind) {
+      case ops::AccuracyKind::Sparse:
+        out[r] = argmax(pred + r * k) == int64_t(y[r]) ? T(1) : T(0);
+        break;
+      case ops::AccuracyKind::Categorical:
+        out[r] = argmax(pred + r * k) == argmax(y + r * k) ? T(1) : T(0);
+        break;
+      case ops::AccuracyKind::Binary: {
+        T s = 0;
+        for (int64_t c = 0; c < k; ++c) s += ((pred[r * k + c] > T(0.5)) == (y[r * k + c] > T(0.5))) ? T(1) : T(0);
+        out[r] = s / T(k);
+        break;
+      }
+    }
+  }
+}
+
+// ---- regularization and constraints ---------------------------------------------------------------
+template <typename T> double l1l2_penalty(Cpu, const T* w, int64_t n, double l1, double l2) {
+  double p = 0;
+  if (l1 != 0) p += l1 * sum_abs(Cpu{}, w, n);
+  if (l2 != 0) p += l2 * sum_squares(Cpu{}, w, n);
+  return p;
+}
+template <typename T> void l1l2_grad(Cpu, const T* w, T* g, int64_t n, T l1, T l2) {
+  const T two_l2 = T(2) * l2;
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    const T s = w[i] > T(0) ? T(1) : (w[i] < T(0) ? T(-1) : T(0));
+    g[i] += l1 * s + two_l2 * w[i];
+  }
+}
+template <typename T> void max_norm(Cpu, T* w, ops::FeatureView v, T max_value) {
+  // w viewed as [outer, R, inner]; the norm runs over R (channels) for each (outer, inner).
+  const int64_t R = v.channels, I = v.inner;
+  std::vector<double> sq(static_cast<size_t>(I));
+  for (int64_t o = 0; o < v.outer; ++o) {
+    T* base = w + o * R * I;
+    std::fill(sq.begin(), sq.end(), 0.0);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < I; ++i) sq[i] += double(base[r * I + i]) * double(base[r * I + i]);
+    std::vector<T> f(static_cast<size_t>(I));
+    for (int64_t i = 0; i < I; ++i) {
+      const T norm = T(std::sqrt(sq[i]));
+      f[i] = std::min(std::max(norm, T(0)), max_value) / (T(kKerasEps) + norm);
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < I; ++i) base[r * I + i] *= f[i];
+  }
+}
+
+// ---- optimizer updates ----------------------------------------------------------------------------
+template <typename T> void sgd_update(Cpu, T* w, const T* g, int64_t n, T lr) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) w[i] -= lr * g[i];
+}
+template <typename T> void momentum_update(Cpu, T* w, const T* g, T* v, int64_t n, T lr, T mu, bool nesterov) {
+  if (nesterov) {
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) {
+      v[i] = mu * v[i] - lr * g[i];
+      w[i] += mu * v[i] - lr * g[i];
+    }
+  } else {
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) {
+      v[i] = mu * v[i] - lr * g[i];
+      w[i] += v[i];
+    }
+  }
+}
+template <typename T> void adagrad_update(Cpu, T* w, const T* g, T* acc, int64_t n, T lr, T eps) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    acc[i] += g[i] * g[i];
+    w[i] -= lr * g[i] / (std::sqrt(acc[i]) + eps);
+  }
+}
+template <typename T>
+void rmsprop_update(Cpu, T* w, const T* g, T* ms, T* mom, T* mg, int64_t n, T lr, T rho, T momentum, T eps) {
+  if (momentum > T(0)) {
+    // tf.keras 2.10 fused kernel (ApplyRMSProp / ApplyCenteredRMSProp): eps inside the square root.
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) {
+      ms[i] += (g[i] * g[i] - ms[i]) * (T(1) - rho);
+      T denom = ms[i];
+      if (mg) {
+        mg[i] += (g[i] - mg[i]) * (T(1) - rho);
+        denom -= mg[i] * mg[i];
+      }
+      mom[i] = momentum * mom[i] + lr * g[i] / std::sqrt(denom + eps);
+      w[i] -= mom[i];
+    }
+  } else {
+    // tf.keras 2.10 Python path: eps outside the square root.
+#pragma omp parallel for simd if (n >= kParallel)
+    for (int64_t i = 0; i < n; ++i) {
+      ms[i] = rho * ms[i] + (T(1) - rho) * g[i] * g[i];
+      T denom = ms[i];
+      if (mg) {
+        mg[i] = rho * mg[i] + (T(1) - rho) * g[i];
+        denom -= mg[i] * mg[i];
+      }
+      w[i] -= lr * g[i] / (std::sqrt(denom) + eps);
+    }
+  }
+}
+template <typename T>
+void adam_update(Cpu, T* w, const T* g, T* m, T* v, T* vhat, int64_t n, T alpha_t, T b1, T b2, T eps) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] += (g[i] - m[i]) * (T(1) - b1);
+    v[i] += (g[i] * g[i] - v[i]) * (T(1) - b2);
+    T vv = v[i];
+    if (vhat) {
+      vhat[i] = std::max(vhat[i], v[i]);
+      vv = vhat[i];
+    }
+    w[i] -= alpha_t * m[i] / (std::sqrt(vv) + eps);
+  }
+}
+template <typename T>
+void adamax_update(Cpu, T* w, const T* g, T* m, T* u, int64_t n, T lr_t, T b1, T b2, T eps) {
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] += (g[i] - m[i]) * (T(1) - b1);
+    u[i] = std::max(b2 * u[i], std::abs(g[i]));
+    w[i] -= lr_t * m[i] / (u[i] + eps);
+  }
+}
+template <typename T> void nadam_update(Cpu, T* w, const T* g, T* m, T* v, int64_t n, const ops::NadamCoeffs& c) {
+  const T b1 = T(c.b1), b2 = T(c.b2), gs = T(c.g_scale), msc = T(c.m_scale), vs = T(c.v_scale);
+  const T mu_t = T(c.mu_t), mu_n = T(c.mu_next), lr = T(c.lr), eps = T(c.eps);
+#pragma omp parallel for simd if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) {
+    const T gp = g[i] * gs;
+    m[i] = b1 * m[i] + (T(1) - b1) * g[i];
+    v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+    const T mp = m[i] * msc;
+    const T vp = v[i] * vs;
+    const T mbar = (T(1) - mu_t) * gp + mu_n * mp;
+    w[i] -= lr * mbar / (std::sqrt(vp) + eps);
+  }
+}
+
+// ---- random fills ---------------------------------------------------------------------------------
+template <typename T> void random_uniform(Cpu, T* x, int64_t n, double lo, double hi, rng::Stream s) {
+#pragma omp parallel for if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] = T(lo + (hi - lo) * s.uniform_double(uint64_t(i)));
+}
+template <typename T> void random_normal(Cpu, T* x, int64_t n, double mean, double sd, rng::Stream s) {
+#pragma omp parallel for if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] = T(mean + sd * s.normal(uint64_t(i)));
+}
+template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, double sd, rng::Stream s) {
+#pragma omp parallel for if (n >= kParallel)
+  for (int64_t i = 0; i < n; ++i) x[i] = T(mean + sd * s.truncated_normal(uint64_t(i)));
+}
+
+// ---- explicit instantiations -------------------------------------------------------------------------
+#define LS_INSTANTIATE(T)                                                                                      \
+  template void fill<T>(Cpu, T*, int64_t, T);                                                                  \
+  template void copy<T>(Cpu, const T*, T*, int64_t);                                                           \
+  template void scale<T>(Cpu, T*, int64_t, T);                                                                 \
+  template void axpby<T>(Cpu, T, const T*, T, T*, int64_t);                                                    \
+  template void mul<T>(Cpu, const T*, const T*, T*, int64_t);                                                  \
+  template void clip_by_value<T>(Cpu, T*, int64_t, T, T);                                                      \
+  template double sum<T>(Cpu, const T*, int64_t);                                                              \
+  template double sum_squares<T>(Cpu, const T*, int64_t);                                                      \
+  template double sum_abs<T>(Cpu, const T*, int64_t);                                                          \
+  template double max_abs_diff<T>(Cpu, const T*, const T*, int64_t);                                           \
+  template bool all_finite<T>(Cpu, const T*, int64_t);                                                         \
+  template void bias_add<T>(Cpu, T*, const T*, int64_t, int64_t);                                              \
+  template void bias_grad<T>(Cpu, const T*, T*, int64_t, int64_t, T);                                          \
+  template void activation_forward<T>(Cpu, ops::Activation, T, const T*, T*, int64_t, int64_t);                \
+  template void activation_backward<T>(Cpu, ops::Activation, T, const T*, const T*, const T*, T*, int64_t,     \
+                                       int64_t);                                                               \
+  template void prelu_forward<T>(Cpu, const T*, const T*, const ops::Broadcast&, T*, int64_t);                 \
+  template void prelu_backward<T>(Cpu, const T*, const T*, const ops::Broadcast&, const T*, T*, T*, int64_t);  \
+  template void rrelu_forward_train<T>(Cpu, const T*, T, T, rng::Stream, T*, T*, int64_t);                     \
+  template void rrelu_backward<T>(Cpu, const T*, const T*, const T*, T*, int64_t);                             \
+  template void dropout_forward<T>(Cpu, const T*, T, rng::Stream, T*, T*, int64_t);                            \
+  template void alpha_dropout_forward<T>(Cpu, const T*, T, rng::Stream, T*, T*, int64_t);                      \
+  template void bn_sums<T>(Cpu, const T*, ops::FeatureView, double*);                                          \
+  template void bn_moments<T>(Cpu, const double*, double, T*, T*, int64_t);                                    \
+  template void bn_apply<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, const T*, const T*, T, T*);    \
+  template void bn_update_moving<T>(Cpu, T*, const T*, int64_t, T);                                            \
+  template void bn_backward_sums<T>(Cpu, const T*, const T*, ops::FeatureView, const T*, const T*, T,          \
+                                    double*);                                                                  \
+  template void bn_backward_apply<T>(Cpu, const T*, const T*, ops::FeatureView, const T*, const T*, const T*,  \
+                                     T, const double*, double, T*);                                            \
+  template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*);          \
+  template void bn_param_grads<T>(Cpu, const double*, int64_t, T*, T*);                                        \
+  template void softmax_xent_sparse<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                  \
+  template void softmax_xent_dense<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                   \
+  template void sigmoid_xent<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                         \
+  template void sparse_xent_probs<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                    \
+  template void categorical_xent_probs<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);               \
+  template void binary_xent_probs<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                    \
+  template void mse<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                                  \
+  template void accuracy<T>(Cpu, ops::AccuracyKind, const T*, const T*, T*, int64_t, int64_t);                 \
+  template double l1l2_penalty<T>(Cpu, const T*, int64_t, double, double);                                     \
+  template void l1l2_grad<T>(Cpu, const T*, T*, int64_t, T, T);                                                \
+  template void max_norm<T>(Cpu, T*, ops::FeatureView, T);                                                     \
+  template void sgd_update<T>(Cpu, T*, const T*, int64_t, T);                                                  \
+  template void momentum_update<T>(Cpu, T*, const T*, T*, int64_t, T, T, bool);                                \
+  template void adagrad_update<T>(Cpu, T*, const T*, T*, int64_t, T, T);                                       \
+  template void rmsprop_update<T>(Cpu, T*, const T*, T*, T*, T*, int64_t, T, T, T, T);                         \
+  template void adam_update<T>(Cpu, T*, const T*, T*, T*, T*, int64_t, T, T, T, T);                            \
+  template void adamax_update<T>(Cpu, T*, const T*, T*, T*, int64_t, T, T, T, T);                              \
+  template void nadam_update<T>(Cpu, T*, const T*, T*, T*, int64_t, const ops::NadamCoeffs&);                  \
+  template void random_uniform<T>(Cpu, T*, int64_t, double, double, rng::Stream);                              \
+  template void random_normal<T>(Cpu, T*, int64_t, double, double, rng::Stream);                               \
+  template void truncated_normal<T>(Cpu, T*, int64_t, double, double, rng::Stream);
+
+LS_INSTANTIATE(float)
+LS_INSTANTIATE(double)
+
+}  // namespace lockstep::kernels

@@ -1,0 +1,482 @@
+// Validation and device dispatch for every op (see ops.h). Kernels live in core/kernels/.
+#include "core/ops.h"
+
+#include <sched.h>
+
+#include <thread>
+
+#include "core/error.h"
+#include "core/kernels/cpu.h"
+#ifdef LOCKSTEP_HAVE_CUDA
+#include "core/kernels/cuda.h"
+#endif
+
+namespace lockstep::ops {
+
+namespace {
+
+int g_threads = 0;
+
+// Calls f(T{}, backend) with T the element type and backend the kernel tag for x's device.
+template <typename F>
+decltype(auto) dispatch(const Tensor& x, F&& f) {
+  LS_CHECK(x.defined(), "op on an undefined tensor");
+  if (x.device() == Device::CUDA) {
+#ifdef LOCKSTEP_HAVE_CUDA
+    LS_CHECK(x.dtype() == DType::F32, "CUDA ops are float32 only");
+    return f(float{}, kernels::Cuda{});
+#else
+    throw Error("a CUDA tensor reached an op, but this lockstep was built without the CUDA backend");
+#endif
+  }
+  if (x.dtype() == DType::F64) return f(double{}, kernels::Cpu{});
+  return f(float{}, kernels::Cpu{});
+}
+
+void same(const Tensor& a, const Tensor& b, const char* op) {
+  LS_CHECK(a.defined() && b.defined(), op, ": undefined tensor");
+  LS_CHECK(a.device() == b.device(), op, ": tensors on ", device_name(a.device()), " and ",
+           device_name(b.device()));
+  LS_CHECK(a.dtype() == b.dtype(), op, ": dtypes ", dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
+}
+void same_numel(const Tensor& a, const Tensor& b, const char* op) {
+  same(a, b, op);
+  LS_CHECK(a.numel() == b.numel(), op, ": shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()));
+}
+// Optional tensor pointer (nullptr when undefined).
+template <typename T> T* opt(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+int64_t rows_of(const Tensor& x) { return x.rank() == 0 ? 1 : x.numel() / std::max<int64_t>(1, x.dim(-1)); }
+int64_t cols_of(const Tensor& x) { return x.rank() == 0 ? 1 : x.dim(-1); }
+
+}  // namespace
+
+// ---- threads -------------------------------------------------------------------------------------
+int default_num_threads() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+void set_num_threads(int n) {
+  LS_REQUIRE(n >= 1, UserError, "thread count must be at least 1, got ", n);
+  g_threads = n;
+  kernels::cpu_set_threads(n);
+}
+int num_threads() {
+  if (g_threads == 0) set_num_threads(default_num_threads());
+  return g_threads;
+}
+
+// ---- elementwise and reductions ------------------------------------------------------------------
+void fill(const Tensor& x, double v) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::fill(be, x.data<T>(), x.numel(), T(v)); });
+}
+void copy(const Tensor& src, const Tensor& dst) {
+  same_numel(src, dst, "copy");
+  dispatch(src, [&](auto t, auto be) { using T = decltype(t); kernels::copy(be, src.data<T>(), dst.data<T>(), src.numel()); });
+}
+void scale(const Tensor& x, double a) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::scale(be, x.data<T>(), x.numel(), T(a)); });
+}
+void axpy(double a, const Tensor& x, const Tensor& y) { axpby(a, x, 1.0, y); }
+void axpby(double a, const Tensor& x, double b, const Tensor& y) {
+  same_numel(x, y, "axpby");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::axpby(be, T(a), x.data<T>(), T(b), y.data<T>(), x.numel());
+  });
+}
+void mul(const Tensor& a, const Tensor& b, const Tensor& out) {
+  same_numel(a, b, "mul");
+  same_numel(a, out, "mul");
+  dispatch(a, [&](auto t, auto be) { using T = decltype(t); kernels::mul(be, a.data<T>(), b.data<T>(), out.data<T>(), a.numel()); });
+}
+void clip_by_value(const Tensor& x, double lo, double hi) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::clip_by_value(be, x.data<T>(), x.numel(), T(lo), T(hi)); });
+}
+double sum(const Tensor& x) {
+  return dispatch(x, [&](auto t, auto be) { using T = decltype(t); return kernels::sum(be, x.data<T>(), x.numel()); });
+}
+double sum_squares(const Tensor& x) {
+  return dispatch(x, [&](auto t, auto be) { using T = decltype(t); return kernels::sum_squares(be, x.data<T>(), x.numel()); });
+}
+double sum_abs(const Tensor& x) {
+  return dispatch(x, [&](auto t, auto be) { using T = decltype(t); return kernels::sum_abs(be, x.data<T>(), x.numel()); });
+}
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  same_numel(a, b, "max_abs_diff");
+  return dispatch(a, [&](auto t, auto be) { using T = decltype(t); return kernels::max_abs_diff(be, a.data<T>(), b.data<T>(), a.numel()); });
+}
+bool all_finite(const Tensor& x) {
+  return dispatch(x, [&](auto t, auto be) { using T = decltype(t); return kernels::all_finite(be, x.data<T>(), x.numel()); });
+}
+
+// ---- products ------------------------------------------------------------------------------------
+void gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta, const Tensor& c) {
+  same(a, b, "gemm");
+  same(a, c, "gemm");
+  LS_CHECK(a.rank() == 2 && b.rank() == 2 && c.rank() == 2, "gemm: 2-D operands expected, got ", shape_str(a.shape()),
+           " ", shape_str(b.shape()), " ", shape_str(c.shape()));
+  const int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
+  const int64_t kb = tb ? b.dim(1) : b.dim(0), n = tb ? b.dim(0) : b.dim(1);
+  LS_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n, "gemm: op(A) ", m, "x", k, ", op(B) ", kb, "x", n, ", C ",
+           shape_str(c.shape()));
+  dispatch(a, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::gemm(be, ta, tb, m, n, k, T(alpha), a.data<T>(), std::max<int64_t>(1, a.dim(1)), b.data<T>(),
+                  std::max<int64_t>(1, b.dim(1)), T(beta), c.data<T>(), std::max<int64_t>(1, n));
+  });
+}
+void bias_add(const Tensor& y, const Tensor& b) {
+  same(y, b, "bias_add");
+  LS_CHECK(cols_of(y) == b.numel(), "bias_add: ", shape_str(y.shape()), " + ", shape_str(b.shape()));
+  dispatch(y, [&](auto t, auto be) { using T = decltype(t); kernels::bias_add(be, y.data<T>(), b.data<T>(), rows_of(y), cols_of(y)); });
+}
+void bias_grad(const Tensor& dy, const Tensor& db, double beta) {
+  same(dy, db, "bias_grad");
+  LS_CHECK(cols_of(dy) == db.numel(), "bias_grad: ", shape_str(dy.shape()), " -> ", shape_str(db.shape()));
+  dispatch(dy, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bias_grad(be, dy.data<T>(), db.data<T>(), rows_of(dy), cols_of(dy), T(beta));
+  });
+}
+
+// ---- activations ---------------------------------------------------------------------------------
+void activation_forward(Activation act, double alpha, const Tensor& x, const Tensor& y) {
+  same_numel(x, y, "activation_forward");
+  if (act == Activation::Softmax) LS_CHECK(x.rank() >= 2, "softmax needs a batch and a feature axis, got ", shape_str(x.shape()));
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::activation_forward(be, act, T(alpha), x.data<T>(), y.data<T>(), rows_of(x), cols_of(x));
+  });
+}
+bool activation_backward_needs_x(Activation act) {
+  return !(act == Activation::Sigmoid || act == Activation::Tanh || act == Activation::Softmax ||
+           act == Activation::Linear);
+}
+void activation_backward(Activation act, double alpha, const Tensor& x, const Tensor& y, const Tensor& dy,
+                         const Tensor& dx) {
+  same_numel(dy, dx, "activation_backward");
+  if (activation_backward_needs_x(act)) same_numel(x, dy, "activation_backward");
+  if (act != Activation::Linear && act != Activation::Relu && act != Activation::LeakyRelu &&
+      act != Activation::Softplus && act != Activation::Softsign && act != Activation::Swish)
+    same_numel(y, dy, "activation_backward");
+  dispatch(dy, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::activation_backward(be, act, T(alpha), opt<T>(x), opt<T>(y), dy.data<T>(), dx.data<T>(), rows_of(dy),
+                                 cols_of(dy));
+  });
+}
+
+static int64_t broadcast_numel(const Broadcast& m) {
+  int64_t n = 1;
+  for (int d = 0; d < m.nd; ++d) n *= m.dims[d];
+  return n;
+}
+void prelu_forward(const Tensor& x, const Tensor& alpha, const Broadcast& map, const Tensor& y) {
+  same_numel(x, y, "prelu_forward");
+  same(x, alpha, "prelu_forward");
+  const int64_t per = broadcast_numel(map);
+  LS_CHECK(per > 0 && x.numel() % per == 0, "prelu: input ", shape_str(x.shape()), " vs per-sample ", per);
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::prelu_forward(be, x.data<T>(), alpha.data<T>(), map, y.data<T>(), x.numel() / per);
+  });
+}
+void prelu_backward(const Tensor& x, const Tensor& alpha, const Broadcast& map, const Tensor& dy, const Tensor& dx,
+                    const Tensor& dalpha) {
+  same_numel(x, dy, "prelu_backward");
+  same_numel(x, dx, "prelu_backward");
+  same_numel(alpha, dalpha, "prelu_backward");
+  const int64_t per = broadcast_numel(map);
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::prelu_backward(be, x.data<T>(), alpha.data<T>(), map, dy.data<T>(), dx.data<T>(), dalpha.data<T>(),
+                            x.numel() / per);
+  });
+}
+void rrelu_forward_train(const Tensor& x, double lower, double upper, const rng::Stream& s, const Tensor& slopes,
+                         const Tensor& y) {
+  same_numel(x, y, "rrelu_forward_train");
+  same_numel(x, slopes, "rrelu_forward_train");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::rrelu_forward_train(be, x.data<T>(), T(lower), T(upper), s, slopes.data<T>(), y.data<T>(), x.numel());
+  });
+}
+void rrelu_backward(const Tensor& x, const Tensor& slopes, const Tensor& dy, const Tensor& dx) {
+  same_numel(x, slopes, "rrelu_backward");
+  same_numel(x, dy, "rrelu_backward");
+  same_numel(x, dx, "rrelu_backward");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::rrelu_backward(be, x.data<T>(), slopes.data<T>(), dy.data<T>(), dx.data<T>(), x.numel());
+  });
+}
+
+// ---- dropout -------------------------------------------------------------------------------------
+void dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y) {
+  same_numel(x, y, "dropout_forward");
+  same_numel(x, mask, "dropout_forward");
+  LS_CHECK(rate >= 0 && rate < 1, "dropout rate ", rate);
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::dropout_forward(be, x.data<T>(), T(rate), s, mask.data<T>(), y.data<T>(), x.numel());
+  });
+}
+void alpha_dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y) {
+  same_numel(x, y, "alpha_dropout_forward");
+  same_numel(x, mask, "alpha_dropout_forward");
+  LS_CHECK(rate > 0 && rate < 1, "alpha dropout rate ", rate);
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::alpha_dropout_forward(be, x.data<T>(), T(rate), s, mask.data<T>(), y.data<T>(), x.numel());
+  });
+}
+
+// ---- batch normalization -------------------------------------------------------------------------
+FeatureView feature_view(const Shape& shape, int axis) {
+  const int r = static_cast<int>(shape.size());
+  const int a = axis < 0 ? axis + r : axis;
+  LS_CHECK(a >= 0 && a < r, "feature axis ", axis, " out of range for ", shape_str(shape));
+  FeatureView v;
+  for (int i = 0; i < a; ++i) v.outer *= shape[i];
+  v.channels = shape[a];
+  for (int i = a + 1; i < r; ++i) v.inner *= shape[i];
+  return v;
+}
+static void check_stats(const Tensor& stats, const FeatureView& v, const Tensor& x, const char* op) {
+  LS_CHECK(stats.dtype() == DType::F64 && stats.numel() == 2 * v.channels && stats.device() == x.device(), op,
+           ": statistics must be float64 [2C] on the input's device");
+}
+void bn_sums(const Tensor& x, const FeatureView& v, const Tensor& stats) {
+  check_stats(stats, v, x, "bn_sums");
+  LS_CHECK(x.numel() == v.outer * v.channels * v.inner, "bn_sums: view does not match ", shape_str(x.shape()));
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::bn_sums(be, x.data<T>(), v, stats.data<double>()); });
+}
+void bn_moments(const Tensor& stats, double count, const Tensor& mean, const Tensor& var) {
+  same_numel(mean, var, "bn_moments");
+  LS_CHECK(stats.numel() == 2 * mean.numel(), "bn_moments: stats of ", stats.numel(), " for ", mean.numel(), " channels");
+  dispatch(mean, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_moments(be, stats.data<double>(), count, mean.data<T>(), var.data<T>(), mean.numel());
+  });
+}
+void bn_apply(const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var, const Tensor& gamma,
+              const Tensor& beta, double eps, const Tensor& y) {
+  same_numel(x, y, "bn_apply");
+  same(x, mean, "bn_apply");
+  LS_CHECK(mean.numel() == v.channels && var.numel() == v.channels, "bn_apply: ", v.channels, " channels");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_apply(be, x.data<T>(), v, mean.data<T>(), var.data<T>(), opt<T>(gamma), opt<T>(beta), T(eps), y.data<T>());
+  });
+}
+void bn_update_moving(const Tensor& moving, const Tensor& batch, double momentum) {
+  same_numel(moving, batch, "bn_update_moving");
+  dispatch(moving, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_update_moving(be, moving.data<T>(), batch.data<T>(), moving.numel(), T(momentum));
+  });
+}
+void bn_backward_sums(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var,
+                      double eps, const Tensor& sums) {
+  same_numel(dy, x, "bn_backward_sums");
+  check_stats(sums, v, x, "bn_backward_sums");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_backward_sums(be, dy.data<T>(), x.data<T>(), v, mean.data<T>(), var.data<T>(), T(eps), sums.data<double>());
+  });
+}
+void bn_backward_apply(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var,
+                       const Tensor& gamma, double eps, const Tensor& sums, double count, const Tensor& dx) {
+  same_numel(dy, x, "bn_backward_apply");
+  same_numel(dy, dx, "bn_backward_apply");
+  check_stats(sums, v, x, "bn_backward_apply");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_backward_apply(be, dy.data<T>(), x.data<T>(), v, mean.data<T>(), var.data<T>(), opt<T>(gamma), T(eps),
+                               sums.data<double>(), count, dx.data<T>());
+  });
+}
+void bn_backward_inference(const Tensor& dy, const FeatureView& v, const Tensor& var, const Tensor& gamma, double eps,
+                           const Tensor& dx) {
+  same_numel(dy, dx, "bn_backward_inference");
+  dispatch(dy, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_backward_inference(be, dy.data<T>(), v, var.data<T>(), opt<T>(gamma), T(eps), dx.data<T>());
+  });
+}
+void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbeta) {
+  const Tensor& any = dgamma.defined() ? dgamma : dbeta;
+  if (!any.defined()) return;
+  dispatch(any, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::bn_param_grads(be, sums.data<double>(), sums.numel() / 2, opt<T>(dgamma), opt<T>(dbeta));
+  });
+}
+
+// ---- losses --------------------------------------------------------------------------------------
+namespace {
+void check_loss(const Tensor& pred, const Tensor& target, const Tensor& loss, const Tensor& grad, bool sparse,
+                const char* op) {
+  same(pred, target, op);
+  same(pred, loss, op);
+  LS_CHECK(pred.rank() >= 1, op, ": predictions need a batch axis");
+  const int64_t rows = rows_of(pred);
+  LS_CHECK(loss.numel() == rows, op, ": loss has ", loss.numel(), " entries for ", rows, " samples");
+  if (sparse)
+    LS_CHECK(target.numel() == rows, op, ": ", target.numel(), " labels for ", rows, " samples");
+  else
+    LS_CHECK(target.numel() == pred.numel(), op, ": targets ", shape_str(target.shape()), " vs predictions ",
+             shape_str(pred.shape()));
+  if (grad.defined()) same_numel(pred, grad, op);
+}
+void check_labels(const Tensor& y, int64_t k, const char* op) {
+  if (y.device() != Device::CPU) return;  // device kernels validate by flagging
+  std::vector<double> v = y.to_double_vector();
+  for (size_t i = 0; i < v.size(); ++i)
+    LS_REQUIRE(v[i] >= 0 && v[i] < double(k) && v[i] == std::floor(v[i]), DataError, op, ": label ", v[i],
+               " of sample ", i, " is not an integer class in [0, ", k, ")");
+}
+template <typename K>
+void run_loss(K kernel, const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& g, double s) {
+  dispatch(p, [&](auto tag, auto be) {
+    using T = decltype(tag);
+    kernel(be, p.data<T>(), t.data<T>(), loss.data<T>(), opt<T>(g), rows_of(p), cols_of(p), T(s));
+  });
+}
+}  // namespace
+
+#define LS_LOSS_KERNEL(name) [](auto be, auto... a) { kernels::name(be, a...); }
+void softmax_xent_sparse(const Tensor& z, const Tensor& y, const Tensor& loss, const Tensor& dz, double s) {
+  check_loss(z, y, loss, dz, true, "sparse_categorical_crossentropy");
+  check_labels(y, cols_of(z), "sparse_categorical_crossentropy");
+  run_loss(LS_LOSS_KERNEL(softmax_xent_sparse), z, y, loss, dz, s);
+}
+void softmax_xent_dense(const Tensor& z, const Tensor& t, const Tensor& loss, const Tensor& dz, double s) {
+  check_loss(z, t, loss, dz, false, "categorical_crossentropy");
+  run_loss(LS_LOSS_KERNEL(softmax_xent_dense), z, t, loss, dz, s);
+}
+void sigmoid_xent(const Tensor& z, const Tensor& t, const Tensor& loss, const Tensor& dz, double s) {
+  check_loss(z, t, loss, dz, false, "binary_crossentropy");
+  run_loss(LS_LOSS_KERNEL(sigmoid_xent), z, t, loss, dz, s);
+}
+void sparse_xent_probs(const Tensor& p, const Tensor& y, const Tensor& loss, const Tensor& dp, double s) {
+  check_loss(p, y, loss, dp, true, "sparse_categorical_crossentropy");
+  check_labels(y, cols_of(p), "sparse_categorical_crossentropy");
+  run_loss(LS_LOSS_KERNEL(sparse_xent_probs), p, y, loss, dp, s);
+}
+void categorical_xent_probs(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double s) {
+  check_loss(p, t, loss, dp, false, "categorical_crossentropy");
+  run_loss(LS_LOSS_KERNEL(categorical_xent_probs), p, t, loss, dp, s);
+}
+void binary_xent_probs(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double s) {
+  check_loss(p, t, loss, dp, false, "binary_crossentropy");
+  run_loss(LS_LOSS_KERNEL(binary_xent_probs), p, t, loss, dp, s);
+}
+void mse(const Tensor& p, const Tensor& t, const Tensor& loss, const Tensor& dp, double s) {
+  check_loss(p, t, loss, dp, false, "mean_squared_error");
+  run_loss(LS_LOSS_KERNEL(mse), p, t, loss, dp, s);
+}
+#undef LS_LOSS_KERNEL
+void accuracy(AccuracyKind kind, const Tensor& pred, const Tensor& y, const Tensor& out) {
+  same(pred, y, "accuracy");
+  same(pred, out, "accuracy");
+  LS_CHECK(out.numel() == rows_of(pred), "accuracy: output of ", out.numel(), " for ", rows_of(pred), " samples");
+  dispatch(pred, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::accuracy(be, kind, pred.data<T>(), y.data<T>(), out.data<T>(), rows_of(pred), cols_of(pred));
+  });
+}
+
+// ---- regularization and constraints --------------------------------------------------------------
+double l1l2_penalty(const Tensor& w, double l1, double l2) {
+  return dispatch(w, [&](auto t, auto be) { using T = decltype(t); return kernels::l1l2_penalty(be, w.data<T>(), w.numel(), l1, l2); });
+}
+void l1l2_grad(const Tensor& w, const Tensor& g, double l1, double l2) {
+  same_numel(w, g, "l1l2_grad");
+  dispatch(w, [&](auto t, auto be) { using T = decltype(t); kernels::l1l2_grad(be, w.data<T>(), g.data<T>(), w.numel(), T(l1), T(l2)); });
+}
+void max_norm(const Tensor& w, const FeatureView& v, double max_value) {
+  LS_CHECK(w.numel() == v.outer * v.channels * v.inner, "max_norm: view does not match ", shape_str(w.shape()));
+  dispatch(w, [&](auto t, auto be) { using T = decltype(t); kernels::max_norm(be, w.data<T>(), v, T(max_value)); });
+}
+
+// ---- optimizer updates ---------------------------------------------------------------------------
+void sgd_update(const Tensor& w, const Tensor& g, double lr) {
+  same_numel(w, g, "sgd_update");
+  dispatch(w, [&](auto t, auto be) { using T = decltype(t); kernels::sgd_update(be, w.data<T>(), g.data<T>(), w.numel(), T(lr)); });
+}
+void momentum_update(const Tensor& w, const Tensor& g, const Tensor& v, double lr, double mu, bool nesterov) {
+  same_numel(w, g, "momentum_update");
+  same_numel(w, v, "momentum_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::momentum_update(be, w.data<T>(), g.data<T>(), v.data<T>(), w.numel(), T(lr), T(mu), nesterov);
+  });
+}
+void adagrad_update(const Tensor& w, const Tensor& g, const Tensor& acc, double lr, double eps) {
+  same_numel(w, g, "adagrad_update");
+  same_numel(w, acc, "adagrad_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::adagrad_update(be, w.data<T>(), g.data<T>(), acc.data<T>(), w.numel(), T(lr), T(eps));
+  });
+}
+void rmsprop_update(const Tensor& w, const Tensor& g, const Tensor& ms, const Tensor& mom, const Tensor& mg, double lr,
+                    double rho, double momentum, double eps) {
+  same_numel(w, g, "rmsprop_update");
+  same_numel(w, ms, "rmsprop_update");
+  if (momentum > 0) same_numel(w, mom, "rmsprop_update");
+  if (mg.defined()) same_numel(w, mg, "rmsprop_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::rmsprop_update(be, w.data<T>(), g.data<T>(), ms.data<T>(), opt<T>(mom), opt<T>(mg), w.numel(), T(lr),
+                            T(rho), T(momentum), T(eps));
+  });
+}
+void adam_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, const Tensor& vhat, double alpha_t,
+                 double b1, double b2, double eps) {
+  same_numel(w, g, "adam_update");
+  same_numel(w, m, "adam_update");
+  same_numel(w, v, "adam_update");
+  if (vhat.defined()) same_numel(w, vhat, "adam_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::adam_update(be, w.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), opt<T>(vhat), w.numel(), T(alpha_t),
+                         T(b1), T(b2), T(eps));
+  });
+}
+void adamax_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& u, double lr_t, double b1, double b2,
+                   double eps) {
+  same_numel(w, g, "adamax_update");
+  same_numel(w, m, "adamax_update");
+  same_numel(w, u, "adamax_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::adamax_update(be, w.data<T>(), g.data<T>(), m.data<T>(), u.data<T>(), w.numel(), T(lr_t), T(b1), T(b2), T(eps));
+  });
+}
+void nadam_update(const Tensor& w, const Tensor& g, const Tensor& m, const Tensor& v, const NadamCoeffs& c) {
+  same_numel(w, g, "nadam_update");
+  same_numel(w, m, "nadam_update");
+  same_numel(w, v, "nadam_update");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::nadam_update(be, w.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), w.numel(), c);
+  });
+}
+
+// ---- random fills --------------------------------------------------------------------------------
+void random_uniform(const Tensor& x, double lo, double hi, const rng::Stream& s) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::random_uniform(be, x.data<T>(), x.numel(), lo, hi, s); });
+}
+void random_normal(const Tensor& x, double mean, double sd, const rng::Stream& s) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::random_normal(be, x.data<T>(), x.numel(), mean, sd, s); });
+}
+void truncated_normal(const Tensor& x, double mean, double sd, const rng::Stream& s) {
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::truncated_normal(be, x.data<T>(), x.numel(), mean, sd, s); });
+}
+
+}  // namespace lockstep::ops
