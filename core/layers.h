@@ -1,0 +1,275 @@
+// Layers of a Sequential model, with Keras's names, hyperparameters and defaults.
+//
+// Contract (every layer):
+//  * `build(input_shape)` (per-sample shape, no batch axis) declares the layer's weights with
+//    `declare()` and returns the per-sample output shape. The model then allocates every weight in one
+//    flat arena and every gradient in another, and binds the views into `weights()` before `init()`.
+//  * `forward(x, ctx)` returns the output; the layer keeps in its cache whatever backward needs (the
+//    input handle, pre-activations, masks). The returned tensor is owned by the layer and valid until
+//    its next forward. Buffers are reused across steps of the same batch size (no allocation in the
+//    steady state).
+//  * `backward(dy, ctx, need_dx)` ASSIGNS the gradients of the layer's trainable weights (for the
+//    most recent forward) and returns dL/dx when `need_dx` (the first layer skips it).
+//  * A frozen layer (`trainable: false`) computes no weight gradients, and a frozen
+//    BatchNormalization runs in inference mode (Keras: `trainable=False` forces training=False).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/initializers.h"
+#include "core/ops.h"
+#include "core/tensor.h"
+
+namespace lockstep {
+
+struct Regularizer {
+  double l1 = 0.0, l2 = 0.0;
+  bool active() const { return l1 != 0.0 || l2 != 0.0; }
+};
+Regularizer parse_regularizer(const ConfigNode& node);
+
+struct MaxNormConstraint {
+  double max_value = 0.0;  // 0: no constraint
+  int axis = 0;
+  bool active() const { return max_value > 0.0; }
+};
+MaxNormConstraint parse_constraint(const ConfigNode& node);
+
+// One weight of a layer; `value` and `grad` are views into the model's arenas.
+struct Weight {
+  std::string name;            // Keras's: kernel, bias, gamma, beta, moving_mean, moving_variance, alpha
+  Shape shape;
+  bool trainable = true;       // false for state such as BN's moving statistics
+  Initializer init;
+  Regularizer regularizer;
+  MaxNormConstraint constraint;
+  Tensor value;
+  Tensor grad;                 // undefined for state
+};
+
+// What a forward/backward pass needs to know besides its input.
+struct Context {
+  bool training = false;
+  bool mc_dropout = false;      // keep (alpha) dropout active outside training (MC dropout)
+  uint64_t seed = 0;            // the run's seed
+  int64_t step = 0;             // the global step: dropout masks and RReLU slopes derive from (seed, step, layer)
+  int64_t global_batch = 0;     // samples in the global batch (all ranks); 0 = this rank's batch
+  // Sum-reduce a float64 tensor across ranks in place (synchronized BN); null in one process.
+  std::function<void(const Tensor&)> all_reduce_sum;
+};
+
+// A reusable buffer: `get(shape)` returns a view, reallocating only when the capacity is too small.
+class Buffer {
+ public:
+  Tensor get(const Shape& shape, const Tensor& like);
+  Tensor get(const Shape& shape, Device device, DType dtype);
+
+ private:
+  Tensor storage_;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  // The run file's key (snake_case of Keras's class name) and Keras's class name.
+  virtual std::string key() const = 0;
+  virtual std::string keras_class() const = 0;
+  const std::string& name() const { return name_; }
+  void set_name(std::string n) { name_ = std::move(n); }
+  int index() const { return index_; }
+  void set_index(int i) { index_ = i; }
+
+  virtual Shape build(const Shape& input_shape) = 0;
+  virtual Tensor forward(const Tensor& x, Context& ctx) = 0;
+  virtual Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) = 0;
+
+  std::vector<Weight>& weights() { return weights_; }
+  const std::vector<Weight>& weights() const { return weights_; }
+  Weight* weight(const std::string& name);
+
+  bool trainable() const { return trainable_; }
+  void set_trainable(bool t) { trainable_ = t; }
+  const Shape& input_shape() const { return input_shape_; }
+  const Shape& output_shape() const { return output_shape_; }
+
+  // For a final softmax/sigmoid fused into the loss: the layer emits pre-activation logits.
+  virtual ops::Activation output_activation() const { return ops::Activation::Linear; }
+  virtual void set_emit_logits(bool) {}
+
+  void init_weights(uint64_t seed);
+
+ protected:
+  Weight& declare(const std::string& name, Shape shape, const Initializer& init, bool trainable = true);
+  // Whether this forward should compute batch statistics / random masks.
+  bool training(const Context& ctx) const { return ctx.training && trainable_; }
+
+  std::string name_;
+  int index_ = 0;
+  bool trainable_ = true;
+  Shape input_shape_, output_shape_;
+  std::vector<Weight> weights_;
+};
+
+// Parse one `- key: {args}` entry of `model.layers`.
+std::unique_ptr<Layer> make_layer(const ConfigNode& entry);
+const std::vector<std::string>& layer_keys();
+ops::Activation parse_activation(const ConfigNode& node, double* alpha);
+std::string activation_name(ops::Activation a);
+
+// ---- the layers ------------------------------------------------------------------------------------
+
+class Flatten : public Layer {
+ public:
+  std::string key() const override { return "flatten"; }
+  std::string keras_class() const override { return "Flatten"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  Shape in_batch_shape_;
+};
+
+class Dense : public Layer {
+ public:
+  Dense(int64_t units, ops::Activation act, double alpha, bool use_bias, Initializer kernel_init,
+        Initializer bias_init, Regularizer kernel_reg, Regularizer bias_reg, MaxNormConstraint kernel_constraint);
+  std::string key() const override { return "dense"; }
+  std::string keras_class() const override { return "Dense"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  ops::Activation output_activation() const override { return act_; }
+  void set_emit_logits(bool e) override { emit_logits_ = e; }
+
+ private:
+  int64_t units_;
+  ops::Activation act_;
+  double alpha_;
+  bool use_bias_;
+  Initializer kernel_init_, bias_init_;
+  Regularizer kernel_reg_, bias_reg_;
+  MaxNormConstraint kernel_constraint_;
+  bool emit_logits_ = false;
+  // cache
+  Tensor x_;
+  Buffer z_buf_, y_buf_, dz_buf_, dx_buf_;
+  Tensor z_, y_;
+};
+
+// Activation as a layer: activation, leaky_relu (alpha 0.3), elu (alpha 1.0), relu, softmax.
+class ActivationLayer : public Layer {
+ public:
+  ActivationLayer(std::string key, std::string keras_class, ops::Activation act, double alpha)
+      : key_(std::move(key)), class_(std::move(keras_class)), act_(act), alpha_(alpha) {}
+  std::string key() const override { return key_; }
+  std::string keras_class() const override { return class_; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  ops::Activation output_activation() const override { return act_; }
+  void set_emit_logits(bool e) override { emit_logits_ = e; }
+
+ private:
+  std::string key_, class_;
+  ops::Activation act_;
+  double alpha_;
+  bool emit_logits_ = false;
+  Tensor x_, y_;
+  Buffer y_buf_, dx_buf_;
+};
+
+// PReLU: a learned slope per input element (shape input_shape with shared axes set to 1).
+class PReLU : public Layer {
+ public:
+  PReLU(Initializer alpha_init, std::vector<int64_t> shared_axes, Regularizer reg, MaxNormConstraint c)
+      : alpha_init_(std::move(alpha_init)), shared_axes_(std::move(shared_axes)), reg_(reg), constraint_(c) {}
+  std::string key() const override { return "prelu"; }
+  std::string keras_class() const override { return "PReLU"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  Initializer alpha_init_;
+  std::vector<int64_t> shared_axes_;
+  Regularizer reg_;
+  MaxNormConstraint constraint_;
+  ops::Broadcast map_;
+  Tensor x_;
+  Buffer y_buf_, dx_buf_, scratch_;
+};
+
+// RReLU (not in Keras; the RReLU paper / PyTorch definition): slope ~ U[lower, upper) per element
+// while training, (lower+upper)/2 at inference.
+class RReLU : public Layer {
+ public:
+  RReLU(double lower, double upper) : lower_(lower), upper_(upper) {}
+  std::string key() const override { return "rrelu"; }
+  std::string keras_class() const override { return "RReLU"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  double lower_, upper_;
+  bool was_training_ = false;
+  Tensor x_, y_;
+  Buffer y_buf_, slopes_buf_, dx_buf_;
+  Tensor slopes_;
+};
+
+class BatchNormalization : public Layer {
+ public:
+  BatchNormalization(int axis, double momentum, double epsilon, bool center, bool scale, Initializer beta_init,
+                     Initializer gamma_init, Initializer mm_init, Initializer mv_init, bool sync)
+      : axis_(axis), momentum_(momentum), epsilon_(epsilon), center_(center), scale_(scale),
+        beta_init_(std::move(beta_init)), gamma_init_(std::move(gamma_init)), mm_init_(std::move(mm_init)),
+        mv_init_(std::move(mv_init)), sync_(sync) {}
+  std::string key() const override { return "batch_normalization"; }
+  std::string keras_class() const override { return "BatchNormalization"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  bool sync() const { return sync_; }
+
+ private:
+  int axis_;  // axis of the batched input (negative counts from the end)
+  double momentum_, epsilon_;
+  bool center_, scale_;
+  Initializer beta_init_, gamma_init_, mm_init_, mv_init_;
+  bool sync_;
+  bool bessel_ = false;  // Keras's fused path (4-D inputs) stores the unbiased variance
+  // cache
+  bool was_training_ = false;
+  ops::FeatureView view_;
+  Tensor x_;
+  Tensor mean_, var_, stats_, sums_;
+  double stats_count_ = 0;
+  Buffer y_buf_, dx_buf_;
+  Tensor g(const std::string& n) { Weight* w = weight(n); return w ? w->value : Tensor(); }
+};
+
+// Dropout (inverted scaling) and AlphaDropout; `mc` keeps them active at inference (MC dropout).
+class Dropout : public Layer {
+ public:
+  Dropout(double rate, bool alpha, bool mc) : rate_(rate), alpha_(alpha), mc_(mc) {}
+  std::string key() const override { return alpha_ ? (mc_ ? "mc_alpha_dropout" : "alpha_dropout") : (mc_ ? "mc_dropout" : "dropout"); }
+  std::string keras_class() const override { return alpha_ ? (mc_ ? "MCAlphaDropout" : "AlphaDropout") : (mc_ ? "MCDropout" : "Dropout"); }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  double rate_;
+  bool alpha_, mc_;
+  bool active_ = false;
+  Buffer mask_buf_, y_buf_, dx_buf_;
+  Tensor mask_;
+};
+
+}  // namespace lockstep
