@@ -25,21 +25,26 @@ bool ConfigNode::has(const std::string& key) const {
   return node_.IsMap() && node_[key].IsDefined();
 }
 
+namespace {
+// yaml-cpp returns an *invalid* node for a missing key of a const map, and most calls on an invalid
+// node throw; we keep only valid nodes (an Undefined one stands for "absent").
+YAML::Node valid_or_undefined(const YAML::Node& n) {
+  return n.IsDefined() ? n : YAML::Node(YAML::NodeType::Undefined);
+}
+}  // namespace
+
 ConfigNode ConfigNode::operator[](const std::string& key) const {
-  ConfigNode c;
-  c.file_ = file_;
-  c.path_ = path_.empty() ? key : path_ + "." + key;
+  ConfigNode c(node_.IsMap() ? valid_or_undefined(node_[key]) : YAML::Node(YAML::NodeType::Undefined), file_,
+               path_.empty() ? key : path_ + "." + key);
   c.parent_ = node_;
-  if (node_.IsMap()) c.node_ = node_[key];
   return c;
 }
 
 ConfigNode ConfigNode::operator[](size_t i) const {
-  ConfigNode c;
-  c.file_ = file_;
-  c.path_ = str_cat(path_, "[", i, "]");
+  ConfigNode c(node_.IsSequence() && i < node_.size() ? valid_or_undefined(node_[i])
+                                                       : YAML::Node(YAML::NodeType::Undefined),
+               file_, str_cat(path_, "[", i, "]"));
   c.parent_ = node_;
-  if (node_.IsSequence() && i < node_.size()) c.node_ = node_[i];
   return c;
 }
 
@@ -63,8 +68,7 @@ void ConfigNode::allow_keys(const std::vector<std::string>& allowed) const {
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     std::string k = it->first.as<std::string>();
     if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
-    ConfigNode c = (*this)[k];
-    c.node_ = it->first;  // point at the key itself
+    ConfigNode c(it->first, file_, path_.empty() ? k : path_ + "." + k);  // points at the key itself
     std::string msg = "unknown key '" + k + "'; expected one of: " + join(allowed);
     std::string near = nearest_name(k, allowed);
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
