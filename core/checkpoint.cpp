@@ -1,0 +1,244 @@
+#include "core/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+namespace lockstep {
+
+namespace {
+
+// HDF5 prints an error stack from every thread that has not silenced it; we report our own errors.
+struct Quiet {
+  Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+};
+
+struct Handle {
+  hid_t id;
+  herr_t (*close)(hid_t);
+  Handle(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
+  ~Handle() {
+    if (id >= 0) close(id);
+  }
+  operator hid_t() const { return id; }
+};
+
+void write_string_attr(hid_t obj, const char* name, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type, std::max<size_t>(1, value.size()));
+  H5Tset_strpad(type, H5T_STR_NULLPAD);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (attr < 0 || H5Awrite(attr, type, value.empty() ? "" : value.data()) < 0)
+    throw Error(str_cat("writing attribute ", name));
+}
+
+void write_string_list_attr(hid_t obj, const char* name, const std::vector<std::string>& values) {
+  size_t width = 1;
+  for (const auto& v : values) width = std::max(width, v.size());
+  std::vector<char> buf(width * std::max<size_t>(1, values.size()), '\0');
+  for (size_t i = 0; i < values.size(); ++i) std::memcpy(&buf[i * width], values[i].data(), values[i].size());
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type, width);
+  H5Tset_strpad(type, H5T_STR_NULLPAD);
+  hsize_t n = values.size();
+  Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Handle attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (attr < 0 || H5Awrite(attr, type, buf.data()) < 0) throw Error(str_cat("writing attribute ", name));
+}
+
+std::string read_string_attr(hid_t obj, const char* name, const std::string& path) {
+  if (H5Aexists(obj, name) <= 0) throw CheckpointError(str_cat(path, ": attribute '", name, "' is missing"));
+  Handle attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  Handle type(H5Aget_type(attr), H5Tclose);
+  if (H5Tget_class(type) != H5T_STRING) throw CheckpointError(str_cat(path, ": attribute '", name, "' is not a string"));
+  if (H5Tis_variable_str(type) > 0) {
+    char* s = nullptr;
+    Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem, H5T_VARIABLE);
+    if (H5Aread(attr, mem, &s) < 0) throw CheckpointError(str_cat(path, ": cannot read attribute '", name, "'"));
+    std::string out = s ? s : "";
+    H5free_memory(s);
+    return out;
+  }
+  size_t size = H5Tget_size(type);
+  std::string buf(size, '\0');
+  if (H5Aread(attr, type, buf.data()) < 0) throw CheckpointError(str_cat(path, ": cannot read attribute '", name, "'"));
+  return std::string(buf.c_str());
+}
+
+void write_double_attr(hid_t obj, const std::string& name, double v) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (attr < 0 || H5Awrite(attr, H5T_NATIVE_DOUBLE, &v) < 0) throw Error("writing attribute " + name);
+}
+
+void write_tensor(hid_t parent, const std::string& name, const Tensor& t) {
+  Tensor c = t.device() == Device::CPU && t.dtype() == DType::F32 ? t : t.to(Device::CPU).to(DType::F32);
+  std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
+  if (dims.empty()) dims.push_back(1);
+  Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  Handle ds(H5Dcreate2(parent, name.c_str(), H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data()) < 0)
+    throw Error("writing dataset " + name);
+}
+
+void read_tensor(hid_t parent, const std::string& name, const Tensor& into, const std::string& path) {
+  if (H5Lexists(parent, name.c_str(), H5P_DEFAULT) <= 0)
+    throw CheckpointError(str_cat(path, ": dataset '", name, "' is missing"));
+  Handle ds(H5Dopen2(parent, name.c_str(), H5P_DEFAULT), H5Dclose);
+  Handle space(H5Dget_space(ds), H5Sclose);
+  Handle type(H5Dget_type(ds), H5Tclose);
+  int nd = H5Sget_simple_extent_ndims(space);
+  std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
+  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  Shape got(dims.begin(), dims.end());
+  Shape want = into.shape().empty() ? Shape{1} : into.shape();
+  if (H5Tget_class(type) != H5T_FLOAT || got != want)
+    throw CheckpointError(str_cat(path, ": dataset '", name, "' is ", H5Tget_class(type) == H5T_FLOAT ? "float " : "not float ",
+                                  shape_str(got), ", the model expects float ", shape_str(want)));
+  Tensor host(into.shape(), Device::CPU, DType::F32);
+  if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.data()) < 0)
+    throw CheckpointError(str_cat(path, ": cannot read dataset '", name, "' (truncated or corrupt file?)"));
+  into.copy_from(into.dtype() == DType::F32 ? host.to(into.device()) : host.to(DType::F64).to(into.device()));
+}
+
+void fsync_path(const std::string& p, bool dir) {
+  int fd = ::open(p.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const Model& model, const CheckpointContents& extra) {
+  Quiet quiet;
+  namespace fs = std::filesystem;
+  const std::string tmp = path + ".tmp";
+  fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+  }
+  {
+    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (file < 0)
+      throw CheckpointError(str_cat(tmp, ": cannot create the checkpoint file (", std::strerror(errno),
+                                    "); is the directory writable?"));
+    try {
+      write_string_attr(file, "format", "lockstep-checkpoint");
+      write_double_attr(file, "format_version", 1);
+      write_string_attr(file, "model_name", model.name());
+      write_string_attr(file, "run_config", extra.run_config);
+      Handle mw(H5Gcreate2(file, "model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      std::vector<std::string> layer_names;
+      for (const auto& l : model.layers()) layer_names.push_back(l->name());
+      write_string_list_attr(mw, "layer_names", layer_names);
+      write_string_attr(mw, "backend", "lockstep");
+      write_string_attr(mw, "keras_version", "2.10.0");
+      for (const auto& l : model.layers()) {
+        Handle g(H5Gcreate2(mw, l->name().c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+        std::vector<std::string> names;
+        for (const Weight& w : l->weights()) {
+          std::string n = l->name() + "/" + w.name + ":0";
+          names.push_back(n);
+          write_tensor(g, n, w.value);
+        }
+        write_string_list_attr(g, "weight_names", names);
+      }
+      Handle ow(H5Gcreate2(file, "optimizer_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      std::vector<std::string> onames;
+      for (const auto& [n, t] : extra.optimizer) {
+        onames.push_back(n);
+        write_tensor(ow, n, t);
+      }
+      write_string_list_attr(ow, "weight_names", onames);
+      Handle ts(H5Gcreate2(file, "training_state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      for (const auto& [k, v] : extra.state) write_double_attr(ts, k, v);
+      // The commit marker, written last: a file without it is incomplete.
+      write_double_attr(file, "complete", 1);
+      if (H5Fflush(file, H5F_SCOPE_GLOBAL) < 0) throw Error("flush failed");
+    } catch (const std::exception& e) {
+      std::remove(tmp.c_str());
+      throw CheckpointError(str_cat(tmp, ": writing the checkpoint failed (", e.what(), "; disk full?)"));
+    }
+  }
+  fsync_path(tmp, false);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::remove(tmp.c_str());
+    throw CheckpointError(str_cat(path, ": cannot rename the finished checkpoint into place (", std::strerror(err), ")"));
+  }
+  fsync_path(parent.empty() ? "." : parent.string(), true);
+}
+
+CheckpointContents load_checkpoint(const std::string& path, Model& model) {
+  Quiet quiet;
+  if (!std::filesystem::exists(path)) throw CheckpointError(path + ": no such checkpoint file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw CheckpointError(path + ": not an HDF5 file (truncated or corrupt?)");
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (file < 0) throw CheckpointError(path + ": cannot open the checkpoint (truncated or corrupt?)");
+  if (H5Aexists(file, "complete") <= 0) throw CheckpointError(path + ": incomplete checkpoint (no commit marker)");
+  CheckpointContents out;
+  out.run_config = read_string_attr(file, "run_config", path);
+  if (H5Lexists(file, "model_weights", H5P_DEFAULT) <= 0) throw CheckpointError(path + ": group 'model_weights' is missing");
+  Handle mw(H5Gopen2(file, "model_weights", H5P_DEFAULT), H5Gclose);
+  for (const auto& l : model.layers()) {
+    if (l->weights().empty()) continue;
+    if (H5Lexists(mw, l->name().c_str(), H5P_DEFAULT) <= 0)
+      throw CheckpointError(str_cat(path, ": no weights for layer '", l->name(),
+                                    "' (a checkpoint of another model or run file?)"));
+    Handle g(H5Gopen2(mw, l->name().c_str(), H5P_DEFAULT), H5Gclose);
+    for (const Weight& w : l->weights()) read_tensor(g, l->name() + "/" + w.name + ":0", w.value, path);
+  }
+  if (H5Lexists(file, "training_state", H5P_DEFAULT) > 0) {
+    Handle ts(H5Gopen2(file, "training_state", H5P_DEFAULT), H5Gclose);
+    auto visit = [](hid_t obj, const char* name, const H5A_info_t*, void* data) -> herr_t {
+      Handle attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+      double v = 0;
+      if (H5Aread(attr, H5T_NATIVE_DOUBLE, &v) < 0) return -1;
+      (*static_cast<std::map<std::string, double>*>(data))[name] = v;
+      return 0;
+    };
+    hsize_t idx = 0;
+    if (H5Aiterate2(ts, H5_INDEX_NAME, H5_ITER_INC, &idx, visit, &out.state) < 0)
+      throw CheckpointError(path + ": cannot read group 'training_state'");
+  }
+  if (H5Lexists(file, "optimizer_weights", H5P_DEFAULT) > 0) {
+    Handle ow(H5Gopen2(file, "optimizer_weights", H5P_DEFAULT), H5Gclose);
+    if (H5Aexists(ow, "weight_names") > 0) {
+      Handle attr(H5Aopen(ow, "weight_names", H5P_DEFAULT), H5Aclose);
+      Handle type(H5Aget_type(attr), H5Tclose);
+      Handle space(H5Aget_space(attr), H5Sclose);
+      hssize_t n = H5Sget_simple_extent_npoints(space);
+      size_t width = H5Tget_size(type);
+      std::vector<char> buf(width * size_t(std::max<hssize_t>(n, 1)));
+      if (n > 0 && H5Aread(attr, type, buf.data()) >= 0) {
+        for (hssize_t i = 0; i < n; ++i) {
+          std::string name(&buf[size_t(i) * width], strnlen(&buf[size_t(i) * width], width));
+          Handle ds(H5Dopen2(ow, name.c_str(), H5P_DEFAULT), H5Dclose);
+          if (ds < 0) throw CheckpointError(str_cat(path, ": optimizer dataset '", name, "' is missing"));
+          Handle sp(H5Dget_space(ds), H5Sclose);
+          int nd = H5Sget_simple_extent_ndims(sp);
+          std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
+          H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
+          Tensor t(Shape(dims.begin(), dims.end()));
+          if (H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data()) < 0)
+            throw CheckpointError(str_cat(path, ": cannot read optimizer dataset '", name, "'"));
+          out.optimizer.emplace_back(name, t);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace lockstep

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs lockstep's build and test dependencies from Debian's packages (Debian 12), only those
+# missing. Needs root (or sudo). The CUDA toolkit (nvcc, cuBLAS, NCCL under /usr/local/cuda) is optional
+# and never installed here.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  libopenmpi-dev openmpi-bin          # MPI
+  libhdf5-dev                         # HDF5 C API
+  libboost-program-options-dev        # the lockstep command's flags
+  libopenblas-dev                     # CBLAS
+  libyaml-cpp-dev                     # run files
+  libgtest-dev libgmock-dev           # tests
+  zlib1g-dev                          # gzipped IDX files
+  libcurl4-openssl-dev libssl-dev libarchive-dev   # lockstep data fetch
+  python3 python3-h5py python3-numpy  # h5py compatibility tests
+)
+if [ "${LOCKSTEP_WITH_PEERS:-0}" = 1 ]; then
+  pkgs+=(python3-torch hyperfine)     # benchmark peers
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
