@@ -1,0 +1,655 @@
+#include "data/dataset.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "data/hdf5_util.h"
+
+namespace lockstep::data {
+
+namespace fs = std::filesystem;
+using h5::Handle;
+
+const char* standardize_name(Standardize s) {
+  switch (s) {
+    case Standardize::None: return "none";
+    case Standardize::PerPixel: return "per_pixel";
+    case Standardize::PerChannel: return "per_channel";
+  }
+  return "?";
+}
+const char* cache_mode_name(CacheMode c) {
+  switch (c) {
+    case CacheMode::Auto: return "auto";
+    case CacheMode::Memory: return "memory";
+    case CacheMode::Stream: return "stream";
+  }
+  return "?";
+}
+const char* last_batch_name(LastBatch l) {
+  switch (l) {
+    case LastBatch::Keep: return "keep";
+    case LastBatch::Drop: return "drop";
+    case LastBatch::Pad: return "pad";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------------
+// data: section
+
+DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file_dir) {
+  node.expect_map();
+  node.allow_keys({"path", "validation", "scale", "standardize", "classes", "binary_positive", "limit_per_class",
+                   "limit", "cache", "memory_limit_mb", "last_batch", "prefetch"});
+  DataConfig c;
+  // Only touch keys that are present: ConfigNode::operator[] on an absent key throws YAML::InvalidNode
+  // in the current core/config.cpp (reported to the lead), so defaults are applied here.
+  if (!node.has("path")) node.fail("the key `path` is required (the dataset file, e.g. fashion-mnist.h5)");
+  ConfigNode p = node["path"];
+  std::string path = p.as_string();
+  if (fs::path(path).is_relative()) {
+    fs::path rel = fs::path(run_file_dir.empty() ? "." : run_file_dir) / path;
+    if (fs::exists(rel) || !fs::exists(path)) path = rel.lexically_normal().string();
+  }
+  c.path = path;
+
+  if (node.has("validation")) {
+    ConfigNode v = node["validation"];
+    if (v.defined()) {
+      v.expect_map();
+      v.allow_keys({"first", "last", "fraction"});
+      LS_REQUIRE(v.size() == 1, ConfigError, v.where(),
+                 ": give exactly one of {first: N}, {last: N}, {fraction: F}");
+      if (v.has("first")) {
+        c.validation.kind = ValidationSpec::Kind::First;
+        c.validation.count = v.get_at_least("first", int64_t{0}, 1);
+      } else if (v.has("last")) {
+        c.validation.kind = ValidationSpec::Kind::Last;
+        c.validation.count = v.get_at_least("last", int64_t{0}, 1);
+      } else {
+        c.validation.kind = ValidationSpec::Kind::Fraction;
+        c.validation.fraction = v.get_in("fraction", 0.1, 0.0, 1.0, true, true);
+      }
+    }
+  }
+  auto choice = [&](const std::string& key, const std::string& def, const std::vector<std::string>& choices) {
+    return node.has(key) ? node.get_choice(key, def, choices) : def;
+  };
+  if (node.has("scale")) c.scale = node.get_in("scale", 1.0, 0.0, 1e300, true, false);
+  std::string st = choice("standardize", "none", {"none", "per_pixel", "per_channel"});
+  c.standardize = st == "per_pixel" ? Standardize::PerPixel
+                  : st == "per_channel" ? Standardize::PerChannel : Standardize::None;
+  auto int_list = [&](const std::string& key) {
+    std::vector<int64_t> out;
+    if (!node.has(key) || !node[key].defined()) return out;
+    out = node[key].as_int_list();
+    std::set<int64_t> seen;
+    for (int64_t v : out) {
+      if (v < 0) node[key].fail(str_cat("class ", v, " is negative"));
+      if (!seen.insert(v).second) node[key].fail(str_cat("class ", v, " is listed twice"));
+    }
+    if (out.empty()) node[key].fail("expected a non-empty list of class indices");
+    return out;
+  };
+  c.classes = int_list("classes");
+  c.binary_positive = int_list("binary_positive");
+  if (!c.classes.empty()) {
+    for (int64_t v : c.binary_positive)
+      if (std::find(c.classes.begin(), c.classes.end(), v) == c.classes.end())
+        node["binary_positive"].fail(str_cat("class ", v, " is not in `classes`"));
+  }
+  if (node.has("limit_per_class")) c.limit_per_class = node.get_at_least("limit_per_class", int64_t{-1}, 1);
+  if (node.has("limit")) c.limit = node.get_at_least("limit", int64_t{-1}, 1);
+  std::string cache = choice("cache", "auto", {"auto", "memory", "stream"});
+  c.cache = cache == "memory" ? CacheMode::Memory : cache == "stream" ? CacheMode::Stream : CacheMode::Auto;
+  if (node.has("memory_limit_mb")) c.memory_limit_mb = node.get_at_least("memory_limit_mb", c.memory_limit_mb, 0);
+  std::string lb = choice("last_batch", "keep", {"keep", "drop", "pad"});
+  c.last_batch = lb == "drop" ? LastBatch::Drop : lb == "pad" ? LastBatch::Pad : LastBatch::Keep;
+  if (node.has("prefetch")) c.prefetch = static_cast<int>(node.get_at_least("prefetch", int64_t{2}, 1));
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample sources
+
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  int64_t h = 0, w = 0, c = 1;
+  int64_t elems() const { return h * w * c; }
+  virtual bool in_memory() const = 0;
+  virtual std::string where() const = 0;
+  // Pointer to sample i's pixels when held in memory, else nullptr.
+  virtual const uint8_t* row_ptr(int64_t i) const = 0;
+  virtual void read(const int64_t* idx, int64_t n, uint8_t* out) const = 0;
+};
+
+namespace {
+
+class MemorySource : public SampleSource {
+ public:
+  std::vector<uint8_t> data;
+  std::string where_;
+  bool in_memory() const override { return true; }
+  std::string where() const override { return where_; }
+  const uint8_t* row_ptr(int64_t i) const override { return data.data() + i * elems(); }
+  void read(const int64_t* idx, int64_t n, uint8_t* out) const override {
+    const int64_t d = elems();
+    for (int64_t k = 0; k < n; ++k) std::memcpy(out + k * d, data.data() + idx[k] * d, d);
+  }
+};
+
+// Shared open file + the images dataset with a chunk cache sized for random sample reads.
+struct OpenImages {
+  std::string file_name, dataset_path;
+  Handle file, dset;
+  int rank = 4;
+};
+
+class StreamSource : public SampleSource {
+ public:
+  std::shared_ptr<OpenImages> images;
+  std::vector<int64_t> rows;  // split index -> row in the file's dataset
+  bool in_memory() const override { return false; }
+  std::string where() const override { return images->file_name + ":" + images->dataset_path; }
+  const uint8_t* row_ptr(int64_t) const override { return nullptr; }
+
+  // Hyperslab reads in sorted row order (one H5Dread for the union of runs), then scatter.
+  void read(const int64_t* idx, int64_t n, uint8_t* out) const override {
+    h5::quiet_this_thread();
+    if (n == 0) return;
+    const int64_t d = elems();
+    std::vector<std::pair<int64_t, int64_t>> order(n);  // (file row, output slot)
+    for (int64_t k = 0; k < n; ++k) order[k] = {rows[idx[k]], k};
+    std::sort(order.begin(), order.end());
+    std::vector<int64_t> uniq;
+    uniq.reserve(n);
+    for (auto& [r, k] : order)
+      if (uniq.empty() || uniq.back() != r) uniq.push_back(r);
+    const int rank = images->rank;
+    Handle fspace(H5Dget_space(images->dset.get()), Handle::Kind::Dataspace);
+    H5Sselect_none(fspace.get());
+    hsize_t start[4] = {0, 0, 0, 0}, count[4] = {0, (hsize_t)h, (hsize_t)w, (hsize_t)c};
+    for (size_t i = 0; i < uniq.size();) {
+      size_t j = i + 1;
+      while (j < uniq.size() && uniq[j] == uniq[j - 1] + 1) ++j;
+      start[0] = uniq[i];
+      count[0] = j - i;
+      H5Sselect_hyperslab(fspace.get(), H5S_SELECT_OR, start, nullptr, count, nullptr);
+      i = j;
+    }
+    hsize_t mdims[2] = {(hsize_t)uniq.size(), (hsize_t)d};
+    Handle mspace(H5Screate_simple(2, mdims, nullptr), Handle::Kind::Dataspace);
+    (void)rank;
+    std::vector<uint8_t> buf(uniq.size() * d);
+    if (H5Dread(images->dset.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), H5P_DEFAULT, buf.data()) < 0)
+      throw DataError(str_cat(where(), ": reading ", uniq.size(), " images failed (", h5::last_error(),
+                              "); the file may be corrupt or truncated"));
+    size_t u = 0;
+    for (auto& [r, k] : order) {
+      while (uniq[u] != r) ++u;
+      std::memcpy(out + k * d, buf.data() + u * d, d);
+    }
+  }
+};
+
+struct FileSplit {
+  std::string group;          // "train" / "test"
+  bool present = false;
+  std::vector<int64_t> dims;  // x dims (rank 3 or 4)
+  std::vector<int64_t> labels;
+  int64_t n() const { return dims.empty() ? 0 : dims[0]; }
+};
+
+FileSplit read_split_layout(hid_t file, const std::string& fname, const std::string& group, bool required) {
+  FileSplit s;
+  s.group = group;
+  if (!h5::path_exists(file, "/" + group)) {
+    LS_REQUIRE(!required, DataError, fname, ": group /", group, " is missing (expected /", group, "/x and /", group,
+               "/y)");
+    return s;
+  }
+  s.present = true;
+  const std::string xp = "/" + group + "/x", yp = "/" + group + "/y";
+  Handle x = h5::open_dataset(file, fname, xp);
+  h5::DatasetInfo xi = h5::describe(x.get());
+  LS_REQUIRE((xi.dims.size() == 3 || xi.dims.size() == 4) && xi.type_class == H5T_INTEGER && xi.type_size == 1 &&
+                 !xi.is_signed,
+             DataError, fname, ": dataset ", xp, ": expected uint8 images of shape [N, H, W, C] (or [N, H, W]), found ",
+             xi.type_str(), " ", xi.dims_str());
+  for (size_t i = 1; i < xi.dims.size(); ++i)
+    LS_REQUIRE(xi.dims[i] > 0, DataError, fname, ": dataset ", xp, ": image dimensions must be positive, found ",
+               xi.dims_str());
+  s.dims = xi.dims;
+  if (s.dims.size() == 3) s.dims.push_back(1);
+  Handle y = h5::open_dataset(file, fname, yp);
+  h5::DatasetInfo yi = h5::describe(y.get());
+  LS_REQUIRE(yi.dims.size() == 1 && yi.type_class == H5T_INTEGER, DataError, fname, ": dataset ", yp,
+             ": expected integer labels of shape [N] (uint8 or int32), found ", yi.type_str(), " ", yi.dims_str());
+  LS_REQUIRE(yi.dims[0] == s.n(), DataError, fname, ": dataset ", yp, " has ", yi.dims[0], " labels but ", xp, " has ",
+             s.n(), " images (expected the same length)");
+  s.labels.resize(s.n());
+  if (s.n() > 0 && H5Dread(y.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, s.labels.data()) < 0)
+    throw DataError(str_cat(fname, ": dataset ", yp, ": cannot read labels (", h5::last_error(), ")"));
+  return s;
+}
+
+std::vector<uint8_t> read_all_images(hid_t file, const std::string& fname, const std::string& path, size_t bytes) {
+  Handle x = h5::open_dataset(file, fname, path);
+  std::vector<uint8_t> buf(bytes);
+  if (bytes > 0 && H5Dread(x.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data()) < 0)
+    throw DataError(str_cat(fname, ": dataset ", path, ": cannot read images (", h5::last_error(),
+                            "); the file may be corrupt or truncated"));
+  return buf;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Split
+
+Split::Split(std::string name, std::shared_ptr<SampleSource> source, std::vector<int32_t> labels, int64_t num_classes)
+    : name_(std::move(name)), source_(std::move(source)), labels_(std::move(labels)), num_classes_(num_classes) {
+  set_normalization(Normalization{});
+}
+Split::~Split() = default;
+int64_t Split::height() const { return source_->h; }
+int64_t Split::width() const { return source_->w; }
+int64_t Split::channels() const { return source_->c; }
+int64_t Split::sample_elems() const { return source_->elems(); }
+Shape Split::sample_shape() const {
+  if (source_->c == 1) return {source_->h, source_->w};
+  return {source_->h, source_->w, source_->c};
+}
+bool Split::in_memory() const { return source_->in_memory(); }
+std::string Split::where() const { return source_->where(); }
+
+void Split::read_raw(const int64_t* idx, int64_t n, uint8_t* out) const {
+  for (int64_t k = 0; k < n; ++k)
+    LS_CHECK(idx[k] >= 0 && idx[k] < size(), "sample index ", idx[k], " outside split ", name_, " of size ", size());
+  source_->read(idx, n, out);
+}
+
+void Split::set_normalization(const Normalization& norm) {
+  norm_ = norm;
+  const int64_t d = sample_elems(), c = channels();
+  a_.assign(d, static_cast<float>(1.0 / norm.scale));
+  b_.assign(d, 0.0f);
+  if (norm.kind == Standardize::None) return;
+  for (int64_t j = 0; j < d; ++j) {
+    size_t s = norm.kind == Standardize::PerPixel ? j : j % c;
+    double div = std::max(norm.std[s], Normalization::kEpsilon);
+    a_[j] = static_cast<float>(1.0 / (norm.scale * div));
+    b_[j] = static_cast<float>(-norm.mean[s] / div);
+  }
+}
+
+void Split::read_float(const int64_t* idx, int64_t n, float* out) const {
+  const int64_t d = sample_elems();
+  const float* a = a_.data();
+  const float* b = b_.data();
+  auto convert = [&](const uint8_t* src, float* dst) {
+    for (int64_t j = 0; j < d; ++j) dst[j] = static_cast<float>(src[j]) * a[j] + b[j];
+  };
+  if (source_->in_memory()) {
+    for (int64_t k = 0; k < n; ++k) {
+      LS_CHECK(idx[k] >= 0 && idx[k] < size(), "sample index ", idx[k], " outside split ", name_);
+      convert(source_->row_ptr(idx[k]), out + k * d);
+    }
+    return;
+  }
+  thread_local std::vector<uint8_t> scratch;
+  scratch.resize(n * d);
+  read_raw(idx, n, scratch.data());
+  for (int64_t k = 0; k < n; ++k) convert(scratch.data() + k * d, out + k * d);
+}
+
+// ---------------------------------------------------------------------------------------------
+// open_dataset
+
+namespace {
+
+// The rows of the file's split that make up one lockstep split, with their mapped labels.
+struct Selection {
+  std::vector<int64_t> rows;
+  std::vector<int32_t> labels;
+};
+
+Selection select(const std::vector<int64_t>& file_labels, int64_t begin, int64_t end, const DataConfig& cfg,
+                 bool training, const std::map<int64_t, int32_t>& class_map) {
+  Selection s;
+  std::map<int64_t, int64_t> per_class;
+  for (int64_t r = begin; r < end; ++r) {
+    int64_t y = file_labels[r];
+    auto it = class_map.find(y);
+    if (it == class_map.end()) continue;
+    if (training && cfg.limit_per_class > 0 && per_class[y]++ >= cfg.limit_per_class) continue;
+    if (training && cfg.limit > 0 && static_cast<int64_t>(s.rows.size()) >= cfg.limit) break;
+    s.rows.push_back(r);
+    s.labels.push_back(it->second);
+  }
+  return s;
+}
+
+int64_t chunk_cache_bytes_for(int64_t total_bytes) {
+  constexpr int64_t kMax = 256ll << 20;  // random reads touch every chunk: cache as much as we reasonably can
+  return std::max<int64_t>(1 << 20, std::min(total_bytes + (1 << 20), kMax));
+}
+
+}  // namespace
+
+Dataset open_dataset(const DataConfig& cfg) {
+  h5::quiet_this_thread();
+  const std::string& fname = cfg.path;
+  auto file = std::make_shared<Handle>(h5::open_file_read(fname));
+  auto version = h5::read_int_attr(file->get(), "format_version", fname);
+  LS_REQUIRE(!version || *version == 1, DataError, fname, ": format_version ", version.value_or(0),
+             " is not supported (this lockstep reads version 1)");
+  auto names = h5::read_string_list_attr(file->get(), "class_names", fname);
+
+  FileSplit tr = read_split_layout(file->get(), fname, "train", true);
+  FileSplit te = read_split_layout(file->get(), fname, "test", false);
+  if (te.present)
+    LS_REQUIRE(std::equal(tr.dims.begin() + 1, tr.dims.end(), te.dims.begin() + 1), DataError, fname,
+               ": /test/x images are ", te.dims[1], "x", te.dims[2], "x", te.dims[3], " but /train/x images are ",
+               tr.dims[1], "x", tr.dims[2], "x", tr.dims[3]);
+
+  int64_t num_file_classes = 0;
+  if (names) {
+    num_file_classes = static_cast<int64_t>(names->size());
+    LS_REQUIRE(num_file_classes > 0, DataError, fname, ": attribute class_names is empty");
+  } else {
+    for (auto* s : {&tr, &te})
+      for (int64_t y : s->labels) num_file_classes = std::max(num_file_classes, y + 1);
+  }
+  for (auto* s : {&tr, &te}) {
+    for (int64_t i = 0; i < s->n(); ++i) {
+      int64_t y = s->labels[i];
+      LS_REQUIRE(y >= 0 && y < num_file_classes, DataError, fname, ": dataset /", s->group, "/y: label ", y,
+                 " at index ", i, " is outside the class range 0..", num_file_classes - 1,
+                 names ? " (the file's class_names attribute lists " + std::to_string(num_file_classes) + " classes)"
+                       : "");
+    }
+  }
+  std::vector<std::string> file_names = names ? *names : std::vector<std::string>{};
+  if (!names)
+    for (int64_t k = 0; k < num_file_classes; ++k) file_names.push_back(std::to_string(k));
+
+  // Class filtering / relabelling.
+  std::map<int64_t, int32_t> class_map;
+  std::vector<int64_t> kept = cfg.classes;
+  if (kept.empty())
+    for (int64_t k = 0; k < num_file_classes; ++k) kept.push_back(k);
+  for (int64_t k : kept)
+    LS_REQUIRE(k < num_file_classes, DataError, fname, ": data.classes lists class ", k, " but the file has ",
+               num_file_classes, " classes (0..", num_file_classes - 1, ")");
+  for (int64_t k : cfg.binary_positive)
+    LS_REQUIRE(k < num_file_classes, DataError, fname, ": data.binary_positive lists class ", k,
+               " but the file has ", num_file_classes, " classes");
+  Dataset ds;
+  ds.config = cfg;
+  const bool binary = !cfg.binary_positive.empty();
+  for (size_t i = 0; i < kept.size(); ++i) {
+    bool pos = std::find(cfg.binary_positive.begin(), cfg.binary_positive.end(), kept[i]) != cfg.binary_positive.end();
+    class_map[kept[i]] = binary ? (pos ? 1 : 0) : static_cast<int32_t>(i);
+    if (!binary) ds.class_names.push_back(file_names[kept[i]]);
+  }
+  if (binary) {
+    std::string neg, pos;
+    for (int64_t k : kept) {
+      bool p = class_map[k] == 1;
+      std::string& s = p ? pos : neg;
+      s += (s.empty() ? "" : "|") + file_names[k];
+    }
+    ds.class_names = {neg.empty() ? "none" : neg, pos};
+  }
+  const int64_t num_classes = static_cast<int64_t>(ds.class_names.size());
+
+  // Validation split: positions of the file's training split, before filtering.
+  const int64_t n = tr.n();
+  int64_t tb = 0, te_ = n, vb = 0, ve = 0;
+  switch (cfg.validation.kind) {
+    case ValidationSpec::Kind::None: break;
+    case ValidationSpec::Kind::First:
+      LS_REQUIRE(cfg.validation.count < n, DataError, fname, ": data.validation.first = ", cfg.validation.count,
+                 " leaves no training samples (/train has ", n, ")");
+      vb = 0, ve = cfg.validation.count, tb = ve;
+      break;
+    case ValidationSpec::Kind::Last:
+      LS_REQUIRE(cfg.validation.count < n, DataError, fname, ": data.validation.last = ", cfg.validation.count,
+                 " leaves no training samples (/train has ", n, ")");
+      vb = n - cfg.validation.count, ve = n, te_ = vb;
+      break;
+    case ValidationSpec::Kind::Fraction: {
+      int64_t split_at = static_cast<int64_t>(std::floor(static_cast<double>(n) * (1.0 - cfg.validation.fraction)));
+      vb = split_at, ve = n, te_ = split_at;
+      break;
+    }
+  }
+  Selection s_train = select(tr.labels, tb, te_, cfg, true, class_map);
+  Selection s_val = select(tr.labels, vb, ve, cfg, false, class_map);
+  Selection s_test = te.present ? select(te.labels, 0, te.n(), cfg, false, class_map) : Selection{};
+  LS_REQUIRE(!s_train.rows.empty(), DataError, fname, ": no training samples left after the validation split and ",
+             "class filtering");
+
+  const int64_t h = tr.dims[1], w = tr.dims[2], c = tr.dims[3], d = h * w * c;
+  const int64_t limit_bytes = cfg.memory_limit_mb << 20;
+  auto use_memory = [&](int64_t file_rows) {
+    if (cfg.cache == CacheMode::Memory) return true;
+    if (cfg.cache == CacheMode::Stream) return false;
+    return file_rows * d <= limit_bytes;
+  };
+  auto make_sources = [&](const FileSplit& fsplit, std::vector<const Selection*> sels) {
+    std::vector<std::shared_ptr<SampleSource>> out;
+    const std::string xp = "/" + fsplit.group + "/x";
+    if (use_memory(fsplit.n())) {
+      std::vector<uint8_t> all = read_all_images(file->get(), fname, xp, static_cast<size_t>(fsplit.n() * d));
+      for (const Selection* sel : sels) {
+        auto m = std::make_shared<MemorySource>();
+        m->h = h, m->w = w, m->c = c;
+        m->where_ = fname + ":" + xp + " (in memory)";
+        m->data.resize(sel->rows.size() * d);
+        for (size_t i = 0; i < sel->rows.size(); ++i)
+          std::memcpy(m->data.data() + i * d, all.data() + sel->rows[i] * d, d);
+        out.push_back(m);
+      }
+    } else {
+      auto img = std::make_shared<OpenImages>();
+      img->file_name = fname;
+      img->dataset_path = xp;
+      img->file = h5::open_file_read(fname);
+      Handle dapl(H5Pcreate(H5P_DATASET_ACCESS), Handle::Kind::Plist);
+      int64_t bytes = chunk_cache_bytes_for(fsplit.n() * d);
+      H5Pset_chunk_cache(dapl.get(), 1000003, static_cast<size_t>(bytes), 1.0);
+      hid_t ds_id = H5Dopen2(img->file.get(), xp.c_str(), dapl.get());
+      LS_REQUIRE(ds_id >= 0, DataError, fname, ": cannot open ", xp, " (", h5::last_error(), ")");
+      img->dset = Handle(ds_id, Handle::Kind::Dataset);
+      img->rank = static_cast<int>(h5::describe(ds_id).dims.size());
+      for (const Selection* sel : sels) {
+        auto st = std::make_shared<StreamSource>();
+        st->h = h, st->w = w, st->c = c;
+        st->images = img;
+        st->rows = sel->rows;
+        out.push_back(st);
+      }
+    }
+    return out;
+  };
+  std::vector<const Selection*> train_sels = {&s_train};
+  if (cfg.validation.kind != ValidationSpec::Kind::None) train_sels.push_back(&s_val);
+  auto srcs = make_sources(tr, train_sels);
+  auto train = std::make_shared<Split>("train", srcs[0], s_train.labels, num_classes);
+  std::shared_ptr<Split> val, test;
+  if (srcs.size() > 1) val = std::make_shared<Split>("validation", srcs[1], s_val.labels, num_classes);
+  if (te.present) test = std::make_shared<Split>("test", make_sources(te, {&s_test})[0], s_test.labels, num_classes);
+
+  // Statistics of the training split (after the validation split and filtering), exact integer sums.
+  Normalization norm;
+  norm.kind = cfg.standardize;
+  norm.scale = cfg.scale;
+  if (cfg.standardize != Standardize::None) {
+    const int64_t groups = cfg.standardize == Standardize::PerPixel ? d : c;
+    std::vector<uint64_t> sum(groups, 0), sq(groups, 0);
+    constexpr int64_t kBlock = 4096;
+    std::vector<uint8_t> buf(kBlock * d);
+    std::vector<int64_t> idx(kBlock);
+    const int64_t ntr = train->size();
+    for (int64_t b = 0; b < ntr; b += kBlock) {
+      int64_t m = std::min(kBlock, ntr - b);
+      std::iota(idx.begin(), idx.begin() + m, b);
+      train->read_raw(idx.data(), m, buf.data());
+      for (int64_t k = 0; k < m; ++k) {
+        const uint8_t* p = buf.data() + k * d;
+        for (int64_t j = 0; j < d; ++j) {
+          int64_t g = groups == d ? j : j % c;
+          sum[g] += p[j];
+          sq[g] += static_cast<uint64_t>(p[j]) * p[j];
+        }
+      }
+    }
+    const double count = static_cast<double>(ntr) * static_cast<double>(d / groups);
+    norm.mean.resize(groups);
+    norm.std.resize(groups);
+    for (int64_t g = 0; g < groups; ++g) {
+      double mean = static_cast<double>(sum[g]) / count;
+      double var = std::max(0.0, static_cast<double>(sq[g]) / count - mean * mean);
+      norm.mean[g] = mean / cfg.scale;
+      norm.std[g] = std::sqrt(var) / cfg.scale;
+    }
+  }
+  for (auto& s : {train, val, test})
+    if (s) s->set_normalization(norm);
+  ds.normalization = norm;
+  ds.train = train;
+  ds.validation = val;
+  ds.test = test;
+  return ds;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+namespace {
+
+void write_split(hid_t file, const std::string& group, const RawSplit& s, int level) {
+  LS_CHECK(static_cast<int64_t>(s.x.size()) == s.n * s.h * s.w * s.c, "images buffer size mismatch");
+  LS_CHECK(static_cast<int64_t>(s.y.size()) == s.n, "labels buffer size mismatch");
+  Handle g(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::Group);
+  LS_REQUIRE(g.valid(), DataError, "cannot create group ", group, " (", h5::last_error(), ")");
+  const int64_t d = s.h * s.w * s.c;
+  hsize_t dims[4] = {(hsize_t)s.n, (hsize_t)s.h, (hsize_t)s.w, (hsize_t)s.c};
+  Handle space(H5Screate_simple(4, dims, nullptr), Handle::Kind::Dataspace);
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), Handle::Kind::Plist);
+  if (s.n > 0) {
+    // ~16 KiB chunks: random single-sample reads decompress little; Fletcher32 detects corruption.
+    hsize_t rows = static_cast<hsize_t>(std::clamp<int64_t>(16384 / std::max<int64_t>(d, 1), 1, s.n));
+    hsize_t chunk[4] = {rows, (hsize_t)s.h, (hsize_t)s.w, (hsize_t)s.c};
+    H5Pset_chunk(dcpl.get(), 4, chunk);
+    H5Pset_fletcher32(dcpl.get());
+    H5Pset_deflate(dcpl.get(), level);
+  }
+  Handle x(H5Dcreate2(g.get(), "x", H5T_STD_U8LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+           Handle::Kind::Dataset);
+  LS_REQUIRE(x.valid(), DataError, "cannot create ", group, "/x (", h5::last_error(), ")");
+  if (s.n > 0)
+    LS_REQUIRE(H5Dwrite(x.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, s.x.data()) >= 0, DataError,
+               "cannot write ", group, "/x (", h5::last_error(), ")");
+  bool small = std::all_of(s.y.begin(), s.y.end(), [](int32_t v) { return v >= 0 && v <= 255; });
+  hsize_t n = s.n;
+  Handle yspace(H5Screate_simple(1, &n, nullptr), Handle::Kind::Dataspace);
+  Handle y(H5Dcreate2(g.get(), "y", small ? H5T_STD_U8LE : H5T_STD_I32LE, yspace.get(), H5P_DEFAULT, H5P_DEFAULT,
+                      H5P_DEFAULT),
+           Handle::Kind::Dataset);
+  LS_REQUIRE(y.valid(), DataError, "cannot create ", group, "/y (", h5::last_error(), ")");
+  if (s.n > 0)
+    LS_REQUIRE(H5Dwrite(y.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s.y.data()) >= 0, DataError,
+               "cannot write ", group, "/y (", h5::last_error(), ")");
+}
+
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+void write_dataset_file(const RawDataset& ds, const std::string& path, int level) {
+  h5::quiet_this_thread();
+  const std::string tmp = path + ".tmp";
+  try {
+    {
+      Handle f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::File);
+      LS_REQUIRE(f.valid(), DataError, tmp, ": cannot create the output file (", h5::last_error(), ")");
+      h5::write_string_attr(f.get(), "format", "lockstep-dataset");
+      h5::write_int_attr(f.get(), "format_version", 1);
+      h5::write_string_attr(f.get(), "name", ds.name);
+      h5::write_string_list_attr(f.get(), "class_names", ds.class_names);
+      h5::write_string_attr(f.get(), "source", ds.source);
+      h5::write_string_attr(f.get(), "source_md5", ds.source_md5);
+      write_split(f.get(), "train", ds.train, level);
+      write_split(f.get(), "test", ds.test, level);
+      LS_REQUIRE(f.reset() >= 0, DataError, tmp, ": closing the output file failed (", h5::last_error(), ")");
+    }
+    fsync_path(tmp, false);
+    LS_REQUIRE(std::rename(tmp.c_str(), path.c_str()) == 0, DataError, path, ": cannot rename ", tmp, " into place: ",
+               std::strerror(errno));
+    fs::path dir = fs::path(path).parent_path();
+    fsync_path(dir.empty() ? "." : dir.string(), true);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+}
+
+FileSummary summarize_file(const std::string& path) {
+  h5::quiet_this_thread();
+  Handle f = h5::open_file_read(path);
+  FileSummary out;
+  out.class_names = h5::read_string_list_attr(f.get(), "class_names", path).value_or(std::vector<std::string>{});
+  out.name = h5::read_string_attr(f.get(), "name", path).value_or("");
+  out.source = h5::read_string_attr(f.get(), "source", path).value_or("");
+  out.source_md5 = h5::read_string_attr(f.get(), "source_md5", path).value_or("");
+  for (const char* g : {"train", "test"}) {
+    FileSplit s = read_split_layout(f.get(), path, g, std::string(g) == "train");
+    if (!s.present) continue;
+    SplitSummary ss;
+    ss.name = g;
+    Handle x = h5::open_dataset(f.get(), path, str_cat("/", g, "/x"));
+    Handle y = h5::open_dataset(f.get(), path, str_cat("/", g, "/y"));
+    h5::DatasetInfo xi = h5::describe(x.get());
+    ss.x_dims = xi.dims;
+    ss.x_type = xi.type_str();
+    ss.y_type = h5::describe(y.get()).type_str();
+    int64_t k = static_cast<int64_t>(out.class_names.size());
+    for (int64_t v : s.labels) k = std::max(k, v + 1);
+    ss.class_counts.assign(k, 0);
+    for (int64_t i = 0; i < s.n(); ++i) {
+      int64_t v = s.labels[i];
+      LS_REQUIRE(v >= 0, DataError, path, ": dataset /", g, "/y: label ", v, " at index ", i, " is negative");
+      LS_REQUIRE(out.class_names.empty() || v < static_cast<int64_t>(out.class_names.size()), DataError, path,
+                 ": dataset /", g, "/y: label ", v, " at index ", i, " is outside the class range 0..",
+                 out.class_names.size() - 1);
+      ss.class_counts[v]++;
+      if (i < 10) ss.first_labels.push_back(v);
+    }
+    out.splits.push_back(ss);
+  }
+  return out;
+}
+
+}  // namespace lockstep::data

@@ -1,0 +1,156 @@
+#include "data/loader.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/hdf5_util.h"
+
+namespace lockstep::data {
+
+namespace {
+constexpr uint64_t kShuffleTag = 0x53485546464c45ull;  // "SHUFFLE"
+}
+
+std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  rng::Stream s{seed, rng::mix(kShuffleTag, static_cast<uint64_t>(epoch))};
+  for (int64_t i = n - 1; i > 0; --i) {
+    // j uniform in [0, i] from a 53-bit uniform (bias < 2^-33 for any realistic n).
+    int64_t j = static_cast<int64_t>(s.uniform_double(static_cast<uint64_t>(i)) * static_cast<double>(i + 1));
+    if (j > i) j = i;
+    std::swap(perm[i], perm[j]);
+  }
+  return perm;
+}
+
+ShardedLoader::ShardedLoader(std::shared_ptr<const Split> split, int64_t global_batch, int rank, int world,
+                             uint64_t seed, bool shuffle, LastBatch policy, int prefetch)
+    : split_(std::move(split)), global_batch_(global_batch), rank_(rank), world_(world), seed_(seed),
+      shuffle_(shuffle), policy_(policy), prefetch_(std::max(1, prefetch)) {
+  LS_CHECK(split_ != nullptr, "ShardedLoader needs a split");
+  LS_REQUIRE(global_batch_ >= 1, ConfigError, "batch size must be at least 1, got ", global_batch_);
+  LS_CHECK(world_ >= 1 && rank_ >= 0 && rank_ < world_, "rank ", rank_, " outside world of size ", world_);
+}
+
+ShardedLoader::~ShardedLoader() { stop_producer(); }
+
+int64_t ShardedLoader::steps_per_epoch() const {
+  const int64_t n = split_->size();
+  if (policy_ == LastBatch::Drop) return n / global_batch_;
+  return (n + global_batch_ - 1) / global_batch_;
+}
+
+std::vector<int64_t> ShardedLoader::shard_indices(const std::vector<int64_t>& perm, int64_t step) const {
+  const int64_t n_total = static_cast<int64_t>(perm.size());
+  const int64_t begin = step * global_batch_;
+  int64_t n = std::min(global_batch_, n_total - begin);
+  if (policy_ == LastBatch::Pad) n = global_batch_;
+  const int64_t lo = rank_ * n / world_, hi = (rank_ + 1) * n / world_;
+  std::vector<int64_t> out;
+  out.reserve(hi - lo);
+  for (int64_t p = lo; p < hi; ++p) out.push_back(perm[(begin + p) % n_total]);  // wraps only when padding
+  return out;
+}
+
+Batch ShardedLoader::make_batch(const std::vector<int64_t>& perm, int64_t step) const {
+  Batch b;
+  std::vector<int64_t> idx = shard_indices(perm, step);
+  const int64_t n_total = static_cast<int64_t>(perm.size());
+  b.global_count = policy_ == LastBatch::Pad ? global_batch_ : std::min(global_batch_, n_total - step * global_batch_);
+  b.local_count = static_cast<int64_t>(idx.size());
+  b.step = step;
+  Shape xs = {b.local_count};
+  for (int64_t d : split_->sample_shape()) xs.push_back(d);
+  b.x = Tensor(xs);
+  b.y = Tensor({b.local_count});
+  if (b.local_count > 0) split_->read_float(idx.data(), b.local_count, b.x.data());
+  float* y = b.y.data();
+  const auto& labels = split_->labels();
+  for (int64_t k = 0; k < b.local_count; ++k) y[k] = static_cast<float>(labels[idx[k]]);
+  return b;
+}
+
+void ShardedLoader::stop_producer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (producer_.joinable()) producer_.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.clear();
+  stop_ = false;
+  done_ = true;
+  error_ = nullptr;
+}
+
+void ShardedLoader::start_epoch(int64_t epoch, int64_t first_step) {
+  stop_producer();
+  LS_REQUIRE(first_step >= 0 && first_step <= steps_per_epoch(), DataError, "cannot resume at step ", first_step,
+             " of an epoch with ", steps_per_epoch(), " steps (", split_->where(), ")");
+  std::vector<int64_t> perm;
+  if (shuffle_) {
+    perm = epoch_permutation(split_->size(), seed_, epoch);
+  } else {
+    perm.resize(split_->size());
+    std::iota(perm.begin(), perm.end(), 0);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = false;
+    started_ = true;
+  }
+  producer_ = std::thread(&ShardedLoader::produce, this, std::move(perm), first_step, 0);
+}
+
+void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, uint64_t) {
+  h5::quiet_this_thread();
+  try {
+    const int64_t steps = steps_per_epoch();
+    for (int64_t step = first_step; step < steps; ++step) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || static_cast<int>(queue_.size()) < prefetch_; });
+        if (stop_) break;
+      }
+      Batch b = make_batch(perm, step);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_back(std::move(b));
+      }
+      cv_.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = std::current_exception();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool ShardedLoader::next(Batch& out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  LS_CHECK(started_, "ShardedLoader::next before start_epoch");
+  cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+  if (!queue_.empty()) {
+    out = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    cv_.notify_all();
+    return true;
+  }
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+  return false;
+}
+
+}  // namespace lockstep::data

@@ -1,0 +1,83 @@
+// ShardedLoader: per-epoch shuffled, rank-sharded batches of one Split, prepared by a background
+// thread while the current batch trains.
+//
+// Order. The global permutation of epoch e is a pure function of (seed, e): Fisher-Yates driven by
+// Philox (rng::Stream{seed, mix(kShuffleTag, e)}); identity when shuffle is false (evaluation).
+// Global batch b covers permutation positions [b*B, min((b+1)*B, N)). Rank r of W takes the
+// contiguous slice [r*n/W, (r+1)*n/W) of that batch's n samples, so the union over ranks of a step's
+// batches is exactly the single-process batch, and every rank runs the same number of steps.
+// Last partial batch: Keep (default, Keras) keeps it, and a rank may get local_count == 0 (it still
+// gets the step); Drop drops it; Pad completes it with positions 0, 1, ... of the same permutation.
+//
+// Threading. One producer thread per loader; `next()` blocks only when the producer is behind.
+// The loader never queries a communicator: rank and world are plain arguments.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/tensor.h"
+#include "data/dataset.h"
+
+namespace lockstep::data {
+
+struct Batch {
+  Tensor x;              // float32 [local_count, H, W(, C)], preprocessed
+  Tensor y;              // float32 [local_count] labels
+  int64_t local_count = 0;
+  int64_t global_count = 0;  // samples in this step's global batch (sum of local_count over ranks)
+  int64_t step = 0;          // global batch index within the epoch
+};
+
+// The permutation of 0..n-1 for (seed, epoch): a pure function, identical on every rank.
+std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);
+
+class ShardedLoader {
+ public:
+  ShardedLoader(std::shared_ptr<const Split> split, int64_t global_batch, int rank, int world, uint64_t seed,
+                bool shuffle, LastBatch policy, int prefetch = 2);
+  ~ShardedLoader();
+  ShardedLoader(const ShardedLoader&) = delete;
+  ShardedLoader& operator=(const ShardedLoader&) = delete;
+
+  int64_t steps_per_epoch() const;
+  int64_t global_batch() const { return global_batch_; }
+  const Split& split() const { return *split_; }
+  // Begin epoch `epoch` at global step `first_step` (> 0 to resume mid-epoch). Cancels any epoch in flight.
+  void start_epoch(int64_t epoch, int64_t first_step = 0);
+  // The next batch of this rank; false at the end of the epoch. Rethrows the producer's errors.
+  bool next(Batch& out);
+
+  // The split indices of rank `rank`'s share of global step `step` in the permutation `perm`.
+  std::vector<int64_t> shard_indices(const std::vector<int64_t>& perm, int64_t step) const;
+
+ private:
+  void stop_producer();
+  void produce(std::vector<int64_t> perm, int64_t first_step, uint64_t generation);
+  Batch make_batch(const std::vector<int64_t>& perm, int64_t step) const;
+
+  std::shared_ptr<const Split> split_;
+  int64_t global_batch_;
+  int rank_, world_;
+  uint64_t seed_;
+  bool shuffle_;
+  LastBatch policy_;
+  int prefetch_;
+
+  std::thread producer_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Batch> queue_;
+  bool done_ = true;        // producer finished the epoch
+  bool stop_ = false;       // ask the producer to quit
+  bool started_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace lockstep::data
