@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/ops.h"
+#include "data/cli.h"
 
 namespace po = boost::program_options;
 using namespace lockstep;
@@ -23,6 +24,7 @@ const char* kUsage = R"(usage: lockstep VERB [ARGS] [--help]
 
 verbs:
   summary RUN.yaml          print the model's table (layers, output shapes, parameter counts)
+  data convert|fetch|inspect  datasets: official files -> lockstep's HDF5 layout, download, inspect
 
 Run `lockstep VERB --help` for a verb's options and examples.
 )";
@@ -75,7 +77,9 @@ int main(int argc, char** argv) {
   }
   const std::string verb = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
-  const std::map<std::string, int (*)(const std::vector<std::string>&)> verbs = {{"summary", cmd_summary}};
+  const std::map<std::string, int (*)(const std::vector<std::string>&)> verbs = {
+      {"summary", cmd_summary},
+      {"data", [](const std::vector<std::string>& a) { return data::run_data_command(a); }}};
   try {
     auto it = verbs.find(verb);
     if (it == verbs.end()) {
