@@ -2,6 +2,9 @@
 #include "core/ops.h"
 
 #include <sched.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include <thread>
 
@@ -61,6 +64,12 @@ void set_num_threads(int n) {
   LS_REQUIRE(n >= 1, UserError, "thread count must be at least 1, got ", n);
   g_threads = n;
   kernels::cpu_set_threads(n);
+}
+void ensure_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);
+  // exec failed (no /proc): carry on with libgomp's default policy.
 }
 int num_threads() {
   if (g_threads == 0) set_num_threads(default_num_threads());

@@ -22,6 +22,11 @@ namespace lockstep::ops {
 // ---- threads ---------------------------------------------------------------------------------
 // Threads used by CPU ops (OpenMP loops and OpenBLAS). Defaults to the cores this process may run on.
 void set_num_threads(int n);
+// OpenMP's worker threads spin after each parallel region and steal the core OpenBLAS's threads need
+// (20x slowdowns on 2 threads: ../shared/bench/BASELINE.md §3). libgomp reads OMP_WAIT_POLICY once, before
+// main(), so a program calls this first thing: unless the user chose a policy, it sets PASSIVE and
+// re-executes itself (argv unchanged). Returns only when the policy is in place.
+void ensure_passive_openmp(char** argv);
 int num_threads();
 int default_num_threads();
 

@@ -71,6 +71,7 @@ int cmd_summary(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ops::ensure_passive_openmp(argv);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;

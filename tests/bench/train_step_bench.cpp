@@ -60,6 +60,7 @@ double now() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ops::ensure_passive_openmp(argv);
   std::string model = "a";
   int batch = 32, threads = 1, reps = 5;
   double window = 0.3;
