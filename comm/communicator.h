@@ -95,7 +95,7 @@ Buffer make_buffer(const Tensor& t);
 
 // ---- Work: a launched collective ------------------------------------------------------------------
 // Returned by the *_async collectives. The buffers of the collective must not be touched until it
-// completes. Destroying a pending Work waits for it (bounded by the timeout; on expiry it reports to
+// completes. A Work must not outlive its communicator. Destroying a pending Work waits for it (bounded by the timeout; on expiry it reports to
 // stderr and abandons it, since the job is being aborted anyway).
 class Work {
  public:
