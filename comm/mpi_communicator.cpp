@@ -1,0 +1,461 @@
+#include "comm/mpi_communicator.h"
+
+#include <mpi.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "comm/launch_env.h"
+
+namespace lockstep::comm {
+namespace detail {
+
+[[noreturn]] void throw_mpi_error(int rc, const char* expr, const char* file, int line, const std::string& context) {
+  char text[MPI_MAX_ERROR_STRING] = {0};
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) std::snprintf(text, sizeof text, "unknown MPI error");
+  int cls = rc;
+  MPI_Error_class(rc, &cls);
+  throw CommError(str_cat("rank ", error_rank(), ": MPI call `", expr, "` failed (", file, ":", line, "): ", text,
+                          " (MPI error ", rc, ", class ", cls, ")", context.empty() ? "" : " during ", context));
+}
+
+}  // namespace detail
+}  // namespace lockstep::comm
+
+// LS_MPI_CHECK(expr): run an MPI call; on failure throw CommError with the rank, the expression
+// text, file:line and MPI's error string. Needs MPI_ERRORS_RETURN on the communicator involved.
+#define LS_MPI_CHECK(expr)                                                                      \
+  do {                                                                                          \
+    const int ls_mpi_rc_ = (expr);                                                              \
+    if (ls_mpi_rc_ != MPI_SUCCESS)                                                              \
+      ::lockstep::comm::detail::throw_mpi_error(ls_mpi_rc_, #expr, __FILE__, __LINE__, "");     \
+  } while (0)
+// The same, naming the collective it belongs to.
+#define LS_MPI_CHECK_IN(expr, context)                                                          \
+  do {                                                                                          \
+    const int ls_mpi_rc_ = (expr);                                                              \
+    if (ls_mpi_rc_ != MPI_SUCCESS)                                                              \
+      ::lockstep::comm::detail::throw_mpi_error(ls_mpi_rc_, #expr, __FILE__, __LINE__, context); \
+  } while (0)
+
+namespace lockstep::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+WaitPolicy g_policy;
+int g_instances = 0;           // live MpiCommunicators
+bool g_we_initialised = false;  // MPI_Init_thread was ours, so MPI_Finalize is too
+
+MPI_Datatype mpi_type(ElemType t) {
+  switch (t) {
+    case ElemType::F32: return MPI_FLOAT;
+    case ElemType::F64: return MPI_DOUBLE;
+    case ElemType::I64: return MPI_INT64_T;
+    case ElemType::U8: return MPI_UINT8_T;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  return MPI_OP_NULL;
+}
+
+// dst[i] = op(dst[i], src[i]); plain loops that -O3 vectorises.
+template <typename T>
+void reduce_into(T* __restrict dst, const T* __restrict src, int64_t n, ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum:
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(dst[i] + src[i]);
+      break;
+    case ReduceOp::Max:
+      for (int64_t i = 0; i < n; ++i) dst[i] = src[i] > dst[i] ? src[i] : dst[i];
+      break;
+    case ReduceOp::Min:
+      for (int64_t i = 0; i < n; ++i) dst[i] = src[i] < dst[i] ? src[i] : dst[i];
+      break;
+  }
+}
+
+void reduce_into(void* dst, const void* src, int64_t n, ElemType t, ReduceOp op) {
+  switch (t) {
+    case ElemType::F32: reduce_into(static_cast<float*>(dst), static_cast<const float*>(src), n, op); break;
+    case ElemType::F64: reduce_into(static_cast<double*>(dst), static_cast<const double*>(src), n, op); break;
+    case ElemType::I64: reduce_into(static_cast<int64_t*>(dst), static_cast<const int64_t*>(src), n, op); break;
+    case ElemType::U8: reduce_into(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), n, op); break;
+  }
+}
+
+std::string seconds_str(std::chrono::milliseconds ms) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.1f s", static_cast<double>(ms.count()) / 1000.0);
+  return s;
+}
+
+class MpiCommunicator;
+
+// A launched collective: subclasses say how to advance it.
+class MpiWork : public Work {
+ public:
+  MpiWork(MpiCommunicator& comm, std::string description) : comm_(comm), description_(std::move(description)) {}
+  using Work::wait;
+  bool test() final;
+  void wait(std::chrono::milliseconds timeout) final;
+  std::string description() const final { return description_; }
+
+ protected:
+  std::chrono::milliseconds default_timeout() const final;
+  // Advance; true once complete. May throw CommError.
+  virtual bool progress() = 0;
+  // For derived destructors (progress() is gone by the base destructor): wait for a pending
+  // collective, bounded by the timeout; false if it failed or had to be abandoned, in which case MPI
+  // may still write into its buffers.
+  bool settle();
+  MpiCommunicator& comm_;
+  std::string description_;
+
+ private:
+  bool done_ = false;
+  bool failed_ = false;
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator();
+  ~MpiCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
+  std::string name() const override { return "mpi"; }
+  bool supports(Device d) const override { return d == Device::CPU; }
+
+  // The typed overloads of the base stay visible.
+  using Communicator::all_reduce_async;
+  std::unique_ptr<Work> all_reduce_async(Buffer buf, ReduceOp op) override;
+  std::unique_ptr<Work> broadcast_async(Buffer buf, int root) override;
+  std::unique_ptr<Work> all_gather_async(Buffer send, Buffer recv) override;
+  std::unique_ptr<Work> barrier_async() override;
+  [[noreturn]] void abort(int code, const std::string& message) override;
+
+  MPI_Comm comm() const { return comm_; }
+  void mark_failed() { poison(); }
+  std::string describe_launch(const std::string& what) {
+    const int64_t seq = next_sequence();
+    return str_cat(what, " #", seq, label().empty() ? "" : " [" + label() + "]");
+  }
+  int ring_tag() { return static_cast<int>(ring_tags_++ % static_cast<int64_t>(tag_ub_)); }
+  // Scratch memory for ring all-reduces, reused across calls (fresh pages would fault every call).
+  std::vector<char> take_scratch(size_t bytes) {
+    std::vector<char> s;
+    if (!scratch_.empty()) {
+      s = std::move(scratch_.back());
+      scratch_.pop_back();
+    }
+    if (s.size() < bytes) s.resize(bytes);
+    return s;
+  }
+  void give_scratch(std::vector<char> s) {
+    if (scratch_.size() < 8) scratch_.push_back(std::move(s));
+  }
+
+ private:
+  std::string where(const char* collective) const { return str_cat("rank ", rank_, ": ", collective); }
+  void check_count(const char* collective, const Buffer& b) const {
+    LS_REQUIRE(b.count <= INT_MAX, CommError, where(collective), " of ", b.describe(),
+               ": more than 2^31-1 elements in one MPI call; split the buffer");
+  }
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  int tag_ub_ = 32767;
+  int64_t ring_tags_ = 0;
+  std::vector<std::vector<char>> scratch_;
+};
+
+// ---- MpiWork --------------------------------------------------------------------------------------
+std::chrono::milliseconds MpiWork::default_timeout() const { return comm_.timeout(); }
+
+bool MpiWork::test() {
+  if (done_) return true;
+  LS_REQUIRE(!failed_, CommError, "rank ", comm_.rank(), ": ", description_, " already failed");
+  try {
+    done_ = progress();
+  } catch (...) {
+    failed_ = true;
+    comm_.mark_failed();
+    throw;
+  }
+  return done_;
+}
+
+void MpiWork::wait(std::chrono::milliseconds timeout) {
+  if (test()) return;
+  const WaitPolicy policy = g_policy;
+  const auto start = Clock::now();
+  const bool bounded = timeout.count() > 0;
+  const auto deadline = bounded ? start + timeout : Clock::time_point::max();
+  while (!test()) {
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      failed_ = true;
+      comm_.mark_failed();
+      throw CommError(str_cat(
+          "rank ", comm_.rank(), ": ", description_, " timed out after ", seconds_str(timeout),
+          " (watchdog): at least one of the ", comm_.size(), " ranks did not join this collective: it is stuck, "
+          "dead, or called the collectives in a different order (every rank must call them in the same order). "
+          "The job must be aborted; raise the timeout if a rank is legitimately slow here"));
+    }
+    const auto waited = now - start;
+    if (waited < policy.spin) continue;
+    if (waited < policy.yield) {
+      sched_yield();
+      continue;
+    }
+    auto nap = std::chrono::duration_cast<std::chrono::microseconds>(waited / 20);
+    nap = std::clamp(nap, policy.min_sleep, policy.max_sleep);
+    if (bounded) nap = std::min(nap, std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) +
+                                         std::chrono::microseconds(1));
+    std::this_thread::sleep_for(nap);
+  }
+}
+
+bool MpiWork::settle() {
+  if (done_) return true;
+  if (failed_) return false;
+  if (comm_.poisoned()) {
+    std::fprintf(stderr, "lockstep: rank %d: abandoning unfinished %s (the communicator already failed)\n",
+                 comm_.rank(), description_.c_str());
+    return false;
+  }
+  try {
+    wait();
+    return true;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lockstep: rank %d: unfinished collective dropped: %s\n", comm_.rank(), e.what());
+    return false;
+  }
+}
+
+// One MPI request (MPI_I* collectives).
+class RequestWork final : public MpiWork {
+ public:
+  RequestWork(MpiCommunicator& comm, std::string description) : MpiWork(comm, std::move(description)) {}
+  ~RequestWork() override { settle(); }
+  MPI_Request* request() { return &request_; }
+
+ protected:
+  bool progress() override {
+    int flag = 0;
+    LS_MPI_CHECK_IN(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE), description_);
+    return flag != 0;
+  }
+
+ private:
+  MPI_Request request_ = MPI_REQUEST_NULL;
+};
+
+// In-place ring all-reduce: p-1 reduce-scatter steps then p-1 all-gather steps; in each, one
+// ~count/p chunk goes to the right neighbour while one comes from the left. Each test() advances as
+// many steps as have arrived. Chunk c covers [off(c), off(c) + len(c)).
+class RingAllReduceWork final : public MpiWork {
+ public:
+  RingAllReduceWork(MpiCommunicator& comm, std::string description, Buffer buf, ReduceOp op)
+      : MpiWork(comm, std::move(description)), buf_(buf), op_(op), type_(mpi_type(buf.type)),
+        p_(comm.size()), r_(comm.rank()), esize_(elem_size(buf.type)) {
+    tag_ = comm.ring_tag();
+    scratch_ = comm.take_scratch(static_cast<size_t>(len(0) * esize_));
+    post();
+  }
+  ~RingAllReduceWork() override {
+    if (settle()) comm_.give_scratch(std::move(scratch_));
+    else static_cast<void>(new std::vector<char>(std::move(scratch_)));  // MPI may still write into it: leak
+  }
+
+ protected:
+  bool progress() override {
+    while (step_ < 2 * (p_ - 1)) {
+      int flag = 0;
+      LS_MPI_CHECK_IN(MPI_Testall(2, requests_, &flag, MPI_STATUSES_IGNORE), description_);
+      if (!flag) return false;
+      if (step_ < p_ - 1) {
+        const int rc = recv_chunk();
+        reduce_into(at(off(rc)), scratch_.data(), len(rc), buf_.type, op_);
+      }
+      ++step_;
+      if (step_ < 2 * (p_ - 1)) post();
+    }
+    return true;
+  }
+
+ private:
+  int64_t off(int c) const {
+    const int64_t base = buf_.count / p_, rem = buf_.count % p_;
+    return c * base + std::min<int64_t>(c, rem);
+  }
+  int64_t len(int c) const {
+    const int64_t base = buf_.count / p_, rem = buf_.count % p_;
+    return base + (c < rem ? 1 : 0);
+  }
+  char* at(int64_t elem) const { return static_cast<char*>(buf_.data) + elem * esize_; }
+  int send_chunk() const { return step_ < p_ - 1 ? (r_ - step_ + p_) % p_ : (r_ + 1 - (step_ - (p_ - 1)) + p_) % p_; }
+  int recv_chunk() const { return step_ < p_ - 1 ? (r_ - step_ - 1 + p_) % p_ : (r_ - (step_ - (p_ - 1)) + p_) % p_; }
+  void post() {
+    const int right = (r_ + 1) % p_, left = (r_ - 1 + p_) % p_;
+    const int sc = send_chunk(), rc = recv_chunk();
+    void* dst = step_ < p_ - 1 ? static_cast<void*>(scratch_.data()) : static_cast<void*>(at(off(rc)));
+    LS_MPI_CHECK_IN(MPI_Irecv(dst, static_cast<int>(len(rc)), type_, left, tag_, comm_.comm(), &requests_[0]),
+                    description_);
+    LS_MPI_CHECK_IN(MPI_Isend(at(off(sc)), static_cast<int>(len(sc)), type_, right, tag_, comm_.comm(), &requests_[1]),
+                    description_);
+  }
+
+  Buffer buf_;
+  ReduceOp op_;
+  MPI_Datatype type_;
+  int p_, r_;
+  int64_t esize_;
+  int tag_ = 0;
+  int step_ = 0;
+  std::vector<char> scratch_;
+  MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+};
+
+// ---- MpiCommunicator ------------------------------------------------------------------------------
+MpiCommunicator::MpiCommunicator() {
+  int finalized = 0, initialized = 0;
+  MPI_Finalized(&finalized);
+  LS_REQUIRE(!finalized, CommError,
+             "MPI was already finalised in this process (an earlier MPI communicator was destroyed); create one "
+             "MPI communicator for the whole run");
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = MPI_THREAD_SINGLE;
+    LS_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    g_we_initialised = true;
+    LS_REQUIRE(provided >= MPI_THREAD_FUNNELED, CommError, "MPI_Init_thread gave thread level ", provided,
+               " but lockstep needs MPI_THREAD_FUNNELED (", MPI_THREAD_FUNNELED, ")");
+  }
+  LS_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  LS_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
+  LS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  LS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  LS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  set_error_rank(rank_);
+  ++g_instances;
+
+  void* attr = nullptr;
+  int flag = 0;
+  LS_MPI_CHECK(MPI_Comm_get_attr(comm_, MPI_TAG_UB, &attr, &flag));
+  if (flag && attr != nullptr) tag_ub_ = std::max(1, *static_cast<int*>(attr));
+
+  if (auto placement = local_placement_from_env(process_env, rank_, size_)) {
+    local_rank_ = placement->local_rank;
+    local_size_ = placement->local_size;
+  } else {
+    MPI_Comm node = MPI_COMM_NULL;
+    LS_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+    LS_MPI_CHECK(MPI_Comm_rank(node, &local_rank_));
+    LS_MPI_CHECK(MPI_Comm_size(node, &local_size_));
+    LS_MPI_CHECK(MPI_Comm_free(&node));
+  }
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  --g_instances;
+  if (poisoned()) return;  // a collective is half done: freeing or finalising would hang
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (g_instances == 0 && g_we_initialised) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+}
+
+std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op) {
+  check_buffer("all_reduce", buf);
+  std::string what = describe_launch(str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), ")"));
+  if (size_ > 1 && buf.bytes() >= kRingMinBytes && buf.count >= size_) {
+    LS_REQUIRE(buf.count / size_ < INT_MAX, CommError, where("all_reduce"), " of ", buf.describe(),
+               ": chunks over 2^31-1 elements");
+    return std::make_unique<RingAllReduceWork>(*this, std::move(what), buf, op);
+  }
+  check_count("all_reduce", buf);
+  auto w = std::make_unique<RequestWork>(*this, what);
+  LS_MPI_CHECK_IN(MPI_Iallreduce(MPI_IN_PLACE, buf.data, static_cast<int>(buf.count), mpi_type(buf.type), mpi_op(op),
+                                 comm_, w->request()),
+                  what);
+  return w;
+}
+
+std::unique_ptr<Work> MpiCommunicator::broadcast_async(Buffer buf, int root) {
+  check_buffer("broadcast", buf);
+  check_count("broadcast", buf);
+  LS_REQUIRE(root >= 0 && root < size_, CommError, where("broadcast"), ": root ", root, " is not a rank of the ",
+             size_, "-rank job");
+  std::string what = describe_launch(str_cat("broadcast(root ", root, ", ", buf.describe(), ")"));
+  auto w = std::make_unique<RequestWork>(*this, what);
+  LS_MPI_CHECK_IN(MPI_Ibcast(buf.data, static_cast<int>(buf.count), mpi_type(buf.type), root, comm_, w->request()),
+                  what);
+  return w;
+}
+
+std::unique_ptr<Work> MpiCommunicator::all_gather_async(Buffer send, Buffer recv) {
+  check_buffer("all_gather", send);
+  check_buffer("all_gather", recv);
+  check_count("all_gather", recv);
+  LS_REQUIRE(send.type == recv.type, CommError, where("all_gather"), " from ", send.describe(), " into ",
+             recv.describe(), ": element types differ");
+  LS_REQUIRE(recv.count == send.count * size_, CommError, where("all_gather"), " of ", send.describe(), " into ",
+             recv.describe(), ": the receive buffer must hold size() x send.count = ", send.count * size_,
+             " elements");
+  std::string what = describe_launch(str_cat("all_gather(", send.describe(), ")"));
+  auto w = std::make_unique<RequestWork>(*this, what);
+  const MPI_Datatype t = mpi_type(send.type);
+  LS_MPI_CHECK_IN(MPI_Iallgather(send.data, static_cast<int>(send.count), t, recv.data, static_cast<int>(send.count), t,
+                                 comm_, w->request()),
+                  what);
+  return w;
+}
+
+std::unique_ptr<Work> MpiCommunicator::barrier_async() {
+  check_not_poisoned("barrier");
+  std::string what = describe_launch("barrier");
+  auto w = std::make_unique<RequestWork>(*this, what);
+  LS_MPI_CHECK_IN(MPI_Ibarrier(comm_, w->request()), what);
+  return w;
+}
+
+void MpiCommunicator::abort(int code, const std::string& message) {
+  std::fflush(stdout);
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  std::fprintf(stderr, "lockstep: rank %d/%d (%s pid %d): aborting the job (exit %d): %s\n", rank_, size_, host,
+               static_cast<int>(getpid()), code, message.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; in case it does
+}
+
+}  // namespace
+
+void set_wait_policy(const WaitPolicy& policy) { g_policy = policy; }
+WaitPolicy wait_policy() { return g_policy; }
+
+std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
+
+}  // namespace lockstep::comm

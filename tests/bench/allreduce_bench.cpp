@@ -1,0 +1,139 @@
+// comm_allreduce_bench: lockstep's gradient all-reduce against a bare MPI_Allreduce of the same size.
+//
+//   mpirun --allow-run-as-root --timeout 120 -np 2 build/tests/comm/comm_allreduce_bench [--reps 7] [--min-ms 40]
+//
+// Per size (266,610 floats = the MLP's gradient; 500,210; 1,256,410) and path:
+//   mpi       MPI_Allreduce(MPI_IN_PLACE, SUM, float) on MPI_COMM_WORLD (the reference, as in
+//             /work/shared/bench/limits/allreduce_bench.c)
+//   ls-one    Communicator::all_reduce of the whole buffer (one collective, polled wait)
+//   ls-bucket GradientBucketer with default buckets over layer-like segments: mark_ready per segment
+//             in backward order, then finish()
+//   ls-spin   ls-bucket with a pure-spin wait policy (to price the sleep/yield back-off)
+//   skew      rank 0 busy for 1/5/20 ms before ls-bucket: back-off vs pure spin when waits are long
+// Methodology as in BASELINE.md §8: 2 warm-up calls; each repetition is barrier + k calls lasting
+// >= --min-ms, timed by the slowest rank; the median over --reps. busbw = bytes/t * 2(p-1)/p.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/gradient_bucketer.h"
+#include "comm/mpi_communicator.h"
+
+using namespace lockstep;
+using namespace lockstep::comm;
+
+namespace {
+
+double time_per_call(const std::function<void()>& fn, int reps, double min_ms) {
+  fn();
+  fn();
+  MPI_Barrier(MPI_COMM_WORLD);
+  double t0 = MPI_Wtime();
+  fn();
+  double t = MPI_Wtime() - t0, per = 0;
+  MPI_Allreduce(&t, &per, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  const long k = static_cast<long>(min_ms * 1e-3 / std::max(per, 1e-7)) + 1;
+  std::vector<double> v(static_cast<size_t>(reps));
+  for (int r = 0; r < reps; ++r) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    t0 = MPI_Wtime();
+    for (long i = 0; i < k; ++i) fn();
+    t = (MPI_Wtime() - t0) / static_cast<double>(k);
+    MPI_Allreduce(&t, &v[static_cast<size_t>(r)], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  }
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Layer-like segments: alternating weight/bias pairs shrinking towards the output.
+std::vector<GradientSegment> layer_segments(int64_t n) {
+  std::vector<GradientSegment> segs;
+  const double share[] = {0.70, 0.001, 0.22, 0.001, 0.07, 0.008};
+  int64_t off = 0;
+  for (size_t i = 0; i < 6; ++i) {
+    const int64_t c = i == 5 ? n - off : std::max<int64_t>(1, static_cast<int64_t>(share[i] * static_cast<double>(n)));
+    segs.push_back({off, c});
+    off += c;
+  }
+  return segs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 7;
+  double min_ms = 40;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--min-ms")) min_ms = std::atof(argv[i + 1]);
+  }
+  auto comm = make_communicator(CommKind::Mpi);  // initialises MPI
+  const int p = comm->size(), rank = comm->rank();
+  const WaitPolicy def = wait_policy();
+  WaitPolicy spin;
+  spin.spin = std::chrono::hours(1);
+
+  if (rank == 0)
+    std::printf("ranks=%d threads_per_rank=%d  (lat_us / busbw GB/s; ratio = busbw vs mpi)\n", p,
+                default_threads_per_rank(*comm));
+  for (int64_t n : {int64_t{266610}, int64_t{500210}, int64_t{1256410}}) {
+    Tensor arena = Tensor::full({n}, 1.0);
+    float* a = arena.data();
+    const double bytes = static_cast<double>(n) * 4;
+    auto report = [&](const char* name, double t, double ref) {
+      const double busbw = bytes / t * 2.0 * (p - 1) / p / 1e9;
+      if (rank == 0)
+        std::printf("floats=%-8lld path=%-10s lat_us=%9.1f busbw=%6.2f ratio=%.2f\n", static_cast<long long>(n), name,
+                    t * 1e6, busbw, ref > 0 ? ref / t : 1.0);
+    };
+    const double t_mpi = time_per_call(
+        [&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); }, reps, min_ms);
+    report("mpi", t_mpi, 0);
+    const double t_one = time_per_call([&] { comm->all_reduce(arena); }, reps, min_ms);
+    report("ls-one", t_one, t_mpi);
+    GradientBucketer bucketer(*comm, arena, layer_segments(n));
+    auto bucketed = [&] {
+      for (int s = static_cast<int>(bucketer.segments().size()) - 1; s >= 0; --s) bucketer.mark_ready(s);
+      bucketer.finish();
+    };
+    const double t_bucket = time_per_call(bucketed, reps, min_ms);
+    report("ls-bucket", t_bucket, t_mpi);
+    set_wait_policy(spin);
+    const double t_spin = time_per_call(bucketed, reps, min_ms);
+    set_wait_policy(def);
+    report("ls-spin", t_spin, t_mpi);
+    if (rank == 0) std::printf("  (%zu buckets)\n", bucketer.buckets().size());
+    // Skewed arrival: rank 0 computes for `skew` before joining, so the others wait past the spin
+    // phase into yield/sleep. The difference to pure spin is the back-off's latency cost.
+    if (n == 266610) {
+      for (int skew_us : {1000, 5000, 20000}) {
+        auto busy_then_reduce = [&] {
+          if (rank == 0) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(skew_us);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+          }
+          bucketed();
+        };
+        const double t_def = time_per_call(busy_then_reduce, reps, min_ms);
+        set_wait_policy(spin);
+        const double t_sp = time_per_call(busy_then_reduce, reps, min_ms);
+        set_wait_policy(def);
+        if (rank == 0)
+          std::printf("floats=%-8lld skew_us=%-6d back-off lat_us=%9.1f  pure-spin lat_us=%9.1f  cost=%+.1f us\n",
+                      static_cast<long long>(n), skew_us, t_def * 1e6, t_sp * 1e6, (t_def - t_sp) * 1e6);
+      }
+    }
+    // Keep the values bounded (they double every SUM).
+    std::fill(a, a + n, 1.0f);
+  }
+  return 0;
+}

@@ -1,0 +1,373 @@
+// Multi-rank tests of the MPI communicator, the bucketer and the consistency checks. Run by CTest as
+//   mpirun --allow-run-as-root --oversubscribe --timeout 60 -np {2,4} comm_mpi_tests
+// Every test checks closed forms (each rank contributes rank+1, or seeded small integers that sum
+// exactly) and all-reduces its verdict, so every rank passes or fails together. There is no skip:
+// if MPI does not start, the binary fails.
+//
+// DISABLED_Watchdog.* are run separately (their own CTest entries): a rank deliberately stalls, the
+// others must get a CommError within the timeout and abort the job.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/consistency.h"
+#include "comm/gradient_bucketer.h"
+
+namespace lockstep::comm {
+namespace {
+
+Communicator* g_comm = nullptr;
+Communicator& comm() { return *g_comm; }
+
+// The verdict of every rank: true only if `ok` on all of them.
+bool all_ok(bool ok) { return comm().all_reduce_value<int64_t>(ok ? 1 : 0, ReduceOp::Min) == 1; }
+#define EXPECT_ALL(ok) EXPECT_TRUE(all_ok(ok)) << "failed on at least one rank (see its output)"
+
+// nccl-tests style seeded data: a small integer from (seed, rank, index), so any sum is exact.
+double seeded(uint64_t seed, int rank, int64_t i) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(rank) << 40) ^ static_cast<uint64_t>(i);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return static_cast<double>(static_cast<int64_t>(x % 33) - 16);
+}
+
+template <typename T>
+class AllReduceTyped : public ::testing::Test {};
+using ElemTypes = ::testing::Types<float, double, int64_t, uint8_t>;
+TYPED_TEST_SUITE(AllReduceTyped, ElemTypes);
+
+// Closed forms per op: SUM of (r+1)+(i%7) = p(p+1)/2 + p(i%7); MAX/MIN of (r+1)(1+i%3).
+TYPED_TEST(AllReduceTyped, EveryOpAndSize) {
+  using T = TypeParam;
+  const int p = comm().size(), r = comm().rank();
+  bool ok = true;
+  // 0, below p, small (libnbc), and large enough for the ring in every type (>= 64 KiB).
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{3}, int64_t{7}, int64_t{1000}, int64_t{70001}, int64_t{266610}}) {
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min}) {
+      std::vector<T> v(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i)
+        v[static_cast<size_t>(i)] = op == ReduceOp::Sum ? static_cast<T>((r + 1) + i % 7) : static_cast<T>((r + 1) * (1 + i % 3));
+      comm().all_reduce(std::span<T>(v), op);
+      for (int64_t i = 0; i < n && ok; ++i) {
+        T want = op == ReduceOp::Sum ? static_cast<T>(p * (p + 1) / 2 + p * (i % 7))
+                 : op == ReduceOp::Max ? static_cast<T>(p * (1 + i % 3))
+                                       : static_cast<T>(1 + i % 3);
+        if (v[static_cast<size_t>(i)] != want) {
+          ADD_FAILURE() << "rank " << r << ": " << reduce_op_name(op) << " n=" << n << " i=" << i << ": got "
+                        << +v[static_cast<size_t>(i)] << " want " << +want;
+          ok = false;
+        }
+      }
+    }
+  }
+  EXPECT_ALL(ok);
+}
+
+TEST(AllReduce, SeededDataExactSums) {
+  const int p = comm().size(), r = comm().rank();
+  bool ok = true;
+  for (int64_t n : {int64_t{266610}, int64_t{500210}, int64_t{1256410}, int64_t{12345}}) {
+    std::vector<float> f(static_cast<size_t>(n));
+    std::vector<double> d(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) f[static_cast<size_t>(i)] = static_cast<float>(d[static_cast<size_t>(i)] = seeded(7, r, i));
+    comm().all_reduce(std::span<float>(f));
+    comm().all_reduce(std::span<double>(d), ReduceOp::Max);
+    for (int64_t i = 0; i < n && ok; ++i) {
+      double sum = 0, mx = -1e9;
+      for (int q = 0; q < p; ++q) {
+        sum += seeded(7, q, i);
+        mx = std::max(mx, seeded(7, q, i));
+      }
+      if (f[static_cast<size_t>(i)] != static_cast<float>(sum) || d[static_cast<size_t>(i)] != mx) {
+        ADD_FAILURE() << "rank " << r << " n=" << n << " i=" << i << ": sum " << f[static_cast<size_t>(i)] << " want "
+                      << sum << ", max " << d[static_cast<size_t>(i)] << " want " << mx;
+        ok = false;
+      }
+    }
+  }
+  EXPECT_ALL(ok);
+}
+
+TEST(AllReduce, TensorOverload) {
+  Tensor t = Tensor::full({3, 4}, comm().rank() + 1.0);
+  comm().all_reduce(t);
+  const double want = comm().size() * (comm().size() + 1) / 2.0;
+  bool ok = true;
+  for (int64_t i = 0; i < t.numel(); ++i) ok &= t.at(i) == want;
+  EXPECT_ALL(ok);
+}
+
+// Several outstanding works at once (ring and libnbc paths), completed in reverse order.
+TEST(AllReduce, AsyncOverlap) {
+  const int p = comm().size(), r = comm().rank();
+  const std::vector<int64_t> sizes = {100000, 5, 300000, 17, 65536, 1};
+  std::vector<std::vector<float>> bufs;
+  for (int64_t n : sizes) bufs.emplace_back(static_cast<size_t>(n), static_cast<float>(r + 1));
+  std::vector<std::unique_ptr<Work>> works;
+  for (auto& b : bufs) works.push_back(comm().all_reduce_async(std::span<float>(b)));
+  // Drive progress a little, as the bucketer does between layers.
+  for (int k = 0; k < 10; ++k)
+    for (auto& w : works) w->test();
+  for (size_t k = works.size(); k-- > 0;) works[k]->wait();
+  for (auto& w : works) EXPECT_TRUE(w->is_completed());
+  bool ok = true;
+  for (auto& b : bufs)
+    for (float x : b) ok &= x == static_cast<float>(p * (p + 1) / 2);
+  EXPECT_ALL(ok);
+}
+
+TEST(Broadcast, FromEveryRoot) {
+  const int p = comm().size(), r = comm().rank();
+  bool ok = true;
+  for (int root = 0; root < p; ++root) {
+    std::vector<double> d(1000, r == root ? 10.0 * root + 0.5 : -1.0);
+    std::vector<int64_t> i(3, r == root ? (int64_t{1} << 50) + root : 0);
+    std::vector<uint8_t> u(70000, r == root ? static_cast<uint8_t>(200 + root) : 0);
+    comm().broadcast(std::span<double>(d), root);
+    comm().broadcast(std::span<int64_t>(i), root);
+    comm().broadcast(std::span<uint8_t>(u), root);
+    for (double x : d) ok &= x == 10.0 * root + 0.5;
+    for (int64_t x : i) ok &= x == (int64_t{1} << 50) + root;
+    for (uint8_t x : u) ok &= x == 200 + root;
+  }
+  EXPECT_ALL(ok);
+  std::vector<float> f(2);
+  EXPECT_THROW(comm().broadcast(std::span<float>(f), p), CommError);
+}
+
+TEST(AllGather, RankBlocksInOrder) {
+  const int p = comm().size(), r = comm().rank();
+  const int k = 5;
+  std::vector<int64_t> send(k), recv(static_cast<size_t>(k * p), -1);
+  for (int j = 0; j < k; ++j) send[static_cast<size_t>(j)] = r * 10 + j;
+  comm().all_gather(std::span<const int64_t>(send), std::span<int64_t>(recv));
+  bool ok = true;
+  for (int q = 0; q < p; ++q)
+    for (int j = 0; j < k; ++j) ok &= recv[static_cast<size_t>(q * k + j)] == q * 10 + j;
+  EXPECT_ALL(ok);
+  std::vector<int64_t> small(static_cast<size_t>(k));
+  if (p > 1) {
+    EXPECT_THROW(comm().all_gather(std::span<const int64_t>(send), std::span<int64_t>(small)), CommError);
+  }
+}
+
+TEST(Communicator, DiscoveryAndBarrier) {
+  const int p = comm().size(), r = comm().rank();
+  EXPECT_EQ(comm().name(), "mpi");
+  const char* env_size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  ASSERT_NE(env_size, nullptr) << "comm_mpi_tests must run under mpirun";
+  EXPECT_EQ(p, std::atoi(env_size));
+  EXPECT_EQ(r, std::atoi(std::getenv("OMPI_COMM_WORLD_RANK")));
+  EXPECT_EQ(comm().local_size(), p);  // one node
+  EXPECT_EQ(comm().local_rank(), r);
+  EXPECT_GE(default_threads_per_rank(comm()), 1);
+  EXPECT_EQ(error_rank(), r);
+  EXPECT_EQ(detect_comm_kind(), CommKind::Mpi);
+  comm().barrier();
+  // The local ranks agree on the local size.
+  EXPECT_EQ(comm().all_reduce_value<int64_t>(comm().local_size(), ReduceOp::Max),
+            comm().all_reduce_value<int64_t>(comm().local_size(), ReduceOp::Min));
+}
+
+TEST(Communicator, RefusesCudaBuffers) {
+  float fake[4];
+  try {
+    comm().all_reduce(Buffer{fake, 4, ElemType::F32, Device::CUDA});
+    FAIL() << "no throw";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("not CUDA-aware"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(str_cat("rank ", comm().rank())), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(comm().supports(Device::CUDA));
+  EXPECT_FALSE(comm().poisoned());
+  comm().barrier();
+}
+
+// ---- bucketer -------------------------------------------------------------------------------------
+// Arena of 20,000 floats; listed segments get (r+1)*(1 + i%5) at element i; frozen ones a per-rank
+// sentinel that must survive untouched. Small caps so segments cross bucket boundaries; one segment
+// is larger than the cap.
+TEST(GradientBucketer, SumsBucketsInAnyMarkOrder) {
+  const int p = comm().size(), r = comm().rank();
+  const std::vector<GradientSegment> segs = {{0, 100},     {100, 250},  {350, 4000},   /* frozen [4350,5000) */
+                                             {5000, 300},  {5300, 7000}, {12300, 50},  {12350, 7650}};
+  Tensor arena({20000});
+  BucketOptions o;
+  o.first_bucket_bytes = 1200;  // 300 floats
+  o.bucket_cap_bytes = 8000;    // 2000 floats
+  GradientBucketer b(comm(), arena, segs, o);
+  ASSERT_GE(b.buckets().size(), 5u);
+  auto listed = [&](int64_t i) {
+    for (const auto& s : segs)
+      if (i >= s.offset && i < s.offset + s.count) return true;
+    return false;
+  };
+  bool ok = true;
+  for (int step = 0; step < 3; ++step) {
+    float* a = arena.data();
+    for (int64_t i = 0; i < arena.numel(); ++i)
+      a[i] = listed(i) ? static_cast<float>((r + 1) * (1 + i % 5)) : static_cast<float>(-1000 - r);
+    // Even ranks mark in backward order; odd ranks in a scrambled order: launches must still match.
+    std::vector<int> order = {6, 5, 4, 3, 2, 1, 0};
+    if (r % 2 == 1) order = {2, 6, 0, 4, 5, 1, 3};
+    for (int s : order) b.mark_ready(s);
+    b.finish();
+    for (int64_t i = 0; i < arena.numel(); ++i) {
+      const float want = listed(i) ? static_cast<float>(p * (p + 1) / 2 * (1 + i % 5)) : static_cast<float>(-1000 - r);
+      if (a[i] != want) {
+        ADD_FAILURE() << "rank " << r << " step " << step << " element " << i << ": " << a[i] << " want " << want;
+        ok = false;
+        break;
+      }
+    }
+  }
+  EXPECT_ALL(ok);
+}
+
+TEST(GradientBucketer, DefaultBucketsAndPostScaleGiveMean) {
+  const int p = comm().size(), r = comm().rank();
+  // The MLP's gradient size with default buckets (1 MiB first, 4 MiB cap): two buckets.
+  Tensor arena({266610});
+  std::vector<GradientSegment> segs = {{0, 200704}, {200704, 256}, {200960, 65536}, {266496, 64}, {266560, 50}};
+  BucketOptions o;
+  o.post_scale = 1.0 / p;
+  GradientBucketer b(comm(), arena, segs, o);
+  float* a = arena.data();
+  for (int64_t i = 0; i < arena.numel(); ++i) a[i] = static_cast<float>(2 * (r + 1));
+  for (int s = 4; s >= 0; --s) b.mark_ready(s);
+  b.finish();
+  bool ok = true;
+  for (int64_t i = 0; i < arena.numel(); ++i) ok &= a[i] == static_cast<float>(p + 1);
+  EXPECT_ALL(ok);
+}
+
+// ---- consistency checks ---------------------------------------------------------------------------
+TEST(Consistency, SameConfigPasses) {
+  EXPECT_NO_THROW(check_same_on_all_ranks(comm(), "config", "model: mlp\nseed: 3\n"));
+  EXPECT_NO_THROW(check_same_on_all_ranks(comm(), "world_size", std::to_string(comm().size())));
+}
+
+TEST(Consistency, DifferentConfigThrowsOnEveryRank) {
+  const int p = comm().size(), r = comm().rank();
+  const std::string mine = r == p - 1 ? "seed: 4" : "seed: 3";
+  bool threw = false;
+  try {
+    check_same_on_all_ranks(comm(), "config", mine);
+  } catch (const CommError& e) {
+    threw = true;
+    const std::string m = e.what();
+    EXPECT_NE(m.find("different run files or seeds"), std::string::npos) << m;
+    EXPECT_NE(m.find("'config' on rank " + std::to_string(p - 1)), std::string::npos) << m;
+  }
+  EXPECT_ALL(threw);
+  EXPECT_FALSE(comm().poisoned());
+  comm().barrier();  // still usable: nobody hung
+}
+
+TEST(Consistency, ReplicaDesyncNamesStepAndRank) {
+  const int p = comm().size(), r = comm().rank();
+  std::vector<float> params(5000);
+  for (size_t i = 0; i < params.size(); ++i) params[i] = static_cast<float>(seeded(11, 0, static_cast<int64_t>(i)));
+  EXPECT_NO_THROW(check_replicas_identical(comm(), params, 10));
+  const int bad = p > 2 ? 2 : 1;
+  if (r == bad) params[4321] = std::nextafter(params[4321], 1e9f);
+  bool threw = false;
+  try {
+    check_replicas_identical(comm(), params, 77);
+  } catch (const CommError& e) {
+    threw = true;
+    const std::string m = e.what();
+    EXPECT_NE(m.find("diverged at step 77"), std::string::npos) << m;
+    EXPECT_NE(m.find("first differing rank: " + std::to_string(bad)), std::string::npos) << m;
+  }
+  EXPECT_ALL(threw);
+}
+
+// ---- watchdog (run on its own: the job is aborted) --------------------------------------------------
+// The last rank stalls instead of joining an all-reduce; every other rank must get a CommError
+// naming the collective, its size and the step within the 2 s timeout, then abort the job (exit 3).
+TEST(DISABLED_Watchdog, StalledRankIsReportedNotHung) {
+  const int p = comm().size(), r = comm().rank();
+  ASSERT_GE(p, 2);
+  comm().barrier();
+  comm().set_timeout(std::chrono::seconds(2));
+  comm().set_step(42);
+  if (r == p - 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(40));  // stuck; mpirun --timeout is the backstop
+    std::_Exit(99);
+  }
+  std::vector<float> grad(266610, 1.f);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    comm().all_reduce(std::span<float>(grad));
+    FAIL() << "rank " << r << ": no CommError";
+  } catch (const CommError& e) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string m = e.what();
+    const bool named = m.find("all_reduce(SUM, 266610 x float32") != std::string::npos &&
+                       m.find("[step 42]") != std::string::npos && m.find("timed out after 2.0 s") != std::string::npos;
+    EXPECT_TRUE(named) << m;
+    EXPECT_GE(s, 1.9);
+    EXPECT_LT(s, 3.5);
+    EXPECT_TRUE(comm().poisoned());
+    EXPECT_THROW(comm().barrier(), CommError);
+    if (named && s >= 1.9 && s < 3.5) std::printf("WATCHDOG_OK rank %d after %.2f s: %s\n", r, s, m.c_str());
+    std::fflush(stdout);
+    comm().abort(3, m);
+  }
+}
+
+// Prints failures of ranks other than 0, prefixed with the rank (rank 0 keeps gtest's printer).
+class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed())
+      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
+                   r.summary());
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+}  // namespace lockstep::comm
+
+int main(int argc, char** argv) {
+  using namespace lockstep::comm;
+  ::testing::InitGoogleTest(&argc, argv);
+  std::unique_ptr<Communicator> c;
+  try {
+    c = make_communicator(CommKind::Mpi);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "comm_mpi_tests: cannot start MPI: %s\n", e.what());
+    return 1;  // a broken launch must not look green
+  }
+  g_comm = c.get();
+  if (c->size() < 2) {
+    std::fprintf(stderr, "comm_mpi_tests: needs at least 2 ranks (got %d); run under mpirun -np 2\n", c->size());
+    return 1;
+  }
+  c->set_timeout(std::chrono::seconds(30));
+  if (c->rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(c->rank()));
+  }
+  int rc = RUN_ALL_TESTS();
+  // Every rank exits with the worst verdict.
+  rc = static_cast<int>(c->all_reduce_value<int64_t>(rc, ReduceOp::Max));
+  c.reset();
+  return rc;
+}
