@@ -161,16 +161,25 @@ class MpiCommunicator final : public Communicator {
   int ring_tag() { return static_cast<int>(ring_tags_++ % static_cast<int64_t>(tag_ub_)); }
   // Scratch memory for ring all-reduces, reused across calls (fresh pages would fault every call).
   std::vector<char> take_scratch(size_t bytes) {
-    std::vector<char> s;
-    if (!scratch_.empty()) {
-      s = std::move(scratch_.back());
-      scratch_.pop_back();
-    }
-    if (s.size() < bytes) s.resize(bytes);
+    // The smallest pooled buffer that fits (several buckets of different sizes are in flight per
+    // step: handing a small one to a big bucket would reallocate and fault fresh pages every step).
+    size_t best = scratch_.size();
+    for (size_t i = 0; i < scratch_.size(); ++i)
+      if (scratch_[i].size() >= bytes && (best == scratch_.size() || scratch_[i].size() < scratch_[best].size()))
+        best = i;
+    if (best == scratch_.size()) return std::vector<char>(bytes);
+    std::vector<char> s = std::move(scratch_[best]);
+    scratch_.erase(scratch_.begin() + static_cast<std::ptrdiff_t>(best));
     return s;
   }
   void give_scratch(std::vector<char> s) {
-    if (scratch_.size() < 8) scratch_.push_back(std::move(s));
+    if (scratch_.size() < kMaxScratch) {
+      scratch_.push_back(std::move(s));
+    } else {  // replace the smallest
+      auto it = std::min_element(scratch_.begin(), scratch_.end(),
+                                 [](const auto& a, const auto& b) { return a.size() < b.size(); });
+      if (it->size() < s.size()) *it = std::move(s);
+    }
   }
 
  private:
@@ -184,6 +193,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   int tag_ub_ = 32767;
   int64_t ring_tags_ = 0;
+  static constexpr size_t kMaxScratch = 16;
   std::vector<std::vector<char>> scratch_;
 };
 

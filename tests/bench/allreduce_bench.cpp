@@ -11,7 +11,7 @@
 //   ls-spin   ls-bucket with a pure-spin wait policy (to price the sleep/yield back-off)
 //   skew      rank 0 busy for 1/5/20 ms before ls-bucket: back-off vs pure spin when waits are long
 // Methodology as in BASELINE.md §8: 2 warm-up calls; each repetition is barrier + k calls lasting
-// >= --min-ms, timed by the slowest rank; the median over --reps. busbw = bytes/t * 2(p-1)/p.
+// >= --min-ms, timed by the slowest rank; median and best over --reps, the paths interleaved. busbw = bytes/t * 2(p-1)/p.
 #include <mpi.h>
 
 #include <algorithm>
@@ -32,25 +32,39 @@ using namespace lockstep::comm;
 
 namespace {
 
-double time_per_call(const std::function<void()>& fn, int reps, double min_ms) {
-  fn();
-  fn();
-  MPI_Barrier(MPI_COMM_WORLD);
-  double t0 = MPI_Wtime();
-  fn();
-  double t = MPI_Wtime() - t0, per = 0;
-  MPI_Allreduce(&t, &per, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  const long k = static_cast<long>(min_ms * 1e-3 / std::max(per, 1e-7)) + 1;
-  std::vector<double> v(static_cast<size_t>(reps));
-  for (int r = 0; r < reps; ++r) {
+struct Timing {
+  double median = 0, best = 0;  // seconds per call
+};
+
+// The paths are timed interleaved (rep 1 of every path, then rep 2, ...) so that load from other
+// processes on this shared machine hits them alike.
+std::vector<Timing> time_interleaved(const std::vector<std::function<void()>>& fns, int reps, double min_ms) {
+  std::vector<long> k(fns.size());
+  for (size_t f = 0; f < fns.size(); ++f) {
+    fns[f]();
+    fns[f]();
     MPI_Barrier(MPI_COMM_WORLD);
-    t0 = MPI_Wtime();
-    for (long i = 0; i < k; ++i) fn();
-    t = (MPI_Wtime() - t0) / static_cast<double>(k);
-    MPI_Allreduce(&t, &v[static_cast<size_t>(r)], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    fns[f]();
+    double t = MPI_Wtime() - t0, per = 0;
+    MPI_Allreduce(&t, &per, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    k[f] = static_cast<long>(min_ms * 1e-3 / std::max(per, 1e-7)) + 1;
   }
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  std::vector<std::vector<double>> v(fns.size(), std::vector<double>(static_cast<size_t>(reps)));
+  for (int r = 0; r < reps; ++r)
+    for (size_t f = 0; f < fns.size(); ++f) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      const double t0 = MPI_Wtime();
+      for (long i = 0; i < k[f]; ++i) fns[f]();
+      const double t = (MPI_Wtime() - t0) / static_cast<double>(k[f]);
+      MPI_Allreduce(&t, &v[f][static_cast<size_t>(r)], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    }
+  std::vector<Timing> out;
+  for (auto& x : v) {
+    std::sort(x.begin(), x.end());
+    out.push_back({x[x.size() / 2], x[0]});
+  }
+  return out;
 }
 
 // Layer-like segments: alternating weight/bias pairs shrinking towards the output.
@@ -88,28 +102,32 @@ int main(int argc, char** argv) {
     Tensor arena = Tensor::full({n}, 1.0);
     float* a = arena.data();
     const double bytes = static_cast<double>(n) * 4;
-    auto report = [&](const char* name, double t, double ref) {
-      const double busbw = bytes / t * 2.0 * (p - 1) / p / 1e9;
+    auto report = [&](const char* name, Timing t, Timing ref) {
+      auto busbw = [&](double sec) { return bytes / sec * 2.0 * (p - 1) / p / 1e9; };
       if (rank == 0)
-        std::printf("floats=%-8lld path=%-10s lat_us=%9.1f busbw=%6.2f ratio=%.2f\n", static_cast<long long>(n), name,
-                    t * 1e6, busbw, ref > 0 ? ref / t : 1.0);
+        std::printf("floats=%-8lld path=%-10s median lat_us=%8.1f busbw=%6.2f ratio=%.2f | best lat_us=%8.1f "
+                    "busbw=%6.2f ratio=%.2f\n",
+                    static_cast<long long>(n), name, t.median * 1e6, busbw(t.median), ref.median / t.median,
+                    t.best * 1e6, busbw(t.best), ref.best / t.best);
     };
-    const double t_mpi = time_per_call(
-        [&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); }, reps, min_ms);
-    report("mpi", t_mpi, 0);
-    const double t_one = time_per_call([&] { comm->all_reduce(arena); }, reps, min_ms);
-    report("ls-one", t_one, t_mpi);
     GradientBucketer bucketer(*comm, arena, layer_segments(n));
     auto bucketed = [&] {
       for (int s = static_cast<int>(bucketer.segments().size()) - 1; s >= 0; --s) bucketer.mark_ready(s);
       bucketer.finish();
     };
-    const double t_bucket = time_per_call(bucketed, reps, min_ms);
-    report("ls-bucket", t_bucket, t_mpi);
-    set_wait_policy(spin);
-    const double t_spin = time_per_call(bucketed, reps, min_ms);
-    set_wait_policy(def);
-    report("ls-spin", t_spin, t_mpi);
+    auto with_spin = [&] {
+      set_wait_policy(spin);
+      bucketed();
+      set_wait_policy(def);
+    };
+    const std::vector<Timing> t = time_interleaved(
+        {[&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); },
+         [&] { comm->all_reduce(arena); }, bucketed, with_spin},
+        reps, min_ms);
+    report("mpi", t[0], t[0]);
+    report("ls-one", t[1], t[0]);
+    report("ls-bucket", t[2], t[0]);
+    report("ls-spin", t[3], t[0]);
     if (rank == 0) std::printf("  (%zu buckets)\n", bucketer.buckets().size());
     // Skewed arrival: rank 0 computes for `skew` before joining, so the others wait past the spin
     // phase into yield/sleep. The difference to pure spin is the back-off's latency cost.
@@ -123,13 +141,17 @@ int main(int argc, char** argv) {
           }
           bucketed();
         };
-        const double t_def = time_per_call(busy_then_reduce, reps, min_ms);
-        set_wait_policy(spin);
-        const double t_sp = time_per_call(busy_then_reduce, reps, min_ms);
-        set_wait_policy(def);
+        auto busy_then_reduce_spin = [&] {
+          set_wait_policy(spin);
+          busy_then_reduce();
+          set_wait_policy(def);
+        };
+        const std::vector<Timing> ts = time_interleaved({busy_then_reduce, busy_then_reduce_spin}, reps, min_ms);
         if (rank == 0)
-          std::printf("floats=%-8lld skew_us=%-6d back-off lat_us=%9.1f  pure-spin lat_us=%9.1f  cost=%+.1f us\n",
-                      static_cast<long long>(n), skew_us, t_def * 1e6, t_sp * 1e6, (t_def - t_sp) * 1e6);
+          std::printf("floats=%-8lld skew_us=%-6d back-off lat_us=%9.1f  pure-spin lat_us=%9.1f  cost=%+.1f us "
+                      "(best: %+.1f us)\n",
+                      static_cast<long long>(n), skew_us, ts[0].median * 1e6, ts[1].median * 1e6,
+                      (ts[0].median - ts[1].median) * 1e6, (ts[0].best - ts[1].best) * 1e6);
       }
     }
     // Keep the values bounded (they double every SUM).
