@@ -47,7 +47,8 @@ Tensor draw(const Initializer& init, const Shape& shape, uint64_t seed = 1) {
 const Shape kShape = {400, 600};
 constexpr double kFanIn = 400, kFanOut = 600, kFanAvg = 500;
 
-struct VsCase {
+struct VsCase {  // printed as its YAML
+  friend void PrintTo(const VsCase& c, std::ostream* os) { *os << c.yaml; }
   const char* yaml;
   double variance;       // target variance s = scale / n
   const char* dist;      // truncated_normal | untruncated_normal | uniform
@@ -87,7 +88,11 @@ INSTANTIATE_TEST_SUITE_P(
                       VsCase{"{variance_scaling: {scale: 3.0, mode: fan_out, distribution: truncated_normal}}", 3 / kFanOut, "truncated_normal"},
                       VsCase{"{variance_scaling: {scale: 0.5, mode: fan_out, distribution: untruncated_normal}}", 0.5 / kFanOut, "untruncated_normal"},
                       VsCase{"{variance_scaling: {mode: fan_avg, distribution: normal}}", 1 / kFanAvg, "truncated_normal"},
-                      VsCase{"{variance_scaling: {scale: 1.5, mode: fan_in, distribution: uniform}}", 1.5 / kFanIn, "uniform"}));
+                      VsCase{"{variance_scaling: {scale: 1.5, mode: fan_in, distribution: uniform}}", 1.5 / kFanIn, "uniform"}),
+    [](const ::testing::TestParamInfo<VsCase>& info) {  // stable names for gtest_discover_tests
+      std::string n = info.param.yaml[0] == '{' ? "variance_scaling_" + std::to_string(info.index) : info.param.yaml;
+      return n;
+    });
 
 TEST(InitializerStats, KerasDescriptions) {
   EXPECT_EQ(init_from_yaml("he_normal").describe(), "VarianceScaling(scale=2, mode=fan_in, distribution=truncated_normal)");
