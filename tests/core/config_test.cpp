@@ -162,7 +162,7 @@ TEST(ConfigErrors, DropoutRateOutOfRange) {
 
 TEST(ConfigErrors, ImpossibleShapes) {
   expect_contains(config_error("model:\n  input_shape: [10]\n  layers:\n    - batch_normalization: {axis: 2}\n"),
-                  {"run.yaml:", "model.layers", "batch_normalization", "axis 2", "(None, 10)"});
+                  {"run.yaml:4:", "model.layers", "batch_normalization", "axis 2", "(None, 10)"});
   expect_contains(config_error("model:\n  input_shape: [4, 5]\n  layers:\n    - prelu: {shared_axes: [3]}\n"),
                   {"model.layers", "shared axis 3"});
   expect_contains(config_error("model:\n  input_shape: [0, 28]\n  layers:\n    - flatten: {}\n"),
