@@ -57,6 +57,9 @@ bool EarlyStopping::on_epoch_end(int64_t epoch, const std::map<std::string, doub
   auto improves = [&](double value, double reference) {
     return mode_ == MonitorMode::Min ? value + min_delta_ < reference : value - min_delta_ > reference;
   };
+  // Keras 2.10: with restore_best_weights the first epoch's weights are kept even when it is not an
+  // improvement (a NaN monitor), so a stop always has weights to restore.
+  if (restore_ && !best_weights_.defined()) best_weights_ = model.weights_arena().clone();
   ++wait_;
   if (improves(current, best_)) {
     best_ = current;
