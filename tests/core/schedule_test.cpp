@@ -453,6 +453,19 @@ TEST(EarlyStopping, RestoreBestWeightsOnlyWhenItStopped) {
   EXPECT_FALSE(es3.best_weights().defined());
 }
 
+// K210 keeps the first epoch's weights when restore_best_weights is set, even if no epoch ever
+// improves (a NaN monitor never does), and restores them when it stops.
+TEST(EarlyStopping, RestoresFirstEpochWhenNothingImproves) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto m = one_layer("[2]", "dense: {units: 1}");
+  auto es = early("{patience: 2, restore_best_weights: true}");
+  EXPECT_EQ(run_es(es, {nan, nan, nan, nan}, "val_loss", m.get()), 1);  // wait 2 at epoch 1
+  EXPECT_EQ(es.state().at("early_stopping.best_epoch"), -1);
+  ASSERT_TRUE(es.best_weights().defined());
+  es.on_train_end(*m);
+  for (double x : m->weights_arena().to_double_vector()) EXPECT_EQ(x, 0.0);  // epoch 0's weights
+}
+
 TEST(EarlyStopping, StateRoundTrip) {
   const std::string cfg = "{patience: 3, min_delta: 0.01, restore_best_weights: true}";
   auto m = one_layer("[2]", "dense: {units: 1}");
