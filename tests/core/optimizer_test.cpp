@@ -417,7 +417,7 @@ Vec clipped_by(const std::string& opt_yaml, const Vec& g, double* norm_out = nul
 }
 
 // kernel0 [6], bias0 [2], kernel1 [4], bias1 [2]
-const Vec kG = {3.0, 0.1, -0.2, 0.1, 0.0, -0.1, /**/ 0.3, -0.4, /**/ -2.0, 1.0, 0.5, -0.5, /**/ 0.01, 0.02};
+const Vec kG = {3.0, 0.1, -0.2, 0.1, 0.0, -0.1, /**/ 0.45, -0.6, /**/ -2.0, 1.0, 0.5, -0.5, /**/ 0.01, 0.02};
 const size_t kSizes[] = {6, 2, 4, 2};
 
 double norm_of(const Vec& v, size_t begin, size_t n) {
@@ -443,7 +443,7 @@ TEST(Clipping, ClipNormPerTensor) {
     for (size_t i = off; i < off + n; ++i) want[i] = kG[i] * c / std::max(norm, c);
     off += n;
   }
-  // bias0 (norm 0.5, at the threshold) and bias1 (0.022) are unchanged; the kernels are scaled.
+  // bias1 (norm 0.022) is unchanged; bias0 (norm 0.75, between c and 2c) and the kernels are scaled.
   EXPECT_NEAR(want[6], 0.3, 1e-15);
   EXPECT_NEAR(want[13], 0.02, 1e-15);
   EXPECT_LT(std::abs(want[0]), 0.5);
@@ -848,6 +848,34 @@ TEST(Constraints, MaxNormPerOutputUnit) {
   m->layer(0).set_trainable(false);
   m->apply_constraints();
   EXPECT_EQ(m->layer(0).weights()[0].value.to_double_vector(), K0);
+}
+
+// PReLU's alpha takes its own regularizer and max-norm constraint (a rank-1 alpha: one norm over all).
+TEST(Constraints, PReluAlpha) {
+  auto m = one_layer("[4]", "prelu: {alpha_regularizer: {l2: 0.1}, alpha_constraint: {max_norm: 1.0}}");
+  Weight& a = m->layer(0).weights()[0];
+  ASSERT_EQ(a.name, "alpha");
+  const Vec A = {0.6, -0.8, 0.5, 0.5};  // norm sqrt(1.5)
+  set_values(a.value, A);
+  EXPECT_NEAR(m->regularization_loss(), 0.1 * 1.5, 1e-15);
+  ops::fill(m->grads_arena(), 0.0);
+  m->add_regularization_grads();
+  const Vec g = a.grad.to_double_vector();
+  for (size_t i = 0; i < A.size(); ++i) EXPECT_NEAR(g[i], 0.2 * A[i], 1e-16);
+  m->apply_constraints();
+  const double n = std::sqrt(1.5), f = 1.0 / (1e-7 + n);
+  const Vec after = a.value.to_double_vector();
+  for (size_t i = 0; i < A.size(); ++i) EXPECT_NEAR(after[i], A[i] * f, 1e-15);
+}
+
+TEST(OptimizerApply, NeedsBindToThatModel) {
+  auto m = one_layer("[3]", "dense: {units: 2}");
+  auto other = one_layer("[3]", "dense: {units: 2}");
+  auto o = opt_from_yaml("adam");
+  EXPECT_ANY_THROW(o->apply(*m));
+  o->bind(*other);
+  EXPECT_ANY_THROW(o->apply(*m));
+  EXPECT_EQ(o->iterations(), 0);
 }
 
 TEST(Constraints, Float32MatchesFormula) {
