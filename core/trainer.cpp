@@ -823,7 +823,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
     for (auto& [n, t] : optimizer_->state()) c.optimizer.emplace_back(n, t);
     for (auto& [k, v] : optimizer_->scalar_state()) c.state["optimizer." + k] = v;
     c.state["global_step"] = double(optimizer_->iterations());
-    c.state["epochs_done"] = double(result.history.size());
+    // Epochs finished by the whole run, not only by this process (a resumed run starts at r.epoch).
+    c.state["epochs_done"] = double(r.epoch + int64_t(result.history.size()));
     c.state["seed"] = double(seed_);
     c.state["learning_rate"] = optimizer_->learning_rate();
     c.strings["history_csv"] = history_csv;
