@@ -118,6 +118,23 @@ void read_tensor(hid_t parent, const std::string& name, const Tensor& into, cons
   into.copy_from(into.dtype() == DType::F32 ? host.to(into.device()) : host.to(DType::F64).to(into.device()));
 }
 
+// Format 2: the checksum also covers the run file and the training state (scalars and strings, in name
+// order), which a resumed run continues from: a flipped bit there was accepted silently by format 1.
+uLong crc_attrs(uLong crc, const std::string& run_config, const std::map<std::string, double>& state,
+                const std::map<std::string, std::string>& strings) {
+  auto add = [&](const void* p, size_t n) { crc = crc32(crc, static_cast<const Bytef*>(p), uInt(n)); };
+  add(run_config.data(), run_config.size());
+  for (const auto& [k, v] : state) {
+    add(k.c_str(), k.size() + 1);
+    add(&v, sizeof v);
+  }
+  for (const auto& [k, v] : strings) {
+    add(k.c_str(), k.size() + 1);
+    add(v.data(), v.size());
+  }
+  return crc;
+}
+
 void fsync_path(const std::string& p, bool dir) {
   int fd = ::open(p.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) return;
@@ -187,7 +204,7 @@ void save_checkpoint(const std::string& path, const Model& model, const Checkpoi
     try {
       uLong crc = crc32(0L, Z_NULL, 0);
       write_string_attr(file, "format", "lockstep-checkpoint");
-      write_double_attr(file, "format_version", 1);
+      write_double_attr(file, "format_version", 2);
       write_string_attr(file, "model_name", model.name());
       write_string_attr(file, "run_config", extra.run_config);
       Handle mw(H5Gcreate2(file, "model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
@@ -223,6 +240,7 @@ void save_checkpoint(const std::string& path, const Model& model, const Checkpoi
         write_tensor(tt, n, t, &crc);
       }
       write_string_list_attr(tt, "names", tnames);
+      crc = crc_attrs(crc, extra.run_config, extra.state, extra.strings);
       write_double_attr(file, "checksum_crc32", double(crc));
       // The commit marker, written last: a file without it is incomplete.
       write_double_attr(file, "complete", 1);
@@ -406,6 +424,8 @@ CheckpointContents load_checkpoint(const std::string& path, Model& model, const 
         out.tensors.emplace_back(name, read_any(tt, name, path, &crc));
     }
   }
+  if (H5Aexists(file, "format_version") > 0 && read_double_attr(file, "format_version") >= 2)
+    crc = crc_attrs(crc, out.run_config, out.state, out.strings);
   if (H5Aexists(file, "checksum_crc32") > 0) {
     const double want = read_double_attr(file, "checksum_crc32");
     if (want != double(crc))
