@@ -53,7 +53,9 @@ EarlyStopping EarlyStopping::from_config(const ConfigNode& node) {
 bool EarlyStopping::on_epoch_end(int64_t epoch, const std::map<std::string, double>& logs, const Model& model) {
   const double current = monitored(logs, monitor_);
   auto improves = [&](double value, double reference) {
-    return mode_ == MonitorMode::Min ? value - min_delta_ < reference : value + min_delta_ > reference;
+    // Keras 2.10 _is_improvement: monitor_op(value - min_delta, reference) with min_delta negated in min
+    // mode, i.e. an improvement must beat the reference BY min_delta.
+    return mode_ == MonitorMode::Min ? value + min_delta_ < reference : value - min_delta_ > reference;
   };
   ++wait_;
   if (improves(current, best_)) {
