@@ -401,11 +401,14 @@ std::vector<int64_t> stops_for(int64_t spe, int64_t total) {
   return out;
 }
 
-void resume_case(const RunSpec& spec, int np = 0) {
+void resume_case(const RunSpec& spec, int np = 0, int expect_epochs = 0) {
   Tmp t;
   const std::string run = write_run(t / "run.yaml", spec);
   int64_t spe = 0;
   const int64_t total = reference(run, t / "ref", np, &spe);
+  if (expect_epochs > 0) {
+    EXPECT_EQ(num_attr(t / "ref/final.h5", "training_state", "epochs_done"), expect_epochs) << "early stopping did not act";
+  }
   ASSERT_GT(spe, 2);
   const auto stops = stops_for(spe, total);
   ASSERT_GE(stops.size(), 3u) << "the reference ran only " << total << " steps";
@@ -419,10 +422,12 @@ TEST(Resume, AdamExponentialPerEpochEarlyStoppingRestoreBestDropout) {
   s.data_extra = ", validation: {first: 64}";
   s.more =
       "schedule: {name: exponential_decay, decay_steps: 1, decay_rate: 0.7, per: epoch}\n"
-      "callbacks: {early_stopping: {monitor: val_loss, patience: 2, restore_best_weights: true}}\n";
+      // min_delta 10: only epoch 1 improves, so training stops after epoch 3 and restores epoch 1's
+      // weights, which a resumed run has only from its checkpoint.
+      "callbacks: {early_stopping: {monitor: val_loss, patience: 2, min_delta: 10, restore_best_weights: true}}\n";
   s.epochs = 5;
   s.checkpoint = "{every_epochs: 1, every_steps: 3}";
-  resume_case(s);
+  resume_case(s, 0, 3);
 }
 
 TEST(Resume, NadamOneCycleDropout) {
