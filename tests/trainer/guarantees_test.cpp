@@ -482,9 +482,9 @@ TEST(Resume, ExternalSignalAtAnArbitraryMoment) {
   RunSpec s;
   s.optimizer = "{name: adam, learning_rate: 0.005}";
   s.extra_layers = "    - dropout: {rate: 0.3}\n";
-  s.epochs = 40;
+  s.epochs = 200;  // ~7 ms per epoch: the signal must land long before the end, even on a loaded machine
   s.limit = 1024;
-  s.checkpoint = "{every_epochs: 5}";
+  s.checkpoint = "{every_epochs: 50}";
   Tmp t;
   const std::string run = write_run(t / "run.yaml", s);
   reference(run, t / "ref", 0);
@@ -513,6 +513,13 @@ TEST(Resume, DifferentWorldSizeWarns) {
   EXPECT_LE(max_rel_diff(t / "ref/final.h5", t / "run/final.h5", nullptr), 1e-5);
   EXPECT_EQ(num_attr(t / "ref/final.h5", "training_state", "global_step"),
             num_attr(t / "run/final.h5", "training_state", "global_step"));
+  // And 1 -> 2 ranks.
+  Res c = train(run, t / "run12", 0, "", {sig_env(0, 13, SIGTERM)});
+  ASSERT_EQ(c.rc, 75) << tail(c.out);
+  Res d = train(run, t / "run12", 2, "--resume auto");
+  ASSERT_EQ(d.rc, 0) << tail(d.out);
+  EXPECT_NE(d.out.find("was written by a run on 1 rank(s), resuming on 2"), std::string::npos) << tail(d.out);
+  EXPECT_LE(max_rel_diff(t / "ref/final.h5", t / "run12/final.h5", nullptr), 1e-5);
 }
 
 // ==================================================================================================
@@ -546,6 +553,9 @@ TEST(Fault, KillRandomRankAtRandomStep) {
     ASSERT_NE(k.rc, 0) << "trial " << trial << ": rank " << rank << " killed at step " << step << "\n" << tail(k.out);
     EXPECT_NE(k.rc, 110) << "mpirun --timeout fired: the job hung after the kill";
     EXPECT_LT(k.secs, 20) << "trial " << trial;
+    // No rank outlives the job (FINDINGS §1a: mpirun kills the survivors).
+    Res left = sh("sleep 0.2; pgrep -f \"[r]un-dir " + dir + " \" || true");
+    EXPECT_EQ(left.out, "") << "trial " << trial << ": ranks left running";
     Res r = train(run, dir, 2, "--resume auto");
     ASSERT_EQ(r.rc, 0) << "trial " << trial << "\n" << tail(r.out);
     expect_same_run(t / "ref", dir, "kill trial " + std::to_string(trial) + " (rank " + std::to_string(rank) +
@@ -706,21 +716,38 @@ TEST(Fault, ResumeAutoSkipsCorruptNewest) {
   Tmp t;
   const std::string run = write_run(t / "run.yaml", fault_spec());
   reference(run, t / "ref", 0);
-  Res a = train(run, t / "run", 0, "", {sig_env(0, 9, SIGTERM)});
-  ASSERT_EQ(a.rc, 75) << tail(a.out);
-  std::vector<std::string> cks;
-  for (const auto& e : fs::directory_iterator(t / "run/checkpoints")) cks.push_back(e.path().string());
-  std::sort(cks.begin(), cks.end());
-  ASSERT_GE(cks.size(), 2u);
-  auto b = bytes(cks.back());
-  b[size_t(data_offset(cks.back(), "model_weights/dense/dense/kernel:0")) + 11] ^= 0x02;
-  put(cks.back(), b);
-  Res r = train(run, t / "run", 0, "--resume auto");
-  ASSERT_EQ(r.rc, 0) << tail(r.out);
-  EXPECT_NE(r.out.find("warning: skipping checkpoint " + cks.back()), std::string::npos) << tail(r.out);
-  EXPECT_NE(r.out.find("checksum mismatch"), std::string::npos) << tail(r.out);
-  EXPECT_NE(r.out.find("Resuming from " + cks[cks.size() - 2]), std::string::npos) << tail(r.out);
-  expect_same_run(t / "ref", t / "run", "resumed past a corrupt checkpoint");
+  for (const std::string kind : {"flip", "truncate", "no-commit"}) {
+    const std::string dir = t / kind;
+    Res a = train(run, dir, 0, "", {sig_env(0, 9, SIGTERM)});
+    ASSERT_EQ(a.rc, 75) << tail(a.out);
+    std::vector<std::string> cks;
+    for (const auto& e : fs::directory_iterator(dir + "/checkpoints")) cks.push_back(e.path().string());
+    std::sort(cks.begin(), cks.end());
+    ASSERT_GE(cks.size(), 2u);
+    auto b = bytes(cks.back());
+    std::string why;
+    if (kind == "flip") {
+      b[size_t(data_offset(cks.back(), "model_weights/dense/dense/kernel:0")) + 11] ^= 0x02;
+      why = "checksum mismatch";
+    } else if (kind == "truncate") {
+      b.resize(b.size() / 2);
+      why = "truncated or corrupt";
+    } else {
+      // The commit marker's name, renamed: an "openable but incomplete" file.
+      const std::string key = "complete";
+      auto it = std::search(b.begin(), b.end(), key.begin(), key.end());
+      ASSERT_NE(it, b.end());
+      *it = 'K';
+      why = "incomplete checkpoint";
+    }
+    put(cks.back(), b);
+    Res r = train(run, dir, 0, "--resume auto");
+    ASSERT_EQ(r.rc, 0) << tail(r.out);
+    EXPECT_NE(r.out.find("warning: skipping checkpoint " + cks.back()), std::string::npos) << kind << "\n" << tail(r.out);
+    EXPECT_NE(r.out.find(why), std::string::npos) << kind << "\n" << tail(r.out);
+    EXPECT_NE(r.out.find("Resuming from " + cks[cks.size() - 2]), std::string::npos) << kind << "\n" << tail(r.out);
+    expect_same_run(t / "ref", dir, "resumed past a corrupt checkpoint (" + kind + ")");
+  }
 }
 
 // (d) a run directory that cannot be created (under a regular file: root ignores permissions).
