@@ -478,26 +478,34 @@ TEST(Resume, SecondSignalDuringTheCheckpoint) {
 }
 
 // A real, asynchronous SIGUSR1 from outside at an arbitrary moment.
-TEST(Resume, ExternalSignalAtAnArbitraryMoment) {
+// A real, asynchronous SIGUSR1 from outside at an arbitrary moment (during epoch 3): to the process, and
+// to mpirun, which forwards SIGUSR1 to every rank (what Slurm's --signal does to a job step).
+void external_signal(int np, int epochs) {
   RunSpec s;
   s.optimizer = "{name: adam, learning_rate: 0.005}";
   s.extra_layers = "    - dropout: {rate: 0.3}\n";
-  s.epochs = 200;  // ~7 ms per epoch: the signal must land long before the end, even on a loaded machine
+  s.epochs = epochs;  // ~7 ms per epoch and rank: the signal must land long before the end, even on a loaded machine
   s.limit = 1024;
   s.checkpoint = "{every_epochs: 50}";
   Tmp t;
   const std::string run = write_run(t / "run.yaml", s);
-  reference(run, t / "ref", 0);
-  Res r2 = sh(std::string(LOCKSTEP_BIN) + " train " + run + " --run-dir " + t / "run2" + " --threads 1 > " + t / "out" +
-                  " 2>&1 & pid=$!; while kill -0 $pid 2>/dev/null && ! grep -q \"^Epoch 3/\" " + t / "out" + "; do sleep 0.01; done; " +
-                  "kill -USR1 $pid; wait $pid",
-              120);
-  std::cout << "[measure] external SIGUSR1 during epoch 3: exit " << r2.rc << "\n";
-  ASSERT_EQ(r2.rc, 75) << read_text(t / "out");
-  Res r3 = train(run, t / "run2", 0, "--resume auto");
-  ASSERT_EQ(r3.rc, 0) << tail(r3.out);
-  expect_same_run(t / "ref", t / "run2", "external signal");
+  reference(run, t / "ref", np);
+  std::string launch = np == 0 ? std::string(LOCKSTEP_BIN) : mpirun(np) + LOCKSTEP_BIN;
+  Res r = sh(launch + " train " + run + " --run-dir " + t / "run" + " --threads 1 > " + t / "out" +
+                 " 2>&1 & pid=$!; while kill -0 $pid 2>/dev/null && ! grep -q \"^Epoch 3/\" " + t / "out" +
+                 "; do sleep 0.01; done; kill -USR1 $pid; wait $pid",
+             120);
+  std::cout << "[measure] external SIGUSR1 during epoch 3 (" << (np ? "mpirun -np 2" : "1 process") << "): exit " << r.rc
+            << "\n";
+  ASSERT_EQ(r.rc, 75) << read_text(t / "out");
+  EXPECT_NE(read_text(t / "out").find("Stopped by SIGUSR1"), std::string::npos) << read_text(t / "out");
+  Res r2 = train(run, t / "run", np, "--resume auto");
+  ASSERT_EQ(r2.rc, 0) << tail(r2.out);
+  expect_same_run(t / "ref", t / "run", "external signal");
 }
+
+TEST(Resume, ExternalSignalAtAnArbitraryMoment) { external_signal(0, 200); }
+TEST(Resume, ExternalSignalToMpirunForwardedToRanks) { external_signal(2, 80); }
 
 // Stopped on 2 ranks, resumed on 1: a warning, and the same result up to summation order.
 TEST(Resume, DifferentWorldSizeWarns) {
