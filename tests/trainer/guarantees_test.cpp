@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -110,7 +111,7 @@ class Tmp {
     path_ = mkdtemp(t.data());
   }
   ~Tmp() {
-    if (!::testing::Test::HasFailure()) fs::remove_all(path_);
+    if (!::testing::Test::HasFailure() && std::uncaught_exceptions() == 0) fs::remove_all(path_);
     else std::cerr << "kept " << path_ << " for inspection\n";
   }
   std::string operator/(const std::string& n) const { return (fs::path(path_) / n).string(); }
@@ -799,7 +800,7 @@ int make_data(const std::string& dir) {
     s.x.assign(x.data.begin(), x.data.begin() + n * 784);
     s.y.assign(y.data.begin(), y.data.begin() + n);
   };
-  if (fs::exists(mnist / "train-images-idx3-ubyte.gz")) {
+  if (!std::getenv("LOCKSTEP_TEST_GENERATED_DATA") && fs::exists(mnist / "train-images-idx3-ubyte.gz")) {
     take(ds.train, data::read_idx((mnist / "train-images-idx3-ubyte.gz").string(), 3),
          data::read_idx((mnist / "train-labels-idx1-ubyte.gz").string(), 1), ntr);
     take(ds.test, data::read_idx((mnist / "t10k-images-idx3-ubyte.gz").string(), 3),
@@ -829,7 +830,9 @@ int make_data(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string data_dir = LOCKSTEP_TEST_DATA_DIR;
+  // LOCKSTEP_TEST_DATA_DIR / LOCKSTEP_TEST_GENERATED_DATA=1: another data folder / generated images even
+  // when ../shared/datasets exists (to check the suite as CI without the real files runs it).
+  const std::string data_dir = std::getenv("LOCKSTEP_TEST_DATA_DIR") ? std::getenv("LOCKSTEP_TEST_DATA_DIR") : LOCKSTEP_TEST_DATA_DIR;
   if (argc == 3 && std::string(argv[1]) == "--make-data") return make_data(argv[2]);
   g_data = data_dir + "/train.h5";
   if (!fs::exists(g_data)) make_data(data_dir);  // run outside CTest's fixture
