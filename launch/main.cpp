@@ -84,17 +84,20 @@ int cmd_summary(const std::vector<std::string>& args) {
 }
 
 // What every verb that trains or evaluates needs: the communicator, threads, the resolved run file.
-comm::Communicator* g_comm = nullptr;  // for fail(): abort the job from any rank
+// For fail(): abort the job from any rank. Shared with the verb's Session so that the communicator
+// outlives the Session, which an exception unwinds before fail() runs (a dangling pointer here made
+// every rank segfault instead of exiting with the error's status under mpirun).
+std::shared_ptr<comm::Communicator> g_comm;
 
 struct Session {
-  std::unique_ptr<comm::Communicator> comm;
+  std::shared_ptr<comm::Communicator> comm;
   ConfigNode run;
 };
 
 Session start_session(const std::string& run_file, const std::vector<std::string>& sets, int threads) {
   Session s;
   s.comm = comm::make_communicator();
-  g_comm = s.comm.get();
+  g_comm = s.comm;
   ops::set_num_threads(threads > 0 ? threads : comm::default_threads_per_rank(*s.comm));
   s.run = load_run_file(run_file, sets);
   return s;
@@ -270,7 +273,15 @@ int fail(const std::string& verb, const char* kind, const std::string& what, int
   return code;
 }
 
+int run_verb(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  const int rc = run_verb(argc, argv);
+  g_comm.reset();  // the communicator (MPI_Finalize) ends here, after any error was reported
+  return rc;
+}
+
+int run_verb(int argc, char** argv) {
   ops::ensure_passive_openmp(argv);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
