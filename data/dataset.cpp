@@ -235,8 +235,11 @@ class ChunkedImages {
         known = false;
       }
       raw_path = known && nf <= 31;
+    } else {
+      block_rows = std::min<int64_t>(block_rows, std::max<int64_t>(n, 1));
     }
-    block_rows = std::min<int64_t>(block_rows, std::max<int64_t>(n, 1));
+    // (A chunk longer than the dataset stays one block of the chunk's length: its raw form decodes
+    // to the whole chunk, fill rows included.)
     const int64_t block_bytes = block_rows * d;
     capacity_ = static_cast<size_t>(std::max<int64_t>(4, cache_bytes / std::max<int64_t>(block_bytes, 1)));
     const int64_t nblocks = (n + block_rows - 1) / block_rows;

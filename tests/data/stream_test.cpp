@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <fstream>
 #include <numeric>
+#include <ostream>
 #include <sstream>
 
 #include "core/error.h"
@@ -29,7 +30,9 @@ struct Layout {
   int64_t n = 103, h = 6, w = 5, c = 1;
   int64_t written = -1;              // rows written (-1 = all); the rest stay unallocated (fill value 0)
   bool expect_raw = true, expect_hdf5 = false;
+  bool resizable = false;            // maxshape (None, ...): what h5py needs for chunks longer than N
 };
+void PrintTo(const Layout& l, std::ostream* os) { *os << l.name; }
 
 uint8_t pixel(const Layout& l, int64_t i, int64_t j) {
   return l.written >= 0 && i >= l.written ? 0 : testing::gen_pixel(i, j);
@@ -43,7 +46,9 @@ void write_layout(const std::string& path, const Layout& l) {
   std::vector<hsize_t> dims = {(hsize_t)l.n, (hsize_t)l.h, (hsize_t)l.w};
   if (l.c > 1) dims.push_back(l.c);
   const int64_t d = l.h * l.w * l.c;
-  hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  std::vector<hsize_t> maxdims = dims;
+  if (l.resizable) maxdims[0] = H5S_UNLIMITED;
+  hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxdims.data());
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   if (!l.chunk.empty()) {
     ASSERT_EQ(l.chunk.size(), dims.size());
@@ -134,6 +139,9 @@ std::vector<Layout> layouts() {
   v.push_back({"no_filter", {7, 6, 5}, {}});
   v.push_back({"one_row_chunks", {1, 6, 5}, {"deflate"}});
   v.push_back({"whole_file_chunk", {103, 6, 5}, {"deflate", "fletcher32"}});
+  Layout longer{"chunk_longer_than_dataset", {128, 6, 5}, {"shuffle", "deflate"}};
+  longer.resizable = true;
+  v.push_back(longer);
   // Larger than the 1 MiB cache: 3000 x 28x28 in 40-row chunks, 33 of the 75 blocks fit.
   v.push_back({"evicting", {40, 28, 28}, {"fletcher32", "deflate"}, 3000, 28, 28, 1});
   Layout split{"chunks_split_samples", {5, 3, 5}, {"deflate"}};
