@@ -12,6 +12,7 @@
 #include <map>
 #include <atomic>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <numeric>
 #include <set>
@@ -365,7 +366,13 @@ class ChunkedImages {
       }
     };
     std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    for (int t = 1; t < threads; ++t) {
+      try {
+        pool.emplace_back(work, t);
+      } catch (const std::system_error&) {  // no thread to be had: the caller decodes the rest
+        break;
+      }
+    }
     work(0);
     for (std::thread& th : pool) th.join();
     for (size_t i = 0; i < need.size(); ++i) {
