@@ -9,7 +9,8 @@
 // Last partial batch: Keep (default, Keras) keeps it, and a rank may get local_count == 0 (it still
 // gets the step); Drop drops it; Pad completes it with positions 0, 1, ... of the same permutation.
 //
-// Threading. One producer thread per loader; `next()` blocks only when the producer is behind.
+// Threading. One producer thread per loader; `next()` blocks only when the producer is behind (and
+// then until half the prefetch queue, at least one batch, is ready or the epoch has ended).
 // The loader never queries a communicator: rank and world are plain arguments.
 #pragma once
 
