@@ -140,7 +140,9 @@ TEST_F(DatasetTest, ClassFilteringRelabelsInListedOrder) {
   EXPECT_EQ(b.test->size(), 40);  // 200 test samples, 2 of 10 classes
   for (int64_t i = 0, k = 0; i < 1000 && k < 20; ++i) {
     int y = testing::gen_label(i);
-    if (y == 5 || y == 6) ASSERT_EQ(b.train->labels()[k++], y == 6 ? 1 : 0);
+    if (y == 5 || y == 6) {
+      ASSERT_EQ(b.train->labels()[k++], y == 6 ? 1 : 0);
+    }
   }
   // Digits 0-4 with limit_per_class.
   c = cfg();
