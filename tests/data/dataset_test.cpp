@@ -174,7 +174,9 @@ void expect_standardized(const Split& s, int64_t groups, int64_t c) {
   for (int64_t g = 0; g < groups; ++g) {
     double mean = sum[g] / cnt, var = sq[g] / cnt - mean * mean;
     ASSERT_NEAR(mean, 0.0, 1e-4) << "group " << g;
-    if (s.normalization().std[g] > 1e-6) ASSERT_NEAR(var, 1.0, 1e-3) << "group " << g;
+    if (s.normalization().std[g] > 1e-6) {
+      ASSERT_NEAR(var, 1.0, 1e-3) << "group " << g;
+    }
   }
 }
 
