@@ -3,7 +3,7 @@
 // Tolerances: kernels that are pure IEEE arithmetic in the CPU's order are expected bit for bit
 // (EXPECT_GPU_BITWISE: dropout/RReLU masks, uniform fills, elementwise arithmetic); kernels that call
 // exp/log/tanh (CUDA's libm differs from glibc by a few ulps) are held to 1e-5 relative; sgemm
-// (cuBLAS vs OpenBLAS summation order) to 2e-5; float64 reductions to 1e-12; the batch-norm and
+// (cuBLAS vs OpenBLAS summation order) to 2e-5; float64 reductions to 1e-10 of the sum of magnitudes; the batch-norm and
 // optimizer kernels, designed to be bit-identical, are held to 1e-6 and their bit differences counted.
 #include <limits>
 
@@ -96,9 +96,9 @@ TEST_F(Gpu, Reductions) {
   for (int64_t n : {int64_t(1), int64_t(255), int64_t(257), int64_t(100000), int64_t(1 << 20) + 3}) {
     Tensor x = cpu_normal({n}, 4), y = cpu_normal({n}, 5);
     Tensor gx = on_gpu(x), gy = on_gpu(y);
-    EXPECT_NEAR(ops::sum(gx), ops::sum(x), 1e-12 * (1 + ops::sum_abs(x))) << n;
-    EXPECT_NEAR(ops::sum_squares(gx), ops::sum_squares(x), 1e-12 * (1 + ops::sum_squares(x))) << n;
-    EXPECT_NEAR(ops::sum_abs(gx), ops::sum_abs(x), 1e-12 * (1 + ops::sum_abs(x))) << n;
+    EXPECT_NEAR(ops::sum(gx), ops::sum(x), 1e-10 * (1 + ops::sum_abs(x))) << n;
+    EXPECT_NEAR(ops::sum_squares(gx), ops::sum_squares(x), 1e-10 * (1 + ops::sum_squares(x))) << n;
+    EXPECT_NEAR(ops::sum_abs(gx), ops::sum_abs(x), 1e-10 * (1 + ops::sum_abs(x))) << n;
     EXPECT_EQ(ops::max_abs_diff(gx, gy), ops::max_abs_diff(x, y)) << n;  // a max is order-free
     EXPECT_TRUE(ops::all_finite(gx));
     // deterministic: the same bits twice
