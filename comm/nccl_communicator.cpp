@@ -135,6 +135,10 @@ class NcclCommunicator final : public Communicator {
     st_->rank = boot_->rank();
     const int n = lockstep::cuda::device_count();
     LS_REQUIRE(n > 0, CommError, "rank ", rank(), ": the NCCL communicator needs a CUDA device, and none is usable");
+    // NCCL refuses two ranks of one communicator on the same GPU; every rank of a node sees the same
+    // counts, so all of them stop here together rather than some hanging in ncclCommInitRank.
+    LS_REQUIRE(boot_->local_size() <= n, CommError, "rank ", rank(), ": the NCCL communicator needs one GPU per rank: ",
+               boot_->local_size(), " ranks on this node, ", n, " visible GPU(s)");
     st_->device = boot_->local_rank() % n;
     lockstep::cuda::set_device(st_->device);
     ncclUniqueId id{};
