@@ -4,11 +4,15 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <string>
 #include <thread>
 
 #include "comm/launch_env.h"
 #include "comm/local_communicator.h"
 #include "comm/mpi_communicator.h"
+#ifdef LOCKSTEP_HAVE_CUDA
+#include "comm/nccl_communicator.h"
+#endif
 
 namespace lockstep::comm {
 
@@ -80,7 +84,8 @@ CommKind parse_comm_kind(const std::string& s) {
   if (s == "auto") return CommKind::Auto;
   if (s == "local") return CommKind::Local;
   if (s == "mpi") return CommKind::Mpi;
-  throw ConfigError(str_cat("unknown communicator '", s, "': expected auto, local or mpi"));
+  if (s == "nccl") return CommKind::Nccl;
+  throw ConfigError(str_cat("unknown communicator '", s, "': expected auto, local, mpi or nccl"));
 }
 
 const char* comm_kind_name(CommKind k) {
@@ -88,6 +93,7 @@ const char* comm_kind_name(CommKind k) {
     case CommKind::Auto: return "auto";
     case CommKind::Local: return "local";
     case CommKind::Mpi: return "mpi";
+    case CommKind::Nccl: return "nccl";
   }
   return "?";
 }
@@ -95,10 +101,22 @@ const char* comm_kind_name(CommKind k) {
 CommKind detect_comm_kind() { return detect_comm_kind(process_env); }
 
 std::unique_ptr<Communicator> make_communicator(CommKind kind) {
-  if (kind == CommKind::Auto) kind = detect_comm_kind();
+  if (kind == CommKind::Auto) {
+    const char* forced = process_env("LOCKSTEP_COMM");
+    kind = forced && *forced && std::string(forced) != "auto" ? parse_comm_kind(forced) : detect_comm_kind();
+  }
   std::unique_ptr<Communicator> c;
-  if (kind == CommKind::Mpi) c = make_mpi_communicator();
-  else c = std::make_unique<LocalCommunicator>();
+  if (kind == CommKind::Nccl) {
+#ifdef LOCKSTEP_HAVE_CUDA
+    c = make_nccl_communicator(make_mpi_communicator());
+#else
+    throw CommError("the NCCL communicator was asked for, but this lockstep was built without the CUDA backend");
+#endif
+  } else if (kind == CommKind::Mpi) {
+    c = make_mpi_communicator();
+  } else {
+    c = std::make_unique<LocalCommunicator>();
+  }
   set_error_rank(c->rank());
   return c;
 }

@@ -201,8 +201,8 @@ class Communicator {
 };
 
 // ---- the factory ----------------------------------------------------------------------------------
-enum class CommKind { Auto, Local, Mpi };
-// "auto" | "local" | "mpi"; anything else is a ConfigError listing these.
+enum class CommKind { Auto, Local, Mpi, Nccl };
+// "auto" | "local" | "mpi" | "nccl"; anything else is a ConfigError listing these.
 CommKind parse_comm_kind(const std::string& s);
 const char* comm_kind_name(CommKind k);
 
@@ -211,6 +211,9 @@ const char* comm_kind_name(CommKind k);
 // `./lockstep` runs as one process without initialising MPI. Calls set_error_rank(rank()).
 // Throws CommError if MPI is asked for but cannot start, or if srun started several tasks without
 // a PMI/PMIx environment (each would silently train alone).
+// Nccl: an MPI communicator wrapped by the NCCL one (GPU buffers over NCCL, CPU buffers over MPI;
+// comm/nccl_communicator.h); CommError in a build without the CUDA backend. Auto resolves to Nccl
+// only when asked for with the environment variable LOCKSTEP_COMM=nccl (also: mpi, local, auto).
 std::unique_ptr<Communicator> make_communicator(CommKind kind = CommKind::Auto);
 
 // The kind Auto resolves to in this environment (CommError in the srun-without-PMI case).

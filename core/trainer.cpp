@@ -15,10 +15,16 @@
 #include <iostream>
 #include <sstream>
 
+#include <array>
+#include <cstring>
+
 #include "comm/consistency.h"
 #include "core/checkpoint.h"
 #include "core/ops.h"
 #include "data/loader.h"
+#ifdef LOCKSTEP_HAVE_CUDA
+#include "core/kernels/cuda.h"
+#endif
 
 namespace lockstep {
 
@@ -142,6 +148,78 @@ std::string default_run_dir(const std::string& name) {
   return "runs/" + name + "-" + buf;
 }
 
+// ---- batches on the model's device -----------------------------------------------------------------
+
+// Copies a batch's tensors to the model's device: host data -> a page-locked staging buffer ->
+// cudaMemcpyAsync on the compute stream (the kernels of the step are queued behind it). The staging
+// buffers rotate, two batches' worth (x and y), and one is refilled only once its previous copy has
+// completed (its event), so the host never overwrites data still being transferred. On the CPU the
+// batch passes through untouched.
+class BatchStager {
+ public:
+  explicit BatchStager(Device device) : device_(device) {}
+  ~BatchStager() {
+#ifdef LOCKSTEP_HAVE_CUDA
+    for (Slot& s : slots_) {
+      if (s.event) {
+        try {
+          cuda::event_wait_host(s.event);
+        } catch (const std::exception&) {
+        }
+        cuda::event_destroy(s.event);
+      }
+      cuda::host_free_pinned(s.host);
+    }
+#endif
+  }
+  BatchStager(const BatchStager&) = delete;
+  BatchStager& operator=(const BatchStager&) = delete;
+
+  data::Batch stage(const data::Batch& b) {
+    if (device_ == Device::CPU) return b;
+    data::Batch d = b;
+    d.x = put(b.x);
+    d.y = put(b.y);
+    return d;
+  }
+
+ private:
+  struct Slot {
+    void* host = nullptr;
+    int64_t bytes = 0;
+    void* event = nullptr;
+  };
+  Tensor put(const Tensor& t) {
+    if (!t.defined() || t.device() == device_) return t;
+#ifdef LOCKSTEP_HAVE_CUDA
+    Slot& s = slots_[next_++ % slots_.size()];
+    if (s.event) {
+      cuda::event_wait_host(s.event);
+      cuda::event_destroy(s.event);
+      s.event = nullptr;
+    }
+    const int64_t bytes = t.numel() * dtype_size(t.dtype());
+    if (s.bytes < bytes) {
+      cuda::host_free_pinned(s.host);
+      s.host = nullptr;
+      s.bytes = 0;
+      s.host = cuda::host_alloc_pinned(bytes);
+      s.bytes = bytes;
+    }
+    if (bytes > 0) std::memcpy(s.host, t.raw(), size_t(bytes));
+    Tensor d(t.shape(), device_, t.dtype());
+    s.event = cuda::copy_to_device_async(d.raw(), s.host, bytes);
+    return d;
+#else
+    return t.to(device_);
+#endif
+  }
+
+  Device device_;
+  std::array<Slot, 4> slots_{};
+  size_t next_ = 0;
+};
+
 // ---- construction --------------------------------------------------------------------------------
 
 Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Communicator& comm)
@@ -154,6 +232,19 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   const std::string device = run_.get_choice("device", "auto", {"auto", "cpu", "cuda"});
   if (device == "cuda" && !cuda_available())
     run_["device"].fail("device: cuda was asked for, but this lockstep has no usable CUDA backend or no GPU");
+  // Several ranks on GPUs need a communicator for device buffers (gradients, synchronized BN, the
+  // initial broadcast); the MPI one takes CPU buffers only, so `auto` then stays on the CPU.
+  const bool comm_takes_gpu = comm_.size() == 1 || comm_.supports(Device::CUDA);
+  if (device == "cuda" && !comm_takes_gpu)
+    run_["device"].fail(str_cat("device: cuda with ", comm_.size(), " ranks needs a communicator for GPU buffers (NCCL); the ",
+                                comm_.name(), " communicator takes CPU buffers only"));
+  device_ = device == "cuda" || (device == "auto" && cuda_available() && comm_takes_gpu) ? Device::CUDA : Device::CPU;
+#ifdef LOCKSTEP_HAVE_CUDA
+  // Each rank takes GPU local_rank mod the visible devices (CUDA_VISIBLE_DEVICES is applied by the
+  // runtime: indices count the visible devices only). Before any CUDA allocation.
+  if (device_ == Device::CUDA) cuda::set_device(comm_.local_rank() % std::max(cuda::device_count(), 1));
+#endif
+  stager_ = std::make_unique<BatchStager>(device_);
   ConfigNode train = run_["train"];
   if (train.defined()) train.allow_keys({"epochs", "batch_size", "shuffle", "verbose"});
   epochs_ = train.get_at_least("epochs", 1, 1);
@@ -189,7 +280,7 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
 
   const fs::path dir = fs::path(run_file).parent_path();
   dataset_ = data::open_dataset(data::parse_data_config(run_["data"], dir.string()));
-  model_ = Model::from_config(run_["model"]);
+  model_ = Model::from_config(run_["model"], device_);
   if (model_->input_shape() != dataset_.train->sample_shape())
     run_["model"]["input_shape"].fail(str_cat("the data's samples are ", shape_str(dataset_.train->sample_shape()),
                                               " but input_shape is ", shape_str(model_->input_shape())));
@@ -338,7 +429,8 @@ void Trainer::rebuild_bucketer() {
 
 // ---- one step ------------------------------------------------------------------------------------
 
-void Trainer::train_step(const data::Batch& b, int64_t global_step, double* sums) {
+void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, double* sums) {
+  const data::Batch b = stager_->stage(host_batch);
   Context ctx;
   ctx.training = true;
   ctx.seed = seed_;
@@ -347,7 +439,7 @@ void Trainer::train_step(const data::Batch& b, int64_t global_step, double* sums
   if (comm_.size() > 1) ctx.all_reduce_sum = [this](const Tensor& t) { comm_.all_reduce(t); };
   Tensor out = model_->forward(b.x, ctx);
   const int64_t n = b.local_count;
-  per_sample_ = Tensor({n});
+  per_sample_ = Tensor({n}, device_);
   dout_ = out.empty_like(out.shape());
   // The gradient of the global mean loss: each sample weighs 1/global_batch on every rank.
   loss_->compute(out, b.y, per_sample_, dout_, 1.0 / double(std::max<int64_t>(b.global_count, 1)));
@@ -356,7 +448,7 @@ void Trainer::train_step(const data::Batch& b, int64_t global_step, double* sums
   if (!metrics_.empty()) {
     Tensor pred = loss_->predictions(out);
     for (size_t i = 0; i < metrics_.size(); ++i) {
-      metric_buf_ = Tensor({n});
+      metric_buf_ = Tensor({n}, device_);
       loss_->metric(metrics_[i], pred, b.y, metric_buf_);
       sums[2 + i] = n > 0 ? ops::sum(metric_buf_) : 0.0;
     }
@@ -384,19 +476,20 @@ std::map<std::string, double> Trainer::evaluate(const data::Split& split, bool m
                              data::LastBatch::Keep);
   loader.start_epoch(0);
   std::vector<double> sums(2 + metrics_.size(), 0.0);
-  data::Batch b;
-  while (loader.next(b)) {
-    if (b.local_count == 0) continue;
+  data::Batch hb;
+  while (loader.next(hb)) {
+    if (hb.local_count == 0) continue;
+    const data::Batch b = stager_->stage(hb);
     Context ctx;
     ctx.mc_dropout = mc;
     ctx.seed = seed_;
     Tensor out = model_->forward(b.x, ctx);
-    Tensor ps({b.local_count});
+    Tensor ps({b.local_count}, device_);
     loss_->compute(out, b.y, ps, Tensor(), 1.0);
     sums[0] += ops::sum(ps);
     Tensor pred = loss_->predictions(out);
     for (size_t i = 0; i < metrics_.size(); ++i) {
-      Tensor m({b.local_count});
+      Tensor m({b.local_count}, device_);
       loss_->metric(metrics_[i], pred, b.y, m);
       sums[2 + i] += ops::sum(m);
     }
@@ -421,8 +514,9 @@ void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Te
   Tensor sum, sumsq;
   int64_t row = 0;
   loader.start_epoch(0);
-  data::Batch b;
-  while (loader.next(b)) {
+  data::Batch hb;
+  while (loader.next(hb)) {
+    const data::Batch b = stager_->stage(hb);
     for (int p = 0; p < passes; ++p) {
       Context ctx;
       ctx.mc_dropout = mc_samples > 0;
@@ -690,7 +784,9 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   if (root && verbose_ > 0)
     std::cout << "Train on " << dataset_.train->size() << " samples"
               << (dataset_.validation ? str_cat(", validate on ", dataset_.validation->size(), " samples") : "")
-              << "; " << comm_.size() << " rank(s) x " << ops::num_threads() << " thread(s), global batch "
+              << "; " << comm_.size() << " rank(s) x "
+              << (device_ == Device::CUDA ? std::string("1 GPU") : str_cat(ops::num_threads(), " thread(s)"))
+              << ", global batch "
               << batch_size_ << ", " << steps << " steps per epoch\n";
 
   const size_t nsums = 2 + metrics_.size();
@@ -762,7 +858,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       ++global_step;
       ++done;
       if (check_every_steps_ > 0 && comm_.size() > 1 && global_step % check_every_steps_ == 0) {
-        const Tensor& w = model_->weights_arena();
+        const Tensor w = model_->weights_arena().device() == Device::CPU ? model_->weights_arena()
+                                                                          : model_->weights_arena().to(Device::CPU);
         comm::check_replicas_identical(comm_, std::span<const float>(w.data(), size_t(w.numel())), global_step);
       }
       if (tty && (done % 25 == 0 || done == steps)) {

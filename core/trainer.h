@@ -35,6 +35,8 @@
 
 namespace lockstep {
 
+class BatchStager;  // copies batches to the model's device (trainer.cpp)
+
 // Exit statuses of `lockstep train` (README "Exit status"); batch scripts requeue on kExitPreempted.
 inline constexpr int kExitPreempted = 75;  // stopped by a signal after writing a checkpoint
 inline constexpr int kExitNonFinite = 3;   // the loss became NaN or infinite
@@ -91,6 +93,7 @@ class Trainer {
   int64_t batch_size() const { return batch_size_; }
   std::string resolved_yaml() const;
   comm::Communicator& comm() { return comm_; }
+  Device device() const { return device_; }
 
  private:
   struct Resume;
@@ -139,6 +142,9 @@ class Trainer {
   int warning_signal_ = 0;
   // Step buffers (reused).
   Tensor per_sample_, metric_buf_, dout_;
+  // Where the model, its step buffers and the staged batches live (`device:`, auto by default).
+  Device device_ = Device::CPU;
+  std::unique_ptr<BatchStager> stager_;
 };
 
 // `runs/<name>-<timestamp>` unless given.

@@ -52,6 +52,18 @@ void add_common(po::options_description& d, int& threads, std::vector<std::strin
        "override a key of the run file: --set train.epochs=1 (repeatable)");
 }
 
+// --device for the verbs that run a model: the run file's `device:` key, overridden.
+void add_device(po::options_description& d, std::string& device) {
+  d.add_options()("device", po::value<std::string>(&device),
+                  "auto (a GPU when one is usable, else the CPU), cpu or cuda; overrides the run file's device:");
+}
+void apply_device(const std::string& device, std::vector<std::string>& sets) {
+  if (device.empty()) return;
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    throw UserError(str_cat("--device must be auto, cpu or cuda (got '", device, "')"));
+  sets.push_back("device=" + device);
+}
+
 ConfigNode load_run_file(const std::string& path, const std::vector<std::string>& sets) {
   ConfigNode cfg = load_config_file(path);
   for (const auto& s : sets) set_dotted(cfg.yaml(), s);
@@ -134,11 +146,14 @@ int cmd_train(const std::vector<std::string>& args) {
       "  lockstep train launch/configs/fashion_mnist_mlp.yaml --set train.epochs=1 --set optimizer.learning_rate=0.01\n"
       "  lockstep train run.yaml --run-dir runs/exp1 --resume auto\n"
       "  mpirun -np 4 lockstep train run.yaml --run-dir runs/exp1\n\nOptions");
+  std::string device;
   add_common(d, threads, sets);
+  add_device(d, device);
   d.add_options()("run-dir", po::value<std::string>(&run_dir), "run directory (default runs/<name>-<timestamp>)")  //
       ("resume", po::value<std::string>(&resume),
        "auto: continue from the newest valid checkpoint in the run directory (fresh if none); or a checkpoint path");
   if (!parse(args, d, run_file, "train")) return 0;
+  apply_device(device, sets);
   if (!resume.empty() && run_dir.empty())
     throw UserError("train: --resume needs --run-dir (the directory whose checkpoints/ to continue from)");
   Session s = start_session(run_file, sets, threads);
@@ -166,12 +181,15 @@ int cmd_evaluate(const std::vector<std::string>& args) {
       "lockstep evaluate RUN.yaml --checkpoint PATH [--split test|validation|train]\n\n"
       "Loss and metrics of a saved model over a whole split (reduced across ranks).\n\n"
       "Example:\n  lockstep evaluate run.yaml --checkpoint runs/exp1/final.h5\n\nOptions");
+  std::string device;
   add_common(d, threads, sets);
+  add_device(d, device);
   d.add_options()("checkpoint", po::value<std::string>(&checkpoint), "the model to evaluate (a checkpoint or final.h5)")  //
       ("split", po::value<std::string>(&split)->default_value("test"), "test, validation or train")                    //
       ("mc-dropout", "keep dropout active (MC dropout)");
   po::variables_map vm;
   if (!parse(args, d, run_file, "evaluate")) return 0;
+  apply_device(device, sets);
   if (checkpoint.empty()) throw UserError("evaluate: --checkpoint PATH is required");
   const bool mc = std::find(args.begin(), args.end(), "--mc-dropout") != args.end();
   Session s = start_session(run_file, sets, threads);
@@ -201,12 +219,15 @@ int cmd_predict(const std::vector<std::string>& args) {
       "over N stochastic passes (dropout kept on, batch norm in inference mode) and their standard deviation.\n"
       "FILE.h5: datasets probabilities, std, predictions, labels; FILE.csv: one row per sample.\n\n"
       "Example:\n  lockstep predict run.yaml --checkpoint runs/exp1/final.h5 --mc-samples 100 --out pred.h5\n\nOptions");
+  std::string device;
   add_common(d, threads, sets);
+  add_device(d, device);
   d.add_options()("checkpoint", po::value<std::string>(&checkpoint), "the model (a checkpoint or final.h5)")  //
       ("out", po::value<std::string>(&out), "output file (.h5 or .csv)")                                    //
       ("mc-samples", po::value<int>(&mc)->default_value(0), "MC dropout passes (0: one deterministic pass)")   //
       ("split", po::value<std::string>(&split)->default_value("test"), "test, validation or train");
   if (!parse(args, d, run_file, "predict")) return 0;
+  apply_device(device, sets);
   if (checkpoint.empty()) throw UserError("predict: --checkpoint PATH is required");
   if (out.empty()) throw UserError("predict: --out FILE is required");
   if (mc < 0) throw UserError("predict: --mc-samples must be >= 0");

@@ -101,11 +101,12 @@ TEST(Factory, LocalAndParse) {
   EXPECT_EQ(parse_comm_kind("auto"), CommKind::Auto);
   EXPECT_EQ(parse_comm_kind("mpi"), CommKind::Mpi);
   EXPECT_EQ(parse_comm_kind("local"), CommKind::Local);
+  EXPECT_EQ(parse_comm_kind("nccl"), CommKind::Nccl);
   try {
     parse_comm_kind("nccl2");
     FAIL() << "no throw";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("auto, local or mpi"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("auto, local, mpi or nccl"), std::string::npos);
   }
 }
 
