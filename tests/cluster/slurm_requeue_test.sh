@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# slurm_requeue_test.sh - submits cluster/*.sbatch to a real one-node Slurm (slurm-local.sh: munged,
+# slurmctld and slurmd on localhost) and checks that a job cut by its time limit checkpoints, requeues
+# itself, resumes, and ends with the same weights as an uninterrupted run.
+#
+#   bash tests/cluster/slurm_requeue_test.sh [--trainer fake|real] [--lockstep PATH] [--keep]
+#
+# Two jobs run side by side on the local cluster (4 CPUs advertised), 2 tasks each, srun --mpi=pmix:
+#   ref  cluster/slurm-multi-node.sbatch (--nodes=1 --time=5): the uninterrupted run;
+#   pre  cluster/slurm-preemptible.sbatch --time=1 --signal=B:USR1@30: Slurm warns the batch shell within
+#        the first ~30 s of every incarnation; the script forwards the signal, the trainer checkpoints and
+#        exits 75, the script requeues the job, the next incarnation resumes with `--resume auto`.
+# Passes when both jobs end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
+# checkpoint, and the two final.h5 hold bit-identical weights (same-weights.py). Bounded: the whole test
+# gives up after DEADLINE_S (default 240 s) and cancels its jobs; the cluster is stopped on every exit.
+#
+# The trainer is one variable, TRAINER (--trainer):
+#   fake  tests/cluster/fake-lockstep.sh, a stand-in that follows `lockstep train`'s contract (default)
+#   real  the lockstep binary (--lockstep PATH, default build/launch/lockstep) on tests/cluster/tiny-run.yaml
+#
+# Exit status: 0 pass, 1 fail, 77 skipped with the reason printed (not root, Slurm/munge not installed:
+# `slurm-local.sh check`). When the check passes but the cluster does not start, that is a failure (a
+# broken harness must not hide behind a skip) unless LOCKSTEP_SLURM_OPTIONAL=1.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+TRAINER=${TRAINER:-fake}
+LOCKSTEP=${LOCKSTEP:-}
+KEEP=0
+DEADLINE_S=${DEADLINE_S:-240}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --trainer) TRAINER=$2; shift 2 ;;
+    --lockstep) LOCKSTEP=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "usage: $0 [--trainer fake|real] [--lockstep PATH] [--keep]" >&2; exit 2 ;;
+  esac
+done
+
+t0=$(date +%s)
+say() { echo "[slurm-test +$(( $(date +%s) - t0 ))s] $*"; }
+skip() { echo "SKIPPED: $*"; exit 77; }
+failed=0
+fail() { echo "FAIL: $*"; failed=1; }
+
+why=$(bash "$here/slurm-local.sh" check) || skip "cannot run a local Slurm here: $(echo "$why" | paste -sd';')"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/lockstep-slurm-test.XXXXXX")
+chmod 755 "$work"   # munged wants o+x on every directory above its socket
+export SLURM_LOCAL_DIR=$work/slurm SLURM_LOCAL_CPUS=4
+cleanup() {
+  bash "$here/slurm-local.sh" stop >/dev/null 2>&1
+  if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'fail "interrupted"; exit 1' INT TERM
+
+case $TRAINER in
+  fake)
+    LOCKSTEP=$here/fake-lockstep.sh
+    RUN_FILE=$here/fake-run.yaml ;;
+  real)
+    LOCKSTEP=${LOCKSTEP:-$root/build/launch/lockstep}
+    [ -x "$LOCKSTEP" ] || { fail "no lockstep binary at $LOCKSTEP"; exit 1; }
+    RUN_FILE=$work/tiny-run.yaml
+    bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; } ;;
+  *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
+esac
+say "trainer: $TRAINER ($LOCKSTEP), run file $RUN_FILE, work $work"
+
+if ! start_log=$(bash "$here/slurm-local.sh" start 2>&1); then
+  echo "$start_log"; tail -20 "$SLURM_LOCAL_DIR"/log/*.log 2>/dev/null
+  [ "${LOCKSTEP_SLURM_OPTIONAL:-0}" = 1 ] && skip "the local Slurm did not start (log above)"
+  fail "the local Slurm did not start although '$here/slurm-local.sh check' passed (log above)"; exit 1
+fi
+eval "$(bash "$here/slurm-local.sh" env)"
+say "$(echo "$start_log" | tail -1)"
+
+export LOCKSTEP RUN_FILE THREADS=1
+submit() { # name script sbatch-flags... -> job id
+  local name=$1 script=$2; shift 2
+  RUN_DIR=$work/$name sbatch --parsable --chdir="$work" --job-name="$name" --output="$work/$name.out" \
+    --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 "$@" "$root/cluster/$script"
+}
+ref=$(submit ref slurm-multi-node.sbatch --time=5) || { fail "sbatch of the reference job"; exit 1; }
+pre=$(submit pre slurm-preemptible.sbatch --time=1 --signal=B:USR1@30) || { fail "sbatch of the preemptible job"; exit 1; }
+say "submitted: ref=$ref (slurm-multi-node.sbatch), pre=$pre (slurm-preemptible.sbatch --time=1 --signal=B:USR1@30)"
+
+field() { scontrol show job "$1" 2>/dev/null | grep -oP "(?<=\b$2=)\S+" | head -1; }
+final_state() { case $1 in COMPLETED|FAILED|TIMEOUT|CANCELLED|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) return 0;; esac; return 1; }
+declare -A last=()
+while :; do
+  done_all=1
+  for j in "$ref" "$pre"; do
+    st=$(field "$j" JobState); rs=$(field "$j" Restarts); reason=$(field "$j" Reason)
+    key="$st restarts=$rs reason=$reason"
+    [ "${last[$j]:-}" != "$key" ] && { say "job $j: $key"; last[$j]=$key; }
+    final_state "$st" || done_all=0
+  done
+  [ $done_all = 1 ] && break
+  if [ $(( $(date +%s) - t0 )) -ge "$DEADLINE_S" ]; then
+    fail "jobs not finished after ${DEADLINE_S}s"; scancel "$ref" "$pre" 2>/dev/null; break
+  fi
+  sleep 1
+done
+
+for j in ref pre; do echo "----- $j.out"; cat "$work/$j.out" 2>/dev/null; done
+echo "-----"
+[ "$(field "$ref" JobState)" = COMPLETED ] && [ "$(field "$ref" ExitCode)" = 0:0 ] ||
+  fail "reference job $ref: $(field "$ref" JobState) exit $(field "$ref" ExitCode)"
+[ "$(field "$pre" JobState)" = COMPLETED ] && [ "$(field "$pre" ExitCode)" = 0:0 ] ||
+  fail "preemptible job $pre: $(field "$pre" JobState) exit $(field "$pre" ExitCode)"
+restarts=$(field "$pre" Restarts)
+[ "${restarts:-0}" -ge 1 ] || fail "preemptible job $pre was never requeued (Restarts=${restarts:-?})"
+stops=$(grep -c 'training step exited with status 75' "$work/pre.out")
+requeues=$(grep -c 'requeueing job' "$work/pre.out")
+resumes=$(grep -cE 'resum(ing|ed) from' "$work/pre.out")
+[ "$stops" -ge 1 ] && [ "$requeues" -ge 1 ] || fail "pre.out shows $stops exits with status 75 and $requeues requeues"
+[ "$resumes" -ge 1 ] || fail "pre.out shows no resume from a checkpoint"
+if [ -f "$work/ref/final.h5" ] && [ -f "$work/pre/final.h5" ]; then
+  /usr/bin/python3 "$here/same-weights.py" "$work/ref/final.h5" "$work/pre/final.h5" ||
+    fail "the requeued run's final weights differ from the uninterrupted run's"
+else
+  fail "final.h5 missing: $(ls "$work"/ref "$work"/pre 2>&1 | paste -sd' ')"
+fi
+say "preemptible job: $restarts requeue(s), $stops checkpoint-and-exit(s) with status 75, $resumes resume(s)"
+if [ $failed = 0 ]; then say "PASS"; else say "FAILED"; fi
+exit $failed
