@@ -12,7 +12,8 @@
 #   DIR/history.csv, DIR/config.yaml, DIR/final.h5 (text here, HDF5 from the real trainer)
 # Exit status: 0 finished; 2 bad input; 75 stopped by SIGTERM/SIGINT/the checkpoint signal (after writing a
 # checkpoint). The signal handlers are installed first and stay installed until exit: repeated signals are
-# harmless.
+# harmless. FAKE_LOCKSTEP_FAULT=resume_skips_a_step makes a resume skip one step (to check that the tests
+# notice a wrong resume).
 set -u
 stop=0
 trap 'stop=1' USR1 USR2 TERM INT
@@ -63,6 +64,8 @@ case $resume in
     [[ $step == 0 ]] && say "no checkpoint in $ck: starting fresh" ;;
   *) load "$resume" || bad "checkpoint '$resume' is missing or incomplete"; say "resuming from $resume (step $step)" ;;
 esac
+# fault injection for testing the tests: a resume that skips one step must be caught by the comparison
+if [[ ${FAKE_LOCKSTEP_FAULT:-} == resume_skips_a_step && $step -gt 0 ]]; then step=$((step + 1)); say "FAULT: skipped step $step"; fi
 [[ $rank == 0 ]] && { cp "$run_file" "$run_dir/config.yaml"; rm -f "$run_dir/.stopped"; }
 say "start: step $step of $steps, job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}, threads $threads"
 
