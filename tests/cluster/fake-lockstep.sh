@@ -67,7 +67,7 @@ esac
 # fault injection for testing the tests: a resume that skips one step must be caught by the comparison
 if [[ ${FAKE_LOCKSTEP_FAULT:-} == resume_skips_a_step && $step -gt 0 ]]; then step=$((step + 1)); say "FAULT: skipped step $step"; fi
 [[ $rank == 0 ]] && { cp "$run_file" "$run_dir/config.yaml"; rm -f "$run_dir/.stopped"; }
-say "start: step $step of $steps, job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}, threads $threads"
+say "start: step $step of $steps, job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}, threads $threads, local rank ${SLURM_LOCALID:-${OMPI_COMM_WORLD_LOCAL_RANK:-0}}, CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"
 
 save() { # rank 0 writes checkpoint STEP atomically
   [[ $rank == 0 ]] || return 0

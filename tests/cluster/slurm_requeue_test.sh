@@ -5,13 +5,15 @@
 #
 #   bash tests/cluster/slurm_requeue_test.sh [--trainer fake|real] [--lockstep PATH] [--keep]
 #
-# Two jobs run side by side on the local cluster (4 CPUs advertised), 2 tasks each, srun --mpi=pmix:
+# Three jobs run side by side on the local cluster (6 CPUs, 2 fake GPUs advertised), 2 tasks each, srun --mpi=pmix:
 #   ref  cluster/slurm-multi-node.sbatch (--nodes=1 --time=5): the uninterrupted run;
 #   pre  cluster/slurm-preemptible.sbatch --time=1 --signal=B:USR1@30: Slurm warns the batch shell within
 #        the first ~30 s of every incarnation; the script forwards the signal, the trainer checkpoints and
 #        exits 75, the script requeues the job, the next incarnation resumes with `--resume auto`.
-# Passes when both jobs end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
-# checkpoint, and the two final.h5 hold bit-identical weights (same-weights.py). Bounded: the whole test
+#   gpu  cluster/slurm-single-node-gpus.sbatch --gpus-per-node=2 on fake GPUs (slurm-local.sh SLURM_LOCAL_GPUS):
+#        each rank must see CUDA_VISIBLE_DEVICES=0,1 (skipped where mknod is not allowed).
+# Passes when all jobs end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
+# checkpoint, and every final.h5 holds the reference's weights bit for bit (same-weights.py). Bounded: the whole test
 # gives up after DEADLINE_S (default 240 s) and cancels its jobs; the cluster is stopped on every exit.
 #
 # The trainer is one variable, TRAINER (--trainer):
@@ -47,7 +49,10 @@ why=$(bash "$here/slurm-local.sh" check) || skip "cannot run a local Slurm here:
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/lockstep-slurm-test.XXXXXX")
 chmod 755 "$work"   # munged wants o+x on every directory above its socket
-export SLURM_LOCAL_DIR=$work/slurm SLURM_LOCAL_CPUS=4
+# 2 fake GPUs (device nodes aliasing /dev/null) for slurm-single-node-gpus.sbatch, where mknod is allowed
+GPUS=2
+mknod "$work/probe" c 1 3 2>/dev/null && rm -f "$work/probe" || GPUS=0
+export SLURM_LOCAL_DIR=$work/slurm SLURM_LOCAL_CPUS=6 SLURM_LOCAL_GPUS=$GPUS
 cleanup() {
   bash "$here/slurm-local.sh" stop >/dev/null 2>&1
   if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
@@ -84,14 +89,22 @@ submit() { # name script sbatch-flags... -> job id
 }
 ref=$(submit ref slurm-multi-node.sbatch --time=5) || { fail "sbatch of the reference job"; exit 1; }
 pre=$(submit pre slurm-preemptible.sbatch --time=1 --signal=B:USR1@30) || { fail "sbatch of the preemptible job"; exit 1; }
+jobs=("$ref" "$pre")
 say "submitted: ref=$ref (slurm-multi-node.sbatch), pre=$pre (slurm-preemptible.sbatch --time=1 --signal=B:USR1@30)"
+gpu=""
+if [ "$GPUS" -gt 0 ]; then
+  gpu=$(submit gpu slurm-single-node-gpus.sbatch --time=5 --gpus-per-node=2) || { fail "sbatch of the GPU job"; exit 1; }
+  jobs+=("$gpu"); say "submitted: gpu=$gpu (slurm-single-node-gpus.sbatch --gpus-per-node=2, fake GPUs)"
+else
+  say "NOTE: mknod not permitted here: slurm-single-node-gpus.sbatch is not submitted"
+fi
 
 field() { scontrol show job "$1" 2>/dev/null | grep -oP "(?<=\b$2=)\S+" | head -1; }
 final_state() { case $1 in COMPLETED|FAILED|TIMEOUT|CANCELLED|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) return 0;; esac; return 1; }
 declare -A last=()
 while :; do
   done_all=1
-  for j in "$ref" "$pre"; do
+  for j in "${jobs[@]}"; do
     st=$(field "$j" JobState); rs=$(field "$j" Restarts); reason=$(field "$j" Reason)
     key="$st restarts=$rs reason=$reason"
     [ "${last[$j]:-}" != "$key" ] && { say "job $j: $key"; last[$j]=$key; }
@@ -99,12 +112,12 @@ while :; do
   done
   [ $done_all = 1 ] && break
   if [ $(( $(date +%s) - t0 )) -ge "$DEADLINE_S" ]; then
-    fail "jobs not finished after ${DEADLINE_S}s"; scancel "$ref" "$pre" 2>/dev/null; break
+    fail "jobs not finished after ${DEADLINE_S}s"; scancel "${jobs[@]}" 2>/dev/null; break
   fi
   sleep 1
 done
 
-for j in ref pre; do echo "----- $j.out"; cat "$work/$j.out" 2>/dev/null; done
+for j in ref pre ${gpu:+gpu}; do echo "----- $j.out"; cat "$work/$j.out" 2>/dev/null; done
 echo "-----"
 [ "$(field "$ref" JobState)" = COMPLETED ] && [ "$(field "$ref" ExitCode)" = 0:0 ] ||
   fail "reference job $ref: $(field "$ref" JobState) exit $(field "$ref" ExitCode)"
@@ -122,6 +135,17 @@ if [ -f "$work/ref/final.h5" ] && [ -f "$work/pre/final.h5" ]; then
     fail "the requeued run's final weights differ from the uninterrupted run's"
 else
   fail "final.h5 missing: $(ls "$work"/ref "$work"/pre 2>&1 | paste -sd' ')"
+fi
+if [ -n "$gpu" ]; then
+  [ "$(field "$gpu" JobState)" = COMPLETED ] && [ "$(field "$gpu" ExitCode)" = 0:0 ] ||
+    fail "GPU job $gpu: $(field "$gpu" JobState) exit $(field "$gpu" ExitCode)"
+  seen=$(grep -c 'CUDA_VISIBLE_DEVICES=0,1' "$work/gpu.out")
+  [ "$seen" -ge 2 ] || fail "GPU job: $seen of 2 ranks saw CUDA_VISIBLE_DEVICES=0,1"
+  if [ -f "$work/gpu/final.h5" ]; then
+    /usr/bin/python3 "$here/same-weights.py" "$work/ref/final.h5" "$work/gpu/final.h5" || fail "GPU job's final weights differ"
+  else
+    fail "GPU job wrote no final.h5"
+  fi
 fi
 say "preemptible job: $restarts requeue(s), $stops checkpoint-and-exit(s) with status 75, $resumes resume(s)"
 if [ $failed = 0 ]; then say "PASS"; else say "FAILED"; fi
