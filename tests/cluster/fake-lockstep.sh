@@ -4,8 +4,8 @@
 #
 #   fake-lockstep.sh train RUN.yaml [--set KEY=VALUE]... [--run-dir DIR] [--resume auto|PATH] [--threads N]
 #
-# It "trains" for `train.steps` steps of `train.step_seconds` seconds each (keys read from the run file,
-# overridable with --set); the "weights" are a SHA-256 chain over the step numbers and the seed, so a
+# It "trains" for `train.steps` steps of `train.step_seconds` seconds each, checkpointing every
+# `checkpoint.every_steps` (keys read from the run file in block style, overridable with --set); the "weights" are a SHA-256 chain over the step numbers and the seed, so a
 # resumed run ends with the same final weights as an uninterrupted one only if it resumed from exactly the
 # step it checkpointed. Rank 0 (OMPI_COMM_WORLD_RANK / PMIX_RANK / SLURM_PROCID) writes
 #   DIR/checkpoints/ckpt-STEP.txt  (tmp + rename; the last line `commit` marks it complete)
@@ -43,6 +43,7 @@ key() { # dotted key -> value: --set first, then `  leaf: value` in the run file
   sed -n "s/^[[:space:]]*${leaf}:[[:space:]]*\([^#[:space:]]*\).*/\1/p" "$run_file" | head -1
 }
 steps=$(key train.steps); step_s=$(key train.step_seconds); seed=$(key seed)
+every=$(key checkpoint.every_steps); every=${every:-0}
 [[ $steps =~ ^[0-9]+$ ]] || bad "$run_file: train.steps must be an integer (got '$steps')"
 [[ $step_s =~ ^[0-9.]+$ ]] || bad "$run_file: train.step_seconds must be a number (got '$step_s')"
 [[ -n $run_dir ]] || run_dir=runs/$(basename "$run_file" .yaml)
@@ -88,6 +89,7 @@ while [[ $step -lt $steps ]]; do
   step=$((step + 1))
   w=$(echo "$w $step" | sha256sum | cut -c1-64)
   [[ $rank == 0 ]] && echo "$step,$w" >>"$run_dir/history.csv"
+  [[ $every -gt 0 && $((step % every)) == 0 && $step -lt $steps ]] && save
 done
 if [[ $rank == 0 ]]; then
   save

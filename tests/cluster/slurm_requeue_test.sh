@@ -11,8 +11,9 @@
 #        the first ~30 s of every incarnation; the script forwards the signal, the trainer checkpoints and
 #        exits 75, the script requeues the job, the next incarnation resumes with `--resume auto`.
 #   gpu  cluster/slurm-single-node-gpus.sbatch --gpus-per-node=2 on fake GPUs (slurm-local.sh SLURM_LOCAL_GPUS):
-#        each rank must see CUDA_VISIBLE_DEVICES=0,1 (skipped where mknod is not allowed).
-# Passes when all jobs end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
+#        each rank must see CUDA_VISIBLE_DEVICES=0,1 (skipped where mknod is not allowed);
+#   bad  cluster/slurm-preemptible.sbatch on a missing run file: must end FAILED with exit 2, not requeued.
+# Passes when ref, pre and gpu end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
 # checkpoint, and every final.h5 holds the reference's weights bit for bit (same-weights.py). Bounded: the whole test
 # gives up after DEADLINE_S (default 240 s) and cancels its jobs; the cluster is stopped on every exit.
 #
@@ -60,15 +61,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'fail "interrupted"; exit 1' INT TERM
 
+# RESUME_RE: the trainer's log line for a resume from a checkpoint past step 0.
+# WARN_ON_CHECKPOINT=1: besides Slurm's own --signal warning, the test sends the same warning to the batch
+# shell (scancel --batch --signal=USR1, exactly what --signal=B:USR1 does) as soon as the first incarnation
+# has written a checkpoint, so a fast trainer is still cut mid-run; the fake trainer (40 s) relies on
+# Slurm's warning alone, which proves the --signal path.
 case $TRAINER in
   fake)
     LOCKSTEP=$here/fake-lockstep.sh
-    RUN_FILE=$here/fake-run.yaml ;;
+    RUN_FILE=$here/fake-run.yaml
+    RESUME_RE=${RESUME_RE:-'resum(ing|ed) from .*\(step [1-9][0-9]*\)'}
+    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-0} ;;
   real)
     LOCKSTEP=${LOCKSTEP:-$root/build/launch/lockstep}
     [ -x "$LOCKSTEP" ] || { fail "no lockstep binary at $LOCKSTEP"; exit 1; }
     RUN_FILE=$work/tiny-run.yaml
-    bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; } ;;
+    bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; }
+    RESUME_RE=${RESUME_RE:-'[Rr]esum'}
+    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-1} ;;
   *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
 esac
 say "trainer: $TRAINER ($LOCKSTEP), run file $RUN_FILE, work $work"
@@ -89,7 +99,9 @@ submit() { # name script sbatch-flags... -> job id
 }
 ref=$(submit ref slurm-multi-node.sbatch --time=5) || { fail "sbatch of the reference job"; exit 1; }
 pre=$(submit pre slurm-preemptible.sbatch --time=1 --signal=B:USR1@30) || { fail "sbatch of the preemptible job"; exit 1; }
-jobs=("$ref" "$pre")
+bad=$(RUN_FILE=$work/missing.yaml submit bad slurm-preemptible.sbatch --time=1) || { fail "sbatch of the bad-input job"; exit 1; }
+jobs=("$ref" "$pre" "$bad")
+say "submitted: bad=$bad (slurm-preemptible.sbatch on a missing run file: must fail with status 2, unrequeued)"
 say "submitted: ref=$ref (slurm-multi-node.sbatch), pre=$pre (slurm-preemptible.sbatch --time=1 --signal=B:USR1@30)"
 gpu=""
 if [ "$GPUS" -gt 0 ]; then
@@ -102,7 +114,13 @@ fi
 field() { scontrol show job "$1" 2>/dev/null | grep -oP "(?<=\b$2=)\S+" | head -1; }
 final_state() { case $1 in COMPLETED|FAILED|TIMEOUT|CANCELLED|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) return 0;; esac; return 1; }
 declare -A last=()
+warned=0
 while :; do
+  if [ "$WARN_ON_CHECKPOINT" = 1 ] && [ $warned = 0 ] && [ "$(field "$pre" JobState)" = RUNNING ] &&
+     [ "$(field "$pre" Restarts)" = 0 ] && ls "$work/pre/checkpoints" 2>/dev/null | grep -qv '\.tmp$'; then
+    say "first checkpoint written: warning the batch shell (scancel --batch --signal=USR1 $pre)"
+    scancel --batch --signal=USR1 "$pre"; warned=1
+  fi
   done_all=1
   for j in "${jobs[@]}"; do
     st=$(field "$j" JobState); rs=$(field "$j" Restarts); reason=$(field "$j" Reason)
@@ -114,10 +132,10 @@ while :; do
   if [ $(( $(date +%s) - t0 )) -ge "$DEADLINE_S" ]; then
     fail "jobs not finished after ${DEADLINE_S}s"; scancel "${jobs[@]}" 2>/dev/null; break
   fi
-  sleep 1
+  sleep 0.25
 done
 
-for j in ref pre ${gpu:+gpu}; do echo "----- $j.out"; cat "$work/$j.out" 2>/dev/null; done
+for j in ref pre bad ${gpu:+gpu}; do echo "----- $j.out"; cat "$work/$j.out" 2>/dev/null; done
 echo "-----"
 [ "$(field "$ref" JobState)" = COMPLETED ] && [ "$(field "$ref" ExitCode)" = 0:0 ] ||
   fail "reference job $ref: $(field "$ref" JobState) exit $(field "$ref" ExitCode)"
@@ -127,7 +145,7 @@ restarts=$(field "$pre" Restarts)
 [ "${restarts:-0}" -ge 1 ] || fail "preemptible job $pre was never requeued (Restarts=${restarts:-?})"
 stops=$(grep -c 'training step exited with status 75' "$work/pre.out")
 requeues=$(grep -c 'requeueing job' "$work/pre.out")
-resumes=$(grep -cE 'resum(ing|ed) from .*\(step [1-9][0-9]*\)' "$work/pre.out")
+resumes=$(grep -cE "$RESUME_RE" "$work/pre.out")
 [ "$stops" -ge 1 ] && [ "$requeues" -ge 1 ] || fail "pre.out shows $stops exits with status 75 and $requeues requeues"
 [ "$resumes" -ge 1 ] || fail "pre.out shows no resume from a checkpoint past step 0"
 if [ -f "$work/ref/final.h5" ] && [ -f "$work/pre/final.h5" ]; then
@@ -136,6 +154,8 @@ if [ -f "$work/ref/final.h5" ] && [ -f "$work/pre/final.h5" ]; then
 else
   fail "final.h5 missing: $(ls "$work"/ref "$work"/pre 2>&1 | paste -sd' ')"
 fi
+[ "$(field "$bad" JobState)" = FAILED ] && [ "$(field "$bad" ExitCode)" = 2:0 ] && [ "$(field "$bad" Restarts)" = 0 ] ||
+  fail "bad-input job $bad: $(field "$bad" JobState) exit $(field "$bad" ExitCode) restarts $(field "$bad" Restarts), expected FAILED 2:0 0"
 if [ -n "$gpu" ]; then
   [ "$(field "$gpu" JobState)" = COMPLETED ] && [ "$(field "$gpu" ExitCode)" = 0:0 ] ||
     fail "GPU job $gpu: $(field "$gpu" JobState) exit $(field "$gpu" ExitCode)"
