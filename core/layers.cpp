@@ -365,6 +365,16 @@ Tensor BatchNormalization::forward(const Tensor& x, Context& ctx) {
 
 Tensor BatchNormalization::backward(const Tensor& dy, Context& ctx, bool need_dx) {
   if (!was_training_) {
+    // Inference mode normalises with the moving statistics; a trainable layer still owes gamma and
+    // beta their gradients (dbeta = Σdy, dgamma = Σdy·x̂ with x̂ from the moving statistics).
+    Weight* gamma = weight("gamma");
+    Weight* beta = weight("beta");
+    if (trainable_ && (gamma || beta)) {
+      if (!sums_.defined() || sums_.device() != dy.device())
+        sums_ = Tensor({2 * view_.channels}, dy.device(), DType::F64);
+      ops::bn_backward_sums(dy, x_, view_, g("moving_mean"), g("moving_variance"), epsilon_, sums_);
+      ops::bn_param_grads(sums_, gamma ? gamma->grad : Tensor(), beta ? beta->grad : Tensor());
+    }
     if (!need_dx) return Tensor();
     Tensor dx = dx_buf_.get(dy.shape(), dy);
     ops::bn_backward_inference(dy, view_, g("moving_variance"), g("gamma"), epsilon_, dx);

@@ -1,5 +1,6 @@
 #include "core/model.h"
 
+#include <algorithm>
 #include <iomanip>
 #include <map>
 #include <regex>
@@ -82,15 +83,28 @@ std::unique_ptr<Model> Model::from_config(const ConfigNode& m, Device device, DT
 }
 
 void Model::allocate() {
-  int64_t wn = 0, gn = 0;
+  // Gradient-carrying weights first, each at the same offset in both arenas (so an optimizer can
+  // update weights_[0, gn) from grads_ in one pass), then the state (BN's moving statistics).
+  int64_t gn = 0;
   refs_.clear();
   for (size_t i = 0; i < layers_.size(); ++i)
-    for (Weight& w : layers_[i]->weights()) {
-      const int64_t n = shape_numel(w.shape);
-      refs_.push_back({int(i), &w, wn, w.trainable ? gn : -1});
-      wn += align_up(n);
-      if (w.trainable) gn += align_up(n);
-    }
+    for (Weight& w : layers_[i]->weights())
+      if (w.trainable) {
+        refs_.push_back({int(i), &w, gn, gn});
+        gn += align_up(shape_numel(w.shape));
+      }
+  int64_t wn = gn;
+  for (size_t i = 0; i < layers_.size(); ++i)
+    for (Weight& w : layers_[i]->weights())
+      if (!w.trainable) {
+        refs_.push_back({int(i), &w, wn, -1});
+        wn += align_up(shape_numel(w.shape));
+      }
+  // refs_ in layer order (then declaration order), as callers expect.
+  std::stable_sort(refs_.begin(), refs_.end(), [](const WeightRef& a, const WeightRef& b) {
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.weight < b.weight;
+  });
   weights_ = Tensor::zeros({std::max<int64_t>(wn, 1)}, device_, dtype_);
   grads_ = Tensor::zeros({std::max<int64_t>(gn, 1)}, device_, dtype_);
   for (WeightRef& r : refs_) {

@@ -131,7 +131,7 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
-void Tensor::copy_from(const Tensor& src) {
+void Tensor::copy_from(const Tensor& src) const {
   LS_CHECK(src.numel() == numel_, "copy_from: ", shape_str(src.shape()), " into ", shape_str(shape_));
   LS_CHECK(src.dtype() == dtype_, "copy_from: ", dtype_name(src.dtype()), " into ", dtype_name(dtype_));
   if (numel_ == 0 || src.raw() == raw()) return;

@@ -87,7 +87,7 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;
   // Copy the contents of `src` (same numel) into this tensor, across devices if needed.
-  void copy_from(const Tensor& src);
+  void copy_from(const Tensor& src) const;
   std::vector<float> to_vector() const;
   std::vector<double> to_double_vector() const;
   // Element access on CPU tensors (tests, small bookkeeping); flat index.

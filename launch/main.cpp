@@ -3,7 +3,11 @@
 // failure (see core/error.h).
 #include <boost/program_options.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <string>
@@ -13,6 +17,9 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/ops.h"
+#include "core/checkpoint.h"
+#include "core/trainer.h"
+#include "comm/communicator.h"
 #include "data/cli.h"
 
 namespace po = boost::program_options;
@@ -23,8 +30,16 @@ namespace {
 const char* kUsage = R"(usage: lockstep VERB [ARGS] [--help]
 
 verbs:
+  train RUN.yaml            train (one process, or every rank under mpirun / srun)
+  evaluate RUN.yaml --checkpoint PATH   loss and metrics of a saved model on the test split
+  predict RUN.yaml --checkpoint PATH --out FILE [--mc-samples N]   class probabilities (MC dropout)
+  lr-find RUN.yaml          one epoch with an exponentially growing rate: loss vs learning rate
   summary RUN.yaml          print the model's table (layers, output shapes, parameter counts)
   data convert|fetch|inspect  datasets: official files -> lockstep's HDF5 layout, download, inspect
+
+Exit status: 0 success; 2 bad input (run file, data, checkpoint, flags); 3 the loss became NaN or
+infinite; 4 communication failure (a collective failed or timed out, replicas diverged); 75 stopped by
+SIGTERM/SIGINT/SIGUSR1 after writing a checkpoint (requeue and resume with --resume auto); 1 other.
 
 Run `lockstep VERB --help` for a verb's options and examples.
 )";
@@ -68,7 +83,192 @@ int cmd_summary(const std::vector<std::string>& args) {
   return 0;
 }
 
+// What every verb that trains or evaluates needs: the communicator, threads, the resolved run file.
+comm::Communicator* g_comm = nullptr;  // for fail(): abort the job from any rank
+
+struct Session {
+  std::unique_ptr<comm::Communicator> comm;
+  ConfigNode run;
+};
+
+Session start_session(const std::string& run_file, const std::vector<std::string>& sets, int threads) {
+  Session s;
+  s.comm = comm::make_communicator();
+  g_comm = s.comm.get();
+  ops::set_num_threads(threads > 0 ? threads : comm::default_threads_per_rank(*s.comm));
+  s.run = load_run_file(run_file, sets);
+  return s;
+}
+
+// Parse `args` with `d` (+ the run file as the first positional); false when --help was printed.
+bool parse(const std::vector<std::string>& args, po::options_description& d, std::string& run_file, const char* verb) {
+  d.add_options()("run-file", po::value<std::string>(&run_file), "the run file");
+  po::positional_options_description pos;
+  pos.add("run-file", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(d).positional(pos).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << d;
+    return false;
+  }
+  if (run_file.empty()) throw UserError(str_cat(verb, ": a run file is required (lockstep ", verb, " RUN.yaml)"));
+  return true;
+}
+
+int cmd_train(const std::vector<std::string>& args) {
+  int threads = 0;
+  std::vector<std::string> sets;
+  std::string run_file, run_dir, resume;
+  po::options_description d(
+      "lockstep train RUN.yaml [--set KEY=VALUE]... [--run-dir DIR] [--resume auto|PATH]\n\n"
+      "Trains the run file's model. Under mpirun or srun every rank runs this same command; train.batch_size\n"
+      "is the global batch. The run directory receives history.csv, config.yaml, checkpoints/ and final.h5.\n"
+      "On SIGTERM, SIGINT or checkpoint.signal (SIGUSR1) the step finishes, a checkpoint is written and the\n"
+      "exit status is 75; `--resume auto` then continues bit-identically.\n\n"
+      "Examples:\n"
+      "  lockstep train launch/configs/fashion_mnist_mlp.yaml\n"
+      "  lockstep train launch/configs/fashion_mnist_mlp.yaml --set train.epochs=1 --set optimizer.learning_rate=0.01\n"
+      "  lockstep train run.yaml --run-dir runs/exp1 --resume auto\n"
+      "  mpirun -np 4 lockstep train run.yaml --run-dir runs/exp1\n\nOptions");
+  add_common(d, threads, sets);
+  d.add_options()("run-dir", po::value<std::string>(&run_dir), "run directory (default runs/<name>-<timestamp>)")  //
+      ("resume", po::value<std::string>(&resume),
+       "auto: continue from the newest valid checkpoint in the run directory (fresh if none); or a checkpoint path");
+  if (!parse(args, d, run_file, "train")) return 0;
+  if (!resume.empty() && run_dir.empty())
+    throw UserError("train: --resume needs --run-dir (the directory whose checkpoints/ to continue from)");
+  Session s = start_session(run_file, sets, threads);
+  Trainer trainer(s.run, run_file, *s.comm);
+  if (run_dir.empty()) {
+    // Every rank must use the same directory: rank 0's timestamp.
+    std::string dir = s.comm->rank() == 0 ? default_run_dir(trainer.run_name()) : std::string();
+    int64_t n = int64_t(dir.size());
+    s.comm->broadcast(std::span<int64_t>(&n, 1), 0);
+    std::vector<uint8_t> buf(static_cast<size_t>(n));
+    std::copy(dir.begin(), dir.end(), buf.begin());
+    if (n > 0) s.comm->broadcast(std::span<uint8_t>(buf), 0);
+    run_dir.assign(buf.begin(), buf.end());
+  }
+  if (s.comm->rank() == 0) std::cout << "Run directory: " << run_dir << "\n";
+  FitResult r = trainer.fit(run_dir, resume);
+  return r.preempted ? kExitPreempted : 0;
+}
+
+int cmd_evaluate(const std::vector<std::string>& args) {
+  int threads = 0;
+  std::vector<std::string> sets;
+  std::string run_file, checkpoint, split = "test";
+  po::options_description d(
+      "lockstep evaluate RUN.yaml --checkpoint PATH [--split test|validation|train]\n\n"
+      "Loss and metrics of a saved model over a whole split (reduced across ranks).\n\n"
+      "Example:\n  lockstep evaluate run.yaml --checkpoint runs/exp1/final.h5\n\nOptions");
+  add_common(d, threads, sets);
+  d.add_options()("checkpoint", po::value<std::string>(&checkpoint), "the model to evaluate (a checkpoint or final.h5)")  //
+      ("split", po::value<std::string>(&split)->default_value("test"), "test, validation or train")                    //
+      ("mc-dropout", "keep dropout active (MC dropout)");
+  po::variables_map vm;
+  if (!parse(args, d, run_file, "evaluate")) return 0;
+  if (checkpoint.empty()) throw UserError("evaluate: --checkpoint PATH is required");
+  const bool mc = std::find(args.begin(), args.end(), "--mc-dropout") != args.end();
+  Session s = start_session(run_file, sets, threads);
+  Trainer trainer(s.run, run_file, *s.comm);
+  trainer.load_weights(checkpoint);
+  const auto& ds = trainer.dataset();
+  std::shared_ptr<const data::Split> sp = split == "test" ? ds.test : split == "validation" ? ds.validation
+                                        : split == "train"                                 ? ds.train
+                                                                                           : nullptr;
+  if (!sp) throw UserError(str_cat("evaluate: split '", split, "' is not available (expected test, validation or train)"));
+  auto v = trainer.evaluate(*sp, mc);
+  if (s.comm->rank() == 0) {
+    std::cout << split << " (" << sp->size() << " samples):";
+    for (const auto& [k, x] : v) std::cout << " " << k << ": " << x;
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+int cmd_predict(const std::vector<std::string>& args) {
+  int threads = 0, mc = 0;
+  std::vector<std::string> sets;
+  std::string run_file, checkpoint, out, split = "test";
+  po::options_description d(
+      "lockstep predict RUN.yaml --checkpoint PATH --out FILE [--mc-samples N] [--split test]\n\n"
+      "Class probabilities for every sample of a split, in order. With --mc-samples N, MC dropout: the mean\n"
+      "over N stochastic passes (dropout kept on, batch norm in inference mode) and their standard deviation.\n"
+      "FILE.h5: datasets probabilities, std, predictions, labels; FILE.csv: one row per sample.\n\n"
+      "Example:\n  lockstep predict run.yaml --checkpoint runs/exp1/final.h5 --mc-samples 100 --out pred.h5\n\nOptions");
+  add_common(d, threads, sets);
+  d.add_options()("checkpoint", po::value<std::string>(&checkpoint), "the model (a checkpoint or final.h5)")  //
+      ("out", po::value<std::string>(&out), "output file (.h5 or .csv)")                                    //
+      ("mc-samples", po::value<int>(&mc)->default_value(0), "MC dropout passes (0: one deterministic pass)")   //
+      ("split", po::value<std::string>(&split)->default_value("test"), "test, validation or train");
+  if (!parse(args, d, run_file, "predict")) return 0;
+  if (checkpoint.empty()) throw UserError("predict: --checkpoint PATH is required");
+  if (out.empty()) throw UserError("predict: --out FILE is required");
+  if (mc < 0) throw UserError("predict: --mc-samples must be >= 0");
+  Session s = start_session(run_file, sets, threads);
+  Trainer trainer(s.run, run_file, *s.comm);
+  trainer.load_weights(checkpoint);
+  const auto& ds = trainer.dataset();
+  std::shared_ptr<const data::Split> sp = split == "test" ? ds.test : split == "validation" ? ds.validation
+                                        : split == "train"                                 ? ds.train
+                                                                                           : nullptr;
+  if (!sp) throw UserError(str_cat("predict: split '", split, "' is not available (expected test, validation or train)"));
+  Tensor mean, sd;
+  trainer.predict(*sp, mc, &mean, &sd);
+  if (s.comm->rank() == 0) {
+    save_predictions(out, mean, mc > 0 ? sd : Tensor(), sp->labels());
+    std::cout << "Wrote " << sp->size() << " predictions to " << out << "\n";
+  }
+  return 0;
+}
+
+int cmd_lr_find(const std::vector<std::string>& args) {
+  int threads = 0;
+  std::vector<std::string> sets;
+  std::string run_file, out;
+  double min_rate = 1e-5, max_rate = 10;
+  po::options_description d(
+      "lockstep lr-find RUN.yaml [--min-rate 1e-5] [--max-rate 10] [--out lr_find.csv]\n\n"
+      "The chapter's learning-rate finder: one epoch from the untrained model, the rate growing exponentially\n"
+      "from min to max; writes step,learning_rate,loss,batch_loss (loss: the running mean, as Keras logs it).\n"
+      "Pick 1cycle's max_rate about 10x below the rate where the loss starts to climb.\n\n"
+      "Example:\n  lockstep lr-find launch/configs/fashion_mnist_mlp.yaml --out lr.csv\n\nOptions");
+  add_common(d, threads, sets);
+  d.add_options()("min-rate", po::value<double>(&min_rate)->default_value(1e-5), "first rate")  //
+      ("max-rate", po::value<double>(&max_rate)->default_value(10.0), "last rate")               //
+      ("out", po::value<std::string>(&out)->default_value("lr_find.csv"), "output CSV");
+  if (!parse(args, d, run_file, "lr-find")) return 0;
+  if (!(min_rate > 0 && max_rate > min_rate)) throw UserError("lr-find: expected 0 < --min-rate < --max-rate");
+  Session s = start_session(run_file, sets, threads);
+  Trainer trainer(s.run, run_file, *s.comm);
+  auto pts = trainer.lr_find(min_rate, max_rate);
+  if (s.comm->rank() == 0) {
+    std::ofstream f(out);
+    if (!f) throw UserError(out + ": cannot write");
+    f << "step,learning_rate,loss,batch_loss\n" << std::setprecision(10);
+    size_t best = 0;
+    for (size_t i = 0; i < pts.size(); ++i) {
+      f << i << "," << pts[i].rate << "," << pts[i].loss << "," << pts[i].batch_loss << "\n";
+      if (std::isfinite(pts[i].loss) && pts[i].loss < pts[best].loss) best = i;
+    }
+    if (!pts.empty())
+      std::cout << "Wrote " << pts.size() << " points to " << out << "; lowest loss " << pts[best].loss << " at rate "
+                << pts[best].rate << "; suggested max_rate (10x lower): " << pts[best].rate / 10 << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
+
+// Report an error and exit with `code`. Under several ranks an error seen by one rank must end the
+// whole job (the others would wait in a collective): MPI_Abort with the same code.
+int fail(const std::string& verb, const char* kind, const std::string& what, int code) {
+  std::cerr << "lockstep " << verb << ": " << kind << ": " << what << "\n" << std::flush;
+  if (g_comm && g_comm->size() > 1) g_comm->abort(code, what);
+  return code;
+}
 
 int main(int argc, char** argv) {
   ops::ensure_passive_openmp(argv);
@@ -80,6 +280,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   const std::map<std::string, int (*)(const std::vector<std::string>&)> verbs = {
       {"summary", cmd_summary},
+      {"train", cmd_train},
+      {"evaluate", cmd_evaluate},
+      {"predict", cmd_predict},
+      {"lr-find", cmd_lr_find},
       {"data", [](const std::vector<std::string>& a) { return data::run_data_command(a); }}};
   try {
     auto it = verbs.find(verb);
@@ -95,10 +299,12 @@ int main(int argc, char** argv) {
     std::cerr << "lockstep " << verb << ": " << e.what() << " (see lockstep " << verb << " --help)\n";
     return 2;
   } catch (const UserError& e) {
-    std::cerr << "lockstep " << verb << ": error: " << e.what() << "\n";
-    return 2;
+    return fail(verb, "error", e.what(), 2);
+  } catch (const NonFiniteLoss& e) {
+    return fail(verb, "error", e.what(), kExitNonFinite);
+  } catch (const CommError& e) {
+    return fail(verb, "communication failure", e.what(), kExitComm);
   } catch (const std::exception& e) {
-    std::cerr << "lockstep " << verb << ": fatal: " << e.what() << "\n";
-    return 1;
+    return fail(verb, "fatal", e.what(), 1);
   }
 }
