@@ -2,8 +2,8 @@
 # slurm-local.sh - start/stop a throw-away single-node Slurm "cluster" (munged + slurmctld + slurmd)
 # for the tests of cluster/*.sbatch (tests/cluster/slurm_requeue_test.sh). Adapted from
 # ../shared/reference/reliability/slurm-local.sh (FINDINGS.md §1b): added `check` (why Slurm cannot run
-# here; the tests skip on it), a cred_expire of 5 s, and ports chosen per cluster directory so that two
-# checkouts can run their tests on one machine at once. Everything (keys, sockets, state, logs) lives under $SLURM_LOCAL_DIR;
+# here; the tests skip on it), a cred_expire of 5 s, fake GPUs, and ports and job ids chosen per cluster
+# directory so that two checkouts (or two tests) can run their clusters on one machine at once. Everything (keys, sockets, state, logs) lives under $SLURM_LOCAL_DIR;
 # nothing in /etc is touched. Tested: Debian 12, slurm-wlm 22.05.8, munge 0.5.15, running as root, no systemd,
 # no usable cgroups (proctrack/linuxproc + task/none).
 #
@@ -135,6 +135,9 @@ KillWait=5
 OverTimeLimit=0
 InactiveLimit=0
 MinJobAge=600
+# job ids unique per cluster: the pmix plugin keys its files by uid and job id (/tmp/spmix_appdir_<uid>_<job>.<step>),
+# so two local clusters starting both at job 1 broke each other's srun --mpi=pmix ("task 0 launch failed")
+FirstJobId=$(( CTLD_PORT * 100 ))
 MessageTimeout=10
 $gres_types
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $node_gres State=UNKNOWN

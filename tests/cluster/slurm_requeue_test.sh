@@ -77,8 +77,9 @@ case $TRAINER in
     [ -x "$LOCKSTEP" ] || { fail "no lockstep binary at $LOCKSTEP"; exit 1; }
     RUN_FILE=$work/tiny-run.yaml
     bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; }
-    RESUME_RE=${RESUME_RE:-'[Rr]esum'}
-    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-1} ;;
+    RESUME_RE=${RESUME_RE:-'Resuming from .*global step [1-9]'}
+    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-1}
+    export STARTUP_S=${STARTUP_S:-5} ;;   # the tiny run starts training within ~1 s
   *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
 esac
 say "trainer: $TRAINER ($LOCKSTEP), run file $RUN_FILE, work $work"
@@ -159,8 +160,11 @@ fi
 if [ -n "$gpu" ]; then
   [ "$(field "$gpu" JobState)" = COMPLETED ] && [ "$(field "$gpu" ExitCode)" = 0:0 ] ||
     fail "GPU job $gpu: $(field "$gpu" JobState) exit $(field "$gpu" ExitCode)"
-  seen=$(grep -c 'CUDA_VISIBLE_DEVICES=0,1' "$work/gpu.out")
-  [ "$seen" -ge 2 ] || fail "GPU job: $seen of 2 ranks saw CUDA_VISIBLE_DEVICES=0,1"
+  grep -q 'GPUs 0,1$' "$work/gpu.out" || fail "GPU job: the batch shell did not get CUDA_VISIBLE_DEVICES=0,1"
+  if [ "$TRAINER" = fake ]; then   # the stand-in prints each rank's CUDA_VISIBLE_DEVICES
+    seen=$(grep -c 'CUDA_VISIBLE_DEVICES=0,1' "$work/gpu.out")
+    [ "$seen" -ge 2 ] || fail "GPU job: $seen of 2 ranks saw CUDA_VISIBLE_DEVICES=0,1"
+  fi
   if [ -f "$work/gpu/final.h5" ]; then
     /usr/bin/python3 "$here/same-weights.py" "$work/ref/final.h5" "$work/gpu/final.h5" || fail "GPU job's final weights differ"
   else
