@@ -14,7 +14,8 @@
 # Change these (environment variables; defaults in brackets):
 #   HOSTFILE   the hostfile [hosts.txt]
 #   PER_NODE   ranks per host [1]; NP total ranks [hosts x PER_NODE]
-#   THREADS    CPU threads per rank [this machine's cores / PER_NODE]
+#   THREADS    CPU threads per rank [this machine's hardware threads (nproc) / PER_NODE]; each rank is
+#              bound to THREADS hardware threads, so PER_NODE x THREADS must fit every host
 #   LOCKSTEP   the lockstep binary, absolute path valid on every host [`lockstep` on PATH]
 #   RUN_FILE   the run file [launch/configs/fashion_mnist_mlp.yaml]; RUN_DIR [runs/<run file name>]
 #   IFACE      network interface(s) for MPI traffic, e.g. eth0 or 10.0.0.0/24 [unset: Open MPI picks;
@@ -43,7 +44,7 @@ MPIRUN_ARGS=${MPIRUN_ARGS:-}
 # to a temporary name and renamed, so nothing relies on them.
 export HDF5_USE_FILE_LOCKING=${HDF5_USE_FILE_LOCKING:-FALSE}
 
-flags=(--timeout "$TIMEOUT" --hostfile "$HOSTFILE" -np "$NP" --map-by "ppr:$PER_NODE:node:PE=$THREADS" --bind-to core
+flags=(--timeout "$TIMEOUT" --hostfile "$HOSTFILE" -np "$NP" --use-hwthread-cpus --map-by "ppr:$PER_NODE:node:PE=$THREADS" --bind-to hwthread
        -x PATH -x HDF5_USE_FILE_LOCKING)
 [ -n "${LD_LIBRARY_PATH:-}" ] && flags+=(-x LD_LIBRARY_PATH)
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)

@@ -16,8 +16,9 @@
 #
 # What the script adds to mpirun:
 #   --allow-run-as-root  only when run as root (Open MPI refuses root otherwise; in containers)
-#   --map-by slot:PE=THREADS --bind-to core   when NP x THREADS fits the cores: each rank gets its own
-#              THREADS cores (without PE=, mpirun binds each rank to ONE core and its threads share it)
+#   --use-hwthread-cpus --map-by slot:PE=THREADS --bind-to hwthread   when NP x THREADS fits the hardware
+#              threads (nproc): each rank gets its own THREADS of them (without PE=, mpirun binds each rank
+#              to ONE core and its threads share it)
 #   --oversubscribe --bind-to none            when it does not (more ranks than cores: allowed, slow)
 # In Docker also export OMPI_MCA_btl_vader_single_copy_mechanism=none (no ptrace for CMA).
 #
@@ -44,7 +45,7 @@ MPIRUN_ARGS=${MPIRUN_ARGS:-}
 flags=(--timeout "$TIMEOUT" -np "$NP")
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
 if [ $(( NP * THREADS )) -le "$cores" ]; then
-  flags+=(--map-by "slot:PE=$THREADS" --bind-to core)
+  flags+=(--use-hwthread-cpus --map-by "slot:PE=$THREADS" --bind-to hwthread)
 else
   flags+=(--oversubscribe --bind-to none)
 fi
