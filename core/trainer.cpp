@@ -152,8 +152,11 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   bucket_options_.bucket_cap_bytes = int64_t(dist.get_in("bucket_mb", 4.0, 0.0, 1024.0, true) * (1 << 20));
   bucket_options_.first_bucket_bytes = int64_t(dist.get_in("first_bucket_mb", 1.0, 0.0, 1024.0, true) * (1 << 20));
   check_every_steps_ = dist.get_at_least("check_every_steps", 100, 0);
-  if (dist.has("timeout_s"))
-    comm_.set_timeout(std::chrono::milliseconds(int64_t(1000 * dist.get_in("timeout_s", 300.0, 0.1, 1e7))));
+  // The watchdog: a collective of the training loop not complete within timeout_s (default 30 s)
+  // aborts the job naming it. Start-up (data loading, the run-file comparison, a resume) may take
+  // longer on some ranks than on others, so until the loop starts the bound is max(timeout_s, 600 s).
+  step_timeout_ = std::chrono::milliseconds(int64_t(1000 * dist.get_in("timeout_s", 30.0, 0.1, 1e7)));
+  comm_.set_timeout(std::max(step_timeout_, std::chrono::milliseconds(600'000)));
   ConfigNode ck = run_["checkpoint"];
   if (ck.defined()) ck.allow_keys({"every_epochs", "every_steps", "keep", "save_best", "monitor", "signal"});
   ckpt_every_epochs_ = ck.get_at_least("every_epochs", 1, 0);
@@ -696,6 +699,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   };
 
   int64_t global_step = optimizer_->iterations();
+  comm_.set_timeout(step_timeout_);
   for (int64_t epoch = r.epoch; epoch < epochs_; ++epoch) {
     const bool resumed_epoch = epoch == r.epoch && r.step_in_epoch > 0;
     const int64_t first = resumed_epoch ? r.step_in_epoch : 0;

@@ -16,6 +16,7 @@
 // rank, and every rank holds the same state: rank 0 writes.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -124,6 +125,7 @@ class Trainer {
   std::unique_ptr<comm::GradientBucketer> bucketer_;
   std::vector<std::vector<int>> segments_of_layer_;
   int64_t check_every_steps_ = 100;
+  std::chrono::milliseconds step_timeout_{30'000};
   // Transfer learning: layers taken from a source model, frozen for the first freeze_epochs.
   std::vector<int> transferred_;
   int64_t freeze_epochs_ = 0;

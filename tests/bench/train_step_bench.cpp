@@ -1,21 +1,32 @@
-// Samples/s of one full training step (forward, loss, backward, SGD update) of the chapter's models,
+// Samples/s of one full training step (forward, loss, backward, optimizer update) of the chapter's models,
 // timed inside the process: warm-up, then the median of several windows. Prints one key=value line per
 // configuration, like the PyTorch peer (../shared/bench/peers/torch_mlp.py), so run_train_bench.sh can
 // put them side by side. The model definitions match ../shared/bench/peers/mlp_models.py.
 //
 //   train_step_bench --model a --batch-size 32 --threads 1 [--reps 5 --window-sec 0.3]
+//
+// Under mpirun (N ranks) --batch-size is the GLOBAL batch: each rank takes batch/N samples and the step
+// is the trainer's (core/trainer.cpp): sync BN over the communicator, gradients all-reduced in buckets
+// launched from the backward pass, then the update. Rank 0 prints global samples/s and the share of
+// the step spent waiting for the all-reduce (comm_wait_pct) after the backward pass ended.
+//   mpirun -np 2 train_step_bench --model a --batch-size 256 --threads 1
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/losses.h"
 #include "core/model.h"
+#include "comm/communicator.h"
+#include "comm/gradient_bucketer.h"
 #include "core/ops.h"
+#include "core/optimizers.h"
 
 using namespace lockstep;
 
@@ -76,10 +87,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (model != "a" && model != "b" && model != "c" && model != "d") {
-    std::fprintf(stderr, "model must be a, b, c or d (e needs Nadam: see the trainer benchmark)\n");
+  if (model != "a" && model != "b" && model != "c" && model != "d" && model != "e") {
+    std::fprintf(stderr, "model must be a, b, c, d or e\n");
     return 2;
   }
+  auto comm = comm::make_communicator();
+  const int world = comm->size();
+  if (batch % world != 0) {
+    std::fprintf(stderr, "the global batch %d must be divisible by the %d ranks\n", batch, world);
+    return 2;
+  }
+  const int global_batch = batch;
+  batch /= world;
   ops::set_num_threads(threads);
   auto m = Model::from_config(load_config_string(model_yaml(model), "bench-model"));
   m->init(0);
@@ -96,35 +115,76 @@ int main(int argc, char** argv) {
   Tensor per_sample({batch}), dout({batch, 10});
   Context ctx;
   ctx.training = true;
-  ctx.global_batch = batch;
-  const double lr = 1e-3;
-  int64_t pos = 0;
+  ctx.global_batch = global_batch;
+  if (world > 1) ctx.all_reduce_sum = [&](const Tensor& t) { comm->all_reduce(t); };
+  std::unique_ptr<comm::GradientBucketer> bucketer;
+  std::vector<std::vector<int>> of_layer(m->layers().size());
+  if (world > 1) {
+    std::vector<comm::GradientSegment> segs;
+    for (const WeightRef& r : m->trainable_weights()) {
+      of_layer[size_t(r.layer)].push_back(int(segs.size()));
+      segs.push_back({r.grad_offset, r.weight->value.numel()});
+    }
+    bucketer = std::make_unique<comm::GradientBucketer>(*comm, m->grads_arena(), segs);
+  }
+  double wait_s = 0.0;
+  // The peers' optimizers (mlp_models.py): SGD lr 1e-3 for a-c, Nadam lr 5e-5 (d) / 5e-4 (e).
+  const char* opt_yaml = model == "d" ? "{name: nadam, learning_rate: 5.0e-5}"
+                         : model == "e" ? "{name: nadam, learning_rate: 5.0e-4}"
+                                        : "{name: sgd, learning_rate: 1.0e-3}";
+  auto opt = Optimizer::from_config(load_config_string(opt_yaml, "bench-optimizer"));
+  opt->bind(*m);
+  int64_t pos = int64_t(comm->rank()) * batch;
   auto step = [&]() {
-    if (pos + batch > n) pos = 0;
+    if (pos + batch > n) pos = int64_t(comm->rank()) * batch;
     Tensor x = data.slice_rows(pos, pos + batch), y = y_all.slice_rows(pos, pos + batch);
-    pos += batch;
+    pos += int64_t(batch) * world;
     Tensor out = m->forward(x, ctx);
-    loss.compute(out, y, per_sample, dout, 1.0 / batch);
-    m->backward(dout, ctx);
-    for (const WeightRef& r : m->trainable_weights()) ops::sgd_update(r.weight->value, r.weight->grad, lr);
+    loss.compute(out, y, per_sample, dout, 1.0 / global_batch);
+    if (bucketer) {
+      m->backward(dout, ctx, [&](int layer) {
+        for (int sgm : of_layer[size_t(layer)]) bucketer->mark_ready(sgm);
+      });
+      const double w0 = now();
+      bucketer->finish();
+      wait_s += now() - w0;
+    } else {
+      m->backward(dout, ctx);
+    }
+    opt->apply(*m);
     ++ctx.step;
   };
   // warm-up: at least 10 steps and 0.3 s
   double t0 = now();
-  for (int i = 0; i < 10 || now() - t0 < 0.3; ++i) step();
+  for (int i = 0;; ++i) {
+    step();
+    int64_t more = i < 10 || now() - t0 < 0.3;
+    if (world > 1) comm->all_reduce(std::span<int64_t>(&more, 1), comm::ReduceOp::Min);
+    if (!more) break;
+  }
   std::vector<double> rates;
+  double total_s = 0.0;
+  wait_s = 0.0;
   for (int r = 0; r < reps; ++r) {
+    // Every rank runs the same number of steps: rank 0 decides from its clock.
     double start = now();
     int64_t steps = 0;
-    while (steps < 5 || now() - start < window) {
+    for (;;) {
       step();
       ++steps;
+      int64_t more = steps < 5 || now() - start < window;
+      if (world > 1) comm->all_reduce(std::span<int64_t>(&more, 1), comm::ReduceOp::Min);
+      if (!more) break;
     }
-    rates.push_back(double(steps * batch) / (now() - start));
+    const double dt = now() - start;
+    total_s += dt;
+    rates.push_back(double(steps * global_batch) / dt);
   }
   std::sort(rates.begin(), rates.end());
-  std::printf("impl=lockstep model=%s batch=%d threads=%d samples_per_sec=%.0f min=%.0f max=%.0f step_ms=%.4f\n",
-              model.c_str(), batch, threads, rates[rates.size() / 2], rates.front(), rates.back(),
-              1e3 * batch / rates[rates.size() / 2]);
+  if (comm->rank() == 0)
+    std::printf("impl=lockstep model=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f max=%.0f step_ms=%.4f "
+                "comm_wait_pct=%.1f\n",
+                model.c_str(), global_batch, world, threads, rates[rates.size() / 2], rates.front(), rates.back(),
+                1e3 * global_batch / rates[rates.size() / 2], 100.0 * wait_s / std::max(total_s, 1e-9));
   return 0;
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Data-parallel benchmark (issue "Data-parallel training over MPI", speed): samples/s of the trainer's
+# step (train_step_bench under mpirun: sync BN, bucketed all-reduce overlapped with backward, update)
+# for 1 rank x 1 thread, 1 rank x 2 threads and 2 ranks x 1 thread, the share of the step spent waiting
+# for the all-reduce, and beside them PyTorch DistributedDataParallel (gloo), 2 processes x 1 thread
+# (../shared/bench/peers/torch_ddp.py). Rounds are interleaved and medians reported; the capacity probe
+# (../shared/bench/limits/peak_flops.c --capacity: how many cores two busy threads get right now) runs
+# before every round, because this machine's second vCPU is shared (../shared/bench/BASELINE.md §3).
+#
+#   bash tests/bench/run_dist_bench.sh [BUILD_DIR] [MODELS] [GLOBAL_BATCHES] [ROUNDS]
+#   bash tests/bench/run_dist_bench.sh build "a d" "32 256" 3
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$root/build}
+models=${2:-a d}
+batches=${3:-32 256}
+rounds=${4:-3}
+shared=${LOCKSTEP_SHARED:-$root/../shared}
+bench=$build/tests/bench/train_step_bench
+ddp=$shared/bench/peers/torch_ddp.py
+[ -x "$bench" ] || { echo "build $bench first (cmake --build $build --target train_step_bench)"; exit 2; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+probe=""
+if [ -f "$shared/bench/limits/peak_flops.c" ]; then
+  gcc -O2 -pthread -o "$out/peak_flops" "$shared/bench/limits/peak_flops.c" && probe="$out/peak_flops"
+fi
+have_torch=0
+[ -f "$ddp" ] && /usr/bin/python3 -c 'import torch' 2>/dev/null && have_torch=1
+
+for r in $(seq "$rounds"); do
+  [ -n "$probe" ] && "$probe" --capacity 100 >> "$out/probe.txt" 2>/dev/null || true
+  for m in $models; do for b in $batches; do
+    "$bench" --model "$m" --batch-size "$b" --threads 1 | sed 's/^/cfg=1x1 /' >> "$out/ls.txt"
+    "$bench" --model "$m" --batch-size "$b" --threads 2 | sed 's/^/cfg=1x2 /' >> "$out/ls.txt"
+    mpirun --timeout 300 --bind-to none -np 2 "$bench" --model "$m" --batch-size "$b" --threads 1 \
+        | sed 's/^/cfg=2x1 /' >> "$out/ls.txt"
+    if [ "$have_torch" = 1 ]; then
+      /usr/bin/python3 "$ddp" --nprocs 2 --model "$m" --batch-size $((b / 2)) --threads 1 \
+          --samples 4096 --reps 5 --window-sec 0.3 2>/dev/null | sed "s/^/cfg=ddp global=$b /" >> "$out/pt.txt" || true
+    fi
+  done; done
+done
+
+/usr/bin/python3 - "$out" "$models" "$batches" <<'PY'
+import os, re, statistics, sys
+out, models, batches = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def parse(path):
+    rows = []
+    if os.path.exists(path):
+        for line in open(path):
+            kv = dict(re.findall(r"(\w+)=([^\s]+)", line))
+            if kv: rows.append(kv)
+    return rows
+ls, pt, probe = parse(f"{out}/ls.txt"), parse(f"{out}/pt.txt"), parse(f"{out}/probe.txt")
+def med(rows, **want):
+    key = want.pop("key", "samples_per_sec")
+    v = [float(r[key]) for r in rows if all(str(r.get(k)) == str(x) for k, x in want.items()) and key in r]
+    return statistics.median(v) if v else None
+caps = [float(r["cores_equiv"]) for r in probe if "cores_equiv" in r]
+if caps:
+    print(f"capacity probe (cores' worth for 2 busy threads): median {statistics.median(caps):.2f}, "
+          f"min {min(caps):.2f}, max {max(caps):.2f} over {len(caps)} probes")
+print("| model | global batch | 1x1 | 1x2 | 2x1 | 2x1 all-reduce wait | DDP 2x1 | 2x1 / DDP | 2x1 / 1x1 |")
+print("|---|---|---|---|---|---|---|---|---|")
+f = lambda x: f"{x:,.0f}" if x else "-"
+for m in models:
+    for b in batches:
+        a11 = med(ls, cfg="1x1", model=m, batch=b)
+        a12 = med(ls, cfg="1x2", model=m, batch=b)
+        a21 = med(ls, cfg="2x1", model=m, batch=b)
+        w21 = med(ls, cfg="2x1", model=m, batch=b, key="comm_wait_pct")
+        d = med(pt, cfg="ddp", model=m, **{"global": b})
+        print(f"| {m} | {b} | {f(a11)} | {f(a12)} | {f(a21)} | {w21:.1f}% |" if w21 is not None else
+              f"| {m} | {b} | {f(a11)} | {f(a12)} | {f(a21)} | - |", end="")
+        print(f" {f(d)} | {a21/d:.2f}x |" if a21 and d else f" {f(d)} | - |", end="")
+        print(f" {a21/a11:.2f}x |" if a21 and a11 else " - |")
+PY
