@@ -54,8 +54,14 @@ chmod 755 "$work"   # munged wants o+x on every directory above its socket
 GPUS=2
 mknod "$work/probe" c 1 3 2>/dev/null && rm -f "$work/probe" || GPUS=0
 export SLURM_LOCAL_DIR=$work/slurm SLURM_LOCAL_CPUS=6 SLURM_LOCAL_GPUS=$GPUS
+# Safety net: the daemons detach from this script, so if it is SIGKILLed (e.g. by ctest's TIMEOUT) its EXIT
+# trap never runs and they would live on. A detached reaper stops them (and removes the work directory)
+# DEADLINE_S + 40 s from now unless the normal cleanup below has already killed the reaper.
+reaper_pid=$(setsid bash -c 'sleep "$1"; SLURM_LOCAL_DIR="$2/slurm" bash "$3" stop; rm -rf "$2"' reaper \
+  "$((DEADLINE_S + 40))" "$work" "$here/slurm-local.sh" >/dev/null 2>&1 </dev/null & echo $!)
 cleanup() {
   bash "$here/slurm-local.sh" stop >/dev/null 2>&1
+  kill -- -"$reaper_pid" 2>/dev/null   # its process group: the bash and its sleep
   if [ "$KEEP" = 1 ] || [ "$failed" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
