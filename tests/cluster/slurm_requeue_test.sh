@@ -13,6 +13,9 @@
 #   gpu  cluster/slurm-single-node-gpus.sbatch --gpus-per-node=2 on fake GPUs (slurm-local.sh SLURM_LOCAL_GPUS):
 #        each rank must see CUDA_VISIBLE_DEVICES=0,1 (skipped where mknod is not allowed);
 #   bad  cluster/slurm-preemptible.sbatch on a missing run file: must end FAILED with exit 2, not requeued.
+# Then (NODEFAIL=1, the default with the real trainer):
+#   nf   cluster/slurm-preemptible.sbatch; once it has a checkpoint the node is set DOWN: Slurm cancels the
+#        step and requeues the job itself; it must resume and end COMPLETED with the reference's weights.
 # Passes when ref, pre and gpu end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
 # checkpoint, and every final.h5 holds the reference's weights bit for bit (same-weights.py). Bounded: the whole test
 # gives up after DEADLINE_S (default 240 s) and cancels its jobs; the cluster is stopped on every exit.
@@ -77,7 +80,8 @@ case $TRAINER in
     LOCKSTEP=$here/fake-lockstep.sh
     RUN_FILE=$here/fake-run.yaml
     RESUME_RE=${RESUME_RE:-'resum(ing|ed) from .*\(step [1-9][0-9]*\)'}
-    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-0} ;;
+    WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-0}
+    NODEFAIL=${NODEFAIL:-0} ;;   # the stand-in's 40 s run would make the node-failure phase long
   real)
     LOCKSTEP=${LOCKSTEP:-$root/build/launch/lockstep}
     [ -x "$LOCKSTEP" ] || { fail "no lockstep binary at $LOCKSTEP"; exit 1; }
@@ -85,6 +89,7 @@ case $TRAINER in
     bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; }
     RESUME_RE=${RESUME_RE:-'Resuming from .*global step [1-9]'}
     WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-1}
+    NODEFAIL=${NODEFAIL:-1}
     export STARTUP_S=${STARTUP_S:-5} ;;   # the tiny run starts training within ~1 s
   *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
 esac
@@ -178,5 +183,39 @@ if [ -n "$gpu" ]; then
   fi
 fi
 say "preemptible job: $restarts requeue(s), $stops checkpoint-and-exit(s) with status 75, $resumes resume(s)"
+
+# Phase 2 (NODEFAIL=1), after the others: the node fails under a running preemptible job. Slurm cancels
+# the step (SIGTERM: the trainer writes a checkpoint and exits 75) and requeues the --requeue job by
+# itself, without the script; the next incarnation must resume and end with the reference's weights.
+if [ "$NODEFAIL" = 1 ] && [ -f "$work/ref/final.h5" ]; then
+  node=$(hostname -s)
+  nf=$(submit nf slurm-preemptible.sbatch --time=5 --signal=B:USR1@30) || { fail "sbatch of the node-failure job"; exit 1; }
+  say "submitted: nf=$nf (slurm-preemptible.sbatch); the node goes DOWN once it has a checkpoint"
+  until ls "$work/nf/checkpoints" 2>/dev/null | grep -qv '\.tmp$'; do
+    final_state "$(field "$nf" JobState)" && break
+    [ $(( $(date +%s) - t0 )) -ge "$DEADLINE_S" ] && break
+    sleep 0.25
+  done
+  say "scontrol update NodeName=$node State=DOWN (job $nf: $(field "$nf" JobState))"
+  scontrol update NodeName="$node" State=DOWN Reason=lockstep-test-node-failure
+  sleep 2
+  # ReturnToService=2 brings a live slurmd's node back by itself; RESUME is then refused ("Invalid node state")
+  scontrol update NodeName="$node" State=RESUME 2>/dev/null || true
+  while ! final_state "$(field "$nf" JobState)"; do
+    if [ $(( $(date +%s) - t0 )) -ge "$DEADLINE_S" ]; then fail "node-failure job not finished after ${DEADLINE_S}s"; scancel "$nf"; break; fi
+    sleep 0.5
+  done
+  echo "----- nf.out"; grep -vE '^ *[0-9]+/[0-9]+ - |^Epoch [0-9]+/' "$work/nf.out"; echo "-----"
+  [ "$(field "$nf" JobState)" = COMPLETED ] && [ "$(field "$nf" ExitCode)" = 0:0 ] && [ "$(field "$nf" Restarts)" -ge 1 ] ||
+    fail "node-failure job $nf: $(field "$nf" JobState) exit $(field "$nf" ExitCode) restarts $(field "$nf" Restarts), expected COMPLETED 0:0 >=1"
+  grep -q 'DUE TO NODE FAILURE' "$work/nf.out" || fail "nf.out does not show the node failure"
+  grep -qE "$RESUME_RE" "$work/nf.out" || fail "the node-failure job did not resume from a checkpoint past step 0"
+  if [ -f "$work/nf/final.h5" ]; then
+    /usr/bin/python3 "$here/same-weights.py" "$work/ref/final.h5" "$work/nf/final.h5" || fail "the node-failure job's final weights differ"
+  else
+    fail "the node-failure job wrote no final.h5"
+  fi
+  say "node-failure job: requeued by Slurm $(field "$nf" Restarts) time(s)"
+fi
 if [ $failed = 0 ]; then say "PASS"; else say "FAILED"; fi
 exit $failed
