@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mpirun_local_test.sh - cluster/mpirun-local.sh and cluster/mpirun-hostfile.sh on this machine:
-#   1. the uninterrupted run: mpirun-hostfile.sh with a hostfile naming only this machine (2 ranks);
+#   1. the uninterrupted run: mpirun-hostfile.sh with a hostfile naming only localhost (2 ranks);
 #   2. mpirun-local.sh (2 ranks), stopped with `kill -USR1 <mpirun>` mid-run: exit 75 after a checkpoint;
 #   3. mpirun-local.sh again: resumes (`--resume auto`) from that checkpoint and exits 0;
 # passes when 2 and 3 have the statuses above, 3 resumed from a checkpoint past step 0, and its final
@@ -39,7 +39,7 @@ export LOCKSTEP RUN_FILE TIMEOUT=${TIMEOUT:-150} THREADS=1   # the real tiny run
 export OMPI_MCA_btl_vader_single_copy_mechanism=none   # harmless outside containers (FINDINGS.md §1a)
 
 echo "== 1. uninterrupted: mpirun-hostfile.sh, hostfile = this machine"
-echo "$(hostname) slots=2" >"$work/hosts"
+echo "localhost slots=2" >"$work/hosts"   # Open MPI starts local ranks for localhost without ssh
 HOSTFILE=$work/hosts PER_NODE=2 RUN_DIR=$work/ref bash "$root/cluster/mpirun-hostfile.sh" "${ARGS[@]}"
 rc=$?; [ $rc = 0 ] || fail "uninterrupted run exited $rc"
 
