@@ -18,7 +18,7 @@
 #        step and requeues the job itself; it must resume and end COMPLETED with the reference's weights.
 # Passes when ref, pre and gpu end COMPLETED with exit 0, `pre` was requeued at least once and resumed from a
 # checkpoint, and every final.h5 holds the reference's weights bit for bit (same-weights.py). Bounded: the whole test
-# gives up after DEADLINE_S (default 240 s) and cancels its jobs; the cluster is stopped on every exit.
+# gives up after DEADLINE_S (default 400 s) and cancels its jobs; the cluster is stopped on every exit.
 #
 # The trainer is one variable, TRAINER (--trainer):
 #   fake  tests/cluster/fake-lockstep.sh, a stand-in that follows `lockstep train`'s contract (default)
@@ -33,7 +33,7 @@ root=$(cd "$here/../.." && pwd)
 TRAINER=${TRAINER:-fake}
 LOCKSTEP=${LOCKSTEP:-}
 KEEP=0
-DEADLINE_S=${DEADLINE_S:-240}
+DEADLINE_S=${DEADLINE_S:-400}
 while [ $# -gt 0 ]; do
   case $1 in
     --trainer) TRAINER=$2; shift 2 ;;
@@ -90,7 +90,7 @@ case $TRAINER in
     RESUME_RE=${RESUME_RE:-'Resuming from .*global step [1-9]'}
     WARN_ON_CHECKPOINT=${WARN_ON_CHECKPOINT:-1}
     NODEFAIL=${NODEFAIL:-1}
-    export STARTUP_S=${STARTUP_S:-5} ;;   # the tiny run starts training within ~1 s
+    export STARTUP_S=${STARTUP_S:-3} ;;   # the tiny run starts training within ~1 s and trains ~10 s or more (calibrated)
   *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
 esac
 say "trainer: $TRAINER ($LOCKSTEP), run file $RUN_FILE, work $work"
