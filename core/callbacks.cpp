@@ -52,9 +52,14 @@ EarlyStopping EarlyStopping::from_config(const ConfigNode& node) {
 
 bool EarlyStopping::on_epoch_end(int64_t epoch, const std::map<std::string, double>& logs, const Model& model) {
   const double current = monitored(logs, monitor_);
+  // Keras: monitor_op(current - min_delta, reference) with min_delta signed by the mode (negative in
+  // min mode), so an improvement must beat the reference by more than |min_delta| in either mode.
   auto improves = [&](double value, double reference) {
-    return mode_ == MonitorMode::Min ? value - min_delta_ < reference : value + min_delta_ > reference;
+    return mode_ == MonitorMode::Min ? value + min_delta_ < reference : value - min_delta_ > reference;
   };
+  // Keras 2.10: with restore_best_weights the first epoch's weights are kept even when it is not an
+  // improvement (a NaN monitor), so a stop always has weights to restore.
+  if (restore_ && !best_weights_.defined()) best_weights_ = model.weights_arena().clone();
   ++wait_;
   if (improves(current, best_)) {
     best_ = current;

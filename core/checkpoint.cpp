@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -33,6 +35,23 @@ struct Handle {
   }
   operator hid_t() const { return id; }
 };
+
+// Test-only fault injection (tests/trainer/guarantees_test.cpp; never set in production):
+//   LOCKSTEP_TEST_CKPT_POINT=N[:SIG]  raise SIG (default SIGKILL) at the Nth write point of this process's
+//                                     save_checkpoint calls (points: file created, each dataset written,
+//                                     commit marker, closed, fsynced, renamed);
+//   LOCKSTEP_TEST_CKPT_TRACE=1        print every point to stderr (the tests count them).
+void test_point() {
+  static const char* at = std::getenv("LOCKSTEP_TEST_CKPT_POINT");
+  static const bool trace = std::getenv("LOCKSTEP_TEST_CKPT_TRACE") != nullptr;
+  if (!at && !trace) return;
+  static long long count = 0;
+  ++count;
+  if (trace) std::fprintf(stderr, "lockstep-test: checkpoint write point %lld\n", count);
+  long long n = 0;
+  int sig = SIGKILL;
+  if (at && std::sscanf(at, "%lld:%d", &n, &sig) >= 1 && n == count) std::raise(sig);
+}
 
 void write_string_attr(hid_t obj, const char* name, const std::string& value) {
   Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
@@ -95,6 +114,7 @@ void write_tensor(hid_t parent, const std::string& name, const Tensor& t, uLong*
   if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data()) < 0)
     throw Error("writing dataset " + name);
   *crc = crc32(*crc, reinterpret_cast<const Bytef*>(c.data()), uInt(c.numel() * 4));
+  test_point();
 }
 
 void read_tensor(hid_t parent, const std::string& name, const Tensor& into, const std::string& path, uLong* crc) {
@@ -116,6 +136,23 @@ void read_tensor(hid_t parent, const std::string& name, const Tensor& into, cons
     throw CheckpointError(str_cat(path, ": cannot read dataset '", name, "' (truncated or corrupt file?)"));
   *crc = crc32(*crc, reinterpret_cast<const Bytef*>(host.data()), uInt(host.numel() * 4));
   into.copy_from(into.dtype() == DType::F32 ? host.to(into.device()) : host.to(DType::F64).to(into.device()));
+}
+
+// Format 2: the checksum also covers the run file and the training state (scalars and strings, in name
+// order), which a resumed run continues from: a flipped bit there was accepted silently by format 1.
+uLong crc_attrs(uLong crc, const std::string& run_config, const std::map<std::string, double>& state,
+                const std::map<std::string, std::string>& strings) {
+  auto add = [&](const void* p, size_t n) { crc = crc32(crc, static_cast<const Bytef*>(p), uInt(n)); };
+  add(run_config.data(), run_config.size());
+  for (const auto& [k, v] : state) {
+    add(k.c_str(), k.size() + 1);
+    add(&v, sizeof v);
+  }
+  for (const auto& [k, v] : strings) {
+    add(k.c_str(), k.size() + 1);
+    add(v.data(), v.size());
+  }
+  return crc;
 }
 
 void fsync_path(const std::string& p, bool dir) {
@@ -184,10 +221,11 @@ void save_checkpoint(const std::string& path, const Model& model, const Checkpoi
     if (file < 0)
       throw CheckpointError(str_cat(tmp, ": cannot create the checkpoint file (", std::strerror(errno),
                                     "); is the directory writable?"));
+    test_point();
     try {
       uLong crc = crc32(0L, Z_NULL, 0);
       write_string_attr(file, "format", "lockstep-checkpoint");
-      write_double_attr(file, "format_version", 1);
+      write_double_attr(file, "format_version", 2);
       write_string_attr(file, "model_name", model.name());
       write_string_attr(file, "run_config", extra.run_config);
       Handle mw(H5Gcreate2(file, "model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
@@ -223,21 +261,26 @@ void save_checkpoint(const std::string& path, const Model& model, const Checkpoi
         write_tensor(tt, n, t, &crc);
       }
       write_string_list_attr(tt, "names", tnames);
+      crc = crc_attrs(crc, extra.run_config, extra.state, extra.strings);
       write_double_attr(file, "checksum_crc32", double(crc));
       // The commit marker, written last: a file without it is incomplete.
       write_double_attr(file, "complete", 1);
       if (H5Fflush(file, H5F_SCOPE_GLOBAL) < 0) throw Error("flush failed");
+      test_point();
     } catch (const std::exception& e) {
       std::remove(tmp.c_str());
       throw CheckpointError(str_cat(tmp, ": writing the checkpoint failed (", e.what(), "; disk full?)"));
     }
   }
+  test_point();
   fsync_path(tmp, false);
+  test_point();
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
     throw CheckpointError(str_cat(path, ": cannot rename the finished checkpoint into place (", std::strerror(err), ")"));
   }
+  test_point();
   fsync_path(parent.empty() ? "." : parent.string(), true);
 }
 
@@ -406,6 +449,8 @@ CheckpointContents load_checkpoint(const std::string& path, Model& model, const 
         out.tensors.emplace_back(name, read_any(tt, name, path, &crc));
     }
   }
+  if (H5Aexists(file, "format_version") > 0 && read_double_attr(file, "format_version") >= 2)
+    crc = crc_attrs(crc, out.run_config, out.state, out.strings);
   if (H5Aexists(file, "checksum_crc32") > 0) {
     const double want = read_double_attr(file, "checksum_crc32");
     if (want != double(crc))

@@ -1,6 +1,6 @@
 // HDF5 files of a model's weights and training state (the checkpoint layout; README "Checkpoint layout").
 //
-//   /                         attrs: format = "lockstep-checkpoint", format_version = 1,
+//   /                         attrs: format = "lockstep-checkpoint", format_version = 2,
 //                                    model_name, run_config (the resolved run file, YAML)
 //   /model_weights            attrs: layer_names (every layer, model order), backend, keras_version
 //     /<layer>                attrs: weight_names, e.g. ["dense/kernel:0", "dense/bias:0"]
@@ -9,7 +9,8 @@
 //   /training_state           scalar attributes (epoch, step, seed, learning rate, ...) and string
 //                             attributes (history_csv); /training_state/tensors: callback tensors
 //                             (EarlyStopping's best weights)
-//   root attrs checksum_crc32 (CRC-32 of every dataset's float32 bytes, in file order) and
+//   root attrs checksum_crc32 (CRC-32 of every dataset's float32 bytes, in file order, then of run_config
+//   and the training_state attributes in name order; format 1 files: datasets only) and
 //   complete = 1, written last (the commit marker)
 //
 // Writes are atomic: FILE.tmp, flushed and fsync'ed, then renamed over FILE and the directory fsync'ed

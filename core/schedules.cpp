@@ -59,6 +59,9 @@ class OneCycleSchedule final : public LearningRateSchedule {
       : c_(c), iterations_given_(iterations_given), last_given_(last_given), last_rate_given_(last_rate_given) {
     if (!start_given) c_.start_rate = c_.max_rate / 10.0;
     if (!last_rate_given_) c_.last_rate = c_.start_rate / 1000.0;
+    // With `iterations` given the schedule is complete now: last_iterations defaults to N//10 + 1
+    // (not to the config reader's placeholder of 1) even if set_run_length is never called.
+    if (iterations_given_ && !last_given_) c_.last_iterations = c_.iterations / 10 + 1;
   }
   void set_run_length(int64_t steps, int64_t epochs) override {
     if (!iterations_given_) c_.iterations = steps * epochs;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -106,6 +107,24 @@ std::string csv_cell(double v) {
   std::ostringstream os;
   os << std::setprecision(17) << v;
   return os.str();
+}
+
+// ---- test-only fault injection (tests/trainer/guarantees_test.cpp; never set these in production) ----
+//   LOCKSTEP_TEST_SIGNAL=RANK:STEP:SIG  rank RANK raises signal SIG (e.g. 10 = SIGUSR1, 9 = SIGKILL) just
+//                                       before global step STEP, through the real handlers.
+//   LOCKSTEP_TEST_DESYNC=RANK:STEP      after global step STEP's update, rank RANK adds 1e-3 to its first
+//                                       weight: the replica check must name it.
+struct TestHook {
+  int rank = -1;
+  int64_t step = -1;
+  int sig = 0;
+};
+TestHook read_test_hook(const char* name) {
+  TestHook h;
+  const char* v = std::getenv(name);
+  long long step = -1;
+  if (v && std::sscanf(v, "%d:%lld:%d", &h.rank, &step, &h.sig) >= 2) h.step = step;
+  return h;
 }
 
 int parse_signal(const ConfigNode& node) {
@@ -700,6 +719,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
 
   int64_t global_step = optimizer_->iterations();
   comm_.set_timeout(step_timeout_);
+  const TestHook test_signal = read_test_hook("LOCKSTEP_TEST_SIGNAL"), test_desync = read_test_hook("LOCKSTEP_TEST_DESYNC");
   for (int64_t epoch = r.epoch; epoch < epochs_; ++epoch) {
     const bool resumed_epoch = epoch == r.epoch && r.step_in_epoch > 0;
     const int64_t first = resumed_epoch ? r.step_in_epoch : 0;
@@ -723,7 +743,9 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
         if (schedule_->cycles_momentum() && optimizer_->has_momentum())
           optimizer_->set_momentum(schedule_->momentum(global_step));
       }
+      if (test_signal.rank == comm_.rank() && test_signal.step == global_step) std::raise(test_signal.sig);
       train_step(b, global_step, step_sums.data());
+      if (test_desync.rank == comm_.rank() && test_desync.step == global_step) model_->weights_arena().data()[0] += 1e-3f;
       step_sums[nsums] = g_stop_signal ? 1.0 : 0.0;
       if (comm_.size() > 1) comm_.all_reduce(std::span<double>(step_sums));
       const double reg = model_->regularization_loss();
@@ -827,7 +849,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
     for (auto& [n, t] : optimizer_->state()) c.optimizer.emplace_back(n, t);
     for (auto& [k, v] : optimizer_->scalar_state()) c.state["optimizer." + k] = v;
     c.state["global_step"] = double(optimizer_->iterations());
-    c.state["epochs_done"] = double(result.history.size());
+    // Epochs finished by the whole run, not only by this process (a resumed run starts at r.epoch).
+    c.state["epochs_done"] = double(r.epoch + int64_t(result.history.size()));
     c.state["seed"] = double(seed_);
     c.state["learning_rate"] = optimizer_->learning_rate();
     c.strings["history_csv"] = history_csv;

@@ -10,12 +10,17 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <atomic>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <numeric>
 #include <set>
 
 #include "core/error.h"
 #include "data/hdf5_util.h"
+
+#include <zlib.h>
 
 namespace lockstep::data {
 
@@ -53,7 +58,7 @@ const char* last_batch_name(LastBatch l) {
 DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file_dir) {
   node.expect_map();
   node.allow_keys({"path", "validation", "scale", "standardize", "classes", "binary_positive", "limit_per_class",
-                   "limit", "cache", "memory_limit_mb", "last_batch", "prefetch"});
+                   "limit", "cache", "memory_limit_mb", "stream_cache_mb", "last_batch", "prefetch"});
   DataConfig c;
   // Only touch keys that are present: ConfigNode::operator[] on an absent key throws YAML::InvalidNode
   // in the current core/config.cpp (reported to the lead), so defaults are applied here.
@@ -116,6 +121,7 @@ DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file
   std::string cache = choice("cache", "auto", {"auto", "memory", "stream"});
   c.cache = cache == "memory" ? CacheMode::Memory : cache == "stream" ? CacheMode::Stream : CacheMode::Auto;
   if (node.has("memory_limit_mb")) c.memory_limit_mb = node.get_at_least("memory_limit_mb", c.memory_limit_mb, 0);
+  if (node.has("stream_cache_mb")) c.stream_cache_mb = node.get_at_least("stream_cache_mb", c.stream_cache_mb, 0);
   std::string lb = choice("last_batch", "keep", {"keep", "drop", "pad"});
   c.last_batch = lb == "drop" ? LastBatch::Drop : lb == "pad" ? LastBatch::Pad : LastBatch::Keep;
   if (node.has("prefetch")) c.prefetch = static_cast<int>(node.get_at_least("prefetch", int64_t{2}, 1));
@@ -135,6 +141,7 @@ class SampleSource {
   // Pointer to sample i's pixels when held in memory, else nullptr.
   virtual const uint8_t* row_ptr(int64_t i) const = 0;
   virtual void read(const int64_t* idx, int64_t n, uint8_t* out) const = 0;
+  virtual StreamStats stats() const { return {}; }
 };
 
 namespace {
@@ -152,57 +159,337 @@ class MemorySource : public SampleSource {
   }
 };
 
-// Shared open file + the images dataset with a chunk cache sized for random sample reads.
-struct OpenImages {
+// HDF5's Fletcher32 (H5_checksum_fletcher32 in H5checksum.c, HDF5 1.10): 16-bit big-endian words,
+// sums folded every 360 words, an odd trailing byte as the high byte of a last word.
+uint32_t hdf5_fletcher32(const uint8_t* data, size_t nbytes) {
+  size_t len = nbytes / 2;
+  uint32_t sum1 = 0, sum2 = 0;
+  while (len) {
+    size_t tlen = len > 360 ? 360 : len;
+    len -= tlen;
+    do {
+      sum1 += static_cast<uint32_t>((static_cast<uint16_t>(data[0]) << 8) | data[1]);
+      data += 2;
+      sum2 += sum1;
+    } while (--tlen);
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  if (nbytes % 2) {
+    sum1 += static_cast<uint32_t>(static_cast<uint16_t>(*data) << 8);
+    sum2 += sum1;
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  }
+  sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+  sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+  return (sum2 << 16) | sum1;
+}
+
+// The images dataset of one file group, read in whole blocks of rows (a block = one HDF5 chunk
+// along N when the dataset is chunked) into a bounded cache of decoded blocks shared by the splits
+// of that group. A block is decoded once per stay in the cache, however many samples a batch takes
+// from it; HDF5's own chunk cache is off (the per-hyperslab H5Dread cost, ~30 us, was the old limit).
+//
+// Decoding a block: when the chunks span whole samples and every filter of the pipeline is one we
+// undo here (deflate, shuffle of 1-byte elements = identity, fletcher32), H5Dread_chunk fetches the
+// raw chunk and zlib inflates it in this process; otherwise (other filters, chunks that split a
+// sample, contiguous layout, unallocated chunks, or a raw decode that fails) one H5Dread of the
+// block's chunk-aligned rows does it, so any file h5py writes reads the same.
+class ChunkedImages {
+ public:
   std::string file_name, dataset_path;
   Handle file, dset;
-  int rank = 4;
+  int64_t n = 0, d = 0;         // rows, bytes per row
+  int64_t block_rows = 1;       // rows per cache block
+  bool raw_path = false;        // H5Dread_chunk + our own filters
+  int dims_rank = 4;
+  std::vector<int64_t> dims;
+  std::vector<H5Z_filter_t> filters;  // pipeline order (write order)
+
+  std::string where() const { return file_name + ":" + dataset_path; }
+
+  void init(int64_t cache_bytes) {
+    h5::DatasetInfo info = h5::describe(dset.get());
+    dims = info.dims;
+    dims_rank = static_cast<int>(info.dims.size());
+    n = info.dims[0];
+    d = 1;
+    for (size_t i = 1; i < info.dims.size(); ++i) d *= info.dims[i];
+    Handle dcpl(H5Dget_create_plist(dset.get()), Handle::Kind::Plist);
+    block_rows = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(d, 1));  // contiguous: ~64 KiB blocks
+    if (dcpl.valid() && H5Pget_layout(dcpl.get()) == H5D_CHUNKED) {
+      hsize_t cdims[8] = {0};
+      int cr = H5Pget_chunk(dcpl.get(), 8, cdims);
+      bool whole_samples = cr == dims_rank;
+      for (int i = 1; whole_samples && i < cr; ++i) whole_samples = static_cast<int64_t>(cdims[i]) == info.dims[i];
+      block_rows = std::max<int64_t>(1, static_cast<int64_t>(cdims[0]));
+      bool known = whole_samples;
+      int nf = H5Pget_nfilters(dcpl.get());
+      for (int i = 0; i < nf; ++i) {
+        unsigned flags = 0, cd[8] = {0};
+        size_t ncd = 8;
+        char name[64];
+        H5Z_filter_t id = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name, name,
+                                         nullptr);
+        filters.push_back(id);
+        if (id == H5Z_FILTER_DEFLATE || id == H5Z_FILTER_FLETCHER32) continue;
+        if (id == H5Z_FILTER_SHUFFLE && (ncd == 0 || cd[0] <= 1)) continue;  // 1-byte elements: identity
+        known = false;
+      }
+      raw_path = known && nf <= 31;
+    } else {
+      block_rows = std::min<int64_t>(block_rows, std::max<int64_t>(n, 1));
+    }
+    // (A chunk longer than the dataset stays one block of the chunk's length: its raw form decodes
+    // to the whole chunk, fill rows included.)
+    const int64_t block_bytes = block_rows * d;
+    capacity_ = static_cast<size_t>(std::max<int64_t>(4, cache_bytes / std::max<int64_t>(block_bytes, 1)));
+    const int64_t nblocks = (n + block_rows - 1) / block_rows;
+    capacity_ = std::min<size_t>(capacity_, static_cast<size_t>(std::max<int64_t>(nblocks, 1)));
+    slot_of_block_.assign(static_cast<size_t>(nblocks), -1);
+  }
+
+  // Copy rows order[i].first (sorted ascending) to out + order[i].second * d.
+  void gather(const std::vector<std::pair<int64_t, int64_t>>& order, uint8_t* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    decode_missing_in_parallel(order);
+    for (size_t i = 0; i < order.size();) {
+      const int64_t block = order[i].first / block_rows;
+      const uint8_t* base = block_data(block);
+      const int64_t first = block * block_rows;
+      for (; i < order.size() && order[i].first / block_rows == block; ++i)
+        std::memcpy(out + order[i].second * d, base + (order[i].first - first) * d, static_cast<size_t>(d));
+    }
+  }
+
+  StreamStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    StreamStats st = stats_;
+    st.cache_capacity_blocks = static_cast<int64_t>(capacity_);
+    st.block_rows = block_rows;
+    return st;
+  }
+
+ private:
+  struct Slot {
+    int64_t block = -1;
+    bool referenced = false;
+    bool pinned = false;  // holds a block of the batch being gathered: not evictable
+    std::vector<uint8_t> data;
+  };
+  struct Scratch {
+    std::vector<uint8_t> raw, inflated;
+  };
+
+  int64_t rows_of(int64_t block) const { return std::min(block_rows, n - block * block_rows); }
+
+  // A free slot: a new one below capacity, else CLOCK (second chance) eviction of an unpinned one.
+  int32_t take_slot() {
+    if (slots_.size() < capacity_) {
+      slots_.emplace_back();
+      return static_cast<int32_t>(slots_.size() - 1);
+    }
+    for (size_t tries = 0;; ++tries) {
+      LS_CHECK(tries <= 2 * slots_.size() + 1, "stream cache: every slot is pinned");
+      Slot& c = slots_[hand_];
+      if (!c.pinned && !c.referenced) break;
+      if (!c.pinned) c.referenced = false;
+      hand_ = (hand_ + 1) % slots_.size();
+    }
+    const int32_t s = static_cast<int32_t>(hand_);
+    hand_ = (hand_ + 1) % slots_.size();
+    if (slots_[s].block >= 0) slot_of_block_[slots_[s].block] = -1;
+    slots_[s].block = -1;
+    return s;
+  }
+
+  const uint8_t* block_data(int64_t block) {
+    int32_t s = slot_of_block_[block];
+    if (s >= 0) {
+      ++stats_.cache_hits;
+      slots_[s].referenced = true;
+      return slots_[s].data.data();
+    }
+    s = take_slot();
+    Slot& slot = slots_[s];
+    slot.data.resize(static_cast<size_t>(block_rows * d));
+    load(block, rows_of(block), slot.data.data(), scratch_, stats_);
+    slot.block = block;
+    slot.referenced = true;
+    slot_of_block_[block] = s;
+    return slot.data.data();
+  }
+
+  // When a batch misses several blocks, decode them on up to decode_threads_ threads (the caller
+  // included) before the serial gather, which then only hits. inflate is ~80 % of a cold read's
+  // time and runs in parallel; HDF5's own calls serialise on its library lock. Skipped when the
+  // batch's blocks exceed the cache (the serial path then decodes and copies one block at a time).
+  void decode_missing_in_parallel(const std::vector<std::pair<int64_t, int64_t>>& order) {
+    if (decode_threads_ < 2) return;
+    batch_blocks_.clear();
+    for (const auto& [row, k] : order)
+      if (batch_blocks_.empty() || batch_blocks_.back() != row / block_rows) batch_blocks_.push_back(row / block_rows);
+    size_t missing = 0;
+    for (int64_t b : batch_blocks_) missing += slot_of_block_[b] < 0;
+    if (missing < 4 || batch_blocks_.size() > capacity_) return;
+    std::vector<int64_t> need;
+    std::vector<int32_t> dest;
+    for (int64_t b : batch_blocks_) {
+      const int32_t s = slot_of_block_[b];
+      if (s >= 0) slots_[s].pinned = true;
+    }
+    for (int64_t b : batch_blocks_) {
+      if (slot_of_block_[b] >= 0) continue;
+      const int32_t s = take_slot();
+      slots_[s].pinned = true;
+      slots_[s].data.resize(static_cast<size_t>(block_rows * d));
+      need.push_back(b);
+      dest.push_back(s);
+    }
+    const int threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(decode_threads_), need.size() / 2));
+    std::atomic<size_t> next{0};
+    std::vector<char> ok(need.size(), 0);
+    std::vector<std::exception_ptr> errors(threads);
+    std::vector<StreamStats> counts(threads);
+    std::vector<Scratch> scratch(threads > 0 ? threads - 1 : 0);
+    auto work = [&](int t) {
+      h5::quiet_this_thread();  // HDF5's error printing is switched off per thread
+      Scratch& sc = t == 0 ? scratch_ : scratch[t - 1];
+      for (size_t i; (i = next.fetch_add(1)) < need.size();) {
+        try {
+          load(need[i], rows_of(need[i]), slots_[dest[i]].data.data(), sc, counts[t]);
+          ok[i] = 1;
+        } catch (...) {
+          if (!errors[t]) errors[t] = std::current_exception();
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) {
+      try {
+        pool.emplace_back(work, t);
+      } catch (const std::system_error&) {  // no thread to be had: the caller decodes the rest
+        break;
+      }
+    }
+    work(0);
+    for (std::thread& th : pool) th.join();
+    for (size_t i = 0; i < need.size(); ++i) {
+      Slot& slot = slots_[dest[i]];
+      if (!ok[i]) continue;
+      slot.block = need[i];
+      slot.referenced = true;
+      slot_of_block_[need[i]] = dest[i];
+      --stats_.cache_hits;  // the gather that follows counts it as a hit; it was a decode
+    }
+    for (Slot& slot : slots_) slot.pinned = false;
+    for (const StreamStats& c : counts) stats_.raw_blocks += c.raw_blocks, stats_.hdf5_blocks += c.hdf5_blocks;
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+  void load(int64_t block, int64_t rows, uint8_t* dst, Scratch& sc, StreamStats& st) {
+    if (raw_path && load_raw(block, rows, dst, sc)) {
+      ++st.raw_blocks;
+      return;
+    }
+    ++st.hdf5_blocks;
+    hsize_t start[4] = {static_cast<hsize_t>(block * block_rows), 0, 0, 0};
+    hsize_t count[4] = {static_cast<hsize_t>(rows), 0, 0, 0};
+    for (int i = 1; i < dims_rank; ++i) count[i] = static_cast<hsize_t>(dims[i]);
+    Handle fspace(H5Dget_space(dset.get()), Handle::Kind::Dataspace);
+    H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+    hsize_t mdims[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(d)};
+    Handle mspace(H5Screate_simple(2, mdims, nullptr), Handle::Kind::Dataspace);
+    if (H5Dread(dset.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), H5P_DEFAULT, dst) < 0)
+      throw DataError(str_cat(where(), ": reading images ", start[0], "..", start[0] + rows - 1, " failed (",
+                              h5::last_error(), "); the file may be corrupt or truncated"));
+  }
+
+  // Raw chunk + our filters. False (and the caller falls back to H5Dread, which reports real
+  // corruption with HDF5's own message) when the chunk is unallocated or anything does not decode.
+  bool load_raw(int64_t block, int64_t rows, uint8_t* dst, Scratch& sc) {
+    (void)rows;
+    hsize_t offset[4] = {static_cast<hsize_t>(block * block_rows), 0, 0, 0};
+    hsize_t stored = 0;
+    if (H5Dget_chunk_storage_size(dset.get(), offset, &stored) < 0 || stored == 0) {
+      h5::last_error();
+      return false;
+    }
+    std::vector<uint8_t>& raw_ = sc.raw;
+    std::vector<uint8_t>& inflated_ = sc.inflated;
+    raw_.resize(static_cast<size_t>(stored));
+    uint32_t mask = 0;
+    if (H5Dread_chunk(dset.get(), H5P_DEFAULT, offset, &mask, raw_.data()) < 0) {
+      h5::last_error();
+      return false;
+    }
+    const size_t want = static_cast<size_t>(block_rows * d);
+    std::vector<uint8_t>* cur = &raw_;
+    size_t len = static_cast<size_t>(stored);
+    for (int i = static_cast<int>(filters.size()) - 1; i >= 0; --i) {
+      if (mask & (1u << i)) continue;  // the filter was skipped for this chunk
+      switch (filters[i]) {
+        case H5Z_FILTER_FLETCHER32: {
+          if (len < 4) return false;
+          len -= 4;
+          const uint8_t* p = cur->data();
+          uint32_t stored_sum = static_cast<uint32_t>(p[len]) | static_cast<uint32_t>(p[len + 1]) << 8 |
+                                static_cast<uint32_t>(p[len + 2]) << 16 | static_cast<uint32_t>(p[len + 3]) << 24;
+          uint32_t sum = hdf5_fletcher32(p, len);
+          // HDF5 also accepts the byte-swapped form written by 1.6.0-1.6.2.
+          uint32_t rev = ((sum & 0x0000ff00u) >> 8) | ((sum & 0x000000ffu) << 8) | ((sum & 0xff000000u) >> 8) |
+                         ((sum & 0x00ff0000u) << 8);
+          if (stored_sum != sum && stored_sum != rev) return false;
+          break;
+        }
+        case H5Z_FILTER_DEFLATE: {
+          std::vector<uint8_t>* next = cur == &raw_ ? &inflated_ : &raw_;
+          next->resize(want + 64);  // the decoded data plus any checksum still to strip
+          uLongf out_len = static_cast<uLongf>(next->size());
+          if (uncompress(next->data(), &out_len, cur->data(), static_cast<uLong>(len)) != Z_OK) return false;
+          cur = next;
+          len = out_len;
+          break;
+        }
+        case H5Z_FILTER_SHUFFLE: break;  // 1-byte elements
+        default: return false;
+      }
+    }
+    if (len != want) return false;
+    std::memcpy(dst, cur->data(), want);
+    return true;
+  }
+
+  std::mutex mu_;
+  size_t capacity_ = 4, hand_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<int32_t> slot_of_block_;
+  Scratch scratch_;
+  StreamStats stats_;
+  int decode_threads_ = static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 8));
+  std::vector<int64_t> batch_blocks_;
 };
 
 class StreamSource : public SampleSource {
  public:
-  std::shared_ptr<OpenImages> images;
+  std::shared_ptr<ChunkedImages> images;
   std::vector<int64_t> rows;  // split index -> row in the file's dataset
   bool in_memory() const override { return false; }
-  std::string where() const override { return images->file_name + ":" + images->dataset_path; }
+  std::string where() const override { return images->where(); }
   const uint8_t* row_ptr(int64_t) const override { return nullptr; }
+  StreamStats stats() const override { return images->stats(); }
 
-  // Hyperslab reads in sorted row order (one H5Dread for the union of runs), then scatter.
+  // Sorted file rows, gathered block by block from the decoded-block cache.
   void read(const int64_t* idx, int64_t n, uint8_t* out) const override {
     h5::quiet_this_thread();
     if (n == 0) return;
-    const int64_t d = elems();
-    std::vector<std::pair<int64_t, int64_t>> order(n);  // (file row, output slot)
+    thread_local std::vector<std::pair<int64_t, int64_t>> order;  // (file row, output slot)
+    order.resize(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) order[k] = {rows[idx[k]], k};
     std::sort(order.begin(), order.end());
-    std::vector<int64_t> uniq;
-    uniq.reserve(n);
-    for (auto& [r, k] : order)
-      if (uniq.empty() || uniq.back() != r) uniq.push_back(r);
-    const int rank = images->rank;
-    Handle fspace(H5Dget_space(images->dset.get()), Handle::Kind::Dataspace);
-    H5Sselect_none(fspace.get());
-    hsize_t start[4] = {0, 0, 0, 0}, count[4] = {0, (hsize_t)h, (hsize_t)w, (hsize_t)c};
-    for (size_t i = 0; i < uniq.size();) {
-      size_t j = i + 1;
-      while (j < uniq.size() && uniq[j] == uniq[j - 1] + 1) ++j;
-      start[0] = uniq[i];
-      count[0] = j - i;
-      H5Sselect_hyperslab(fspace.get(), H5S_SELECT_OR, start, nullptr, count, nullptr);
-      i = j;
-    }
-    hsize_t mdims[2] = {(hsize_t)uniq.size(), (hsize_t)d};
-    Handle mspace(H5Screate_simple(2, mdims, nullptr), Handle::Kind::Dataspace);
-    (void)rank;
-    std::vector<uint8_t> buf(uniq.size() * d);
-    if (H5Dread(images->dset.get(), H5T_NATIVE_UINT8, mspace.get(), fspace.get(), H5P_DEFAULT, buf.data()) < 0)
-      throw DataError(str_cat(where(), ": reading ", uniq.size(), " images failed (", h5::last_error(),
-                              "); the file may be corrupt or truncated"));
-    size_t u = 0;
-    for (auto& [r, k] : order) {
-      while (uniq[u] != r) ++u;
-      std::memcpy(out + k * d, buf.data() + u * d, d);
-    }
+    images->gather(order, out);
   }
 };
 
@@ -276,6 +563,7 @@ Shape Split::sample_shape() const {
 }
 bool Split::in_memory() const { return source_->in_memory(); }
 std::string Split::where() const { return source_->where(); }
+StreamStats Split::stream_stats() const { return source_->stats(); }
 
 void Split::read_raw(const int64_t* idx, int64_t n, uint8_t* out) const {
   for (int64_t k = 0; k < n; ++k)
@@ -297,24 +585,35 @@ void Split::set_normalization(const Normalization& norm) {
   }
 }
 
+namespace {
+// dst[j] = src[j] * a[j] + b[j]; the restrict qualifiers let the compiler vectorise without the
+// run-time overlap checks it otherwise inserts (out never aliases the per-element tables).
+void affine_u8_to_f32(const uint8_t* __restrict src, const float* __restrict a, const float* __restrict b,
+                      float* __restrict dst, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) dst[j] = static_cast<float>(src[j]) * a[j] + b[j];
+}
+}  // namespace
+
 void Split::read_float(const int64_t* idx, int64_t n, float* out) const {
   const int64_t d = sample_elems();
   const float* a = a_.data();
   const float* b = b_.data();
-  auto convert = [&](const uint8_t* src, float* dst) {
-    for (int64_t j = 0; j < d; ++j) dst[j] = static_cast<float>(src[j]) * a[j] + b[j];
-  };
   if (source_->in_memory()) {
-    for (int64_t k = 0; k < n; ++k) {
+    for (int64_t k = 0; k < n; ++k)
       LS_CHECK(idx[k] >= 0 && idx[k] < size(), "sample index ", idx[k], " outside split ", name_);
-      convert(source_->row_ptr(idx[k]), out + k * d);
+    // Touch every row first (prefetch), so the DRAM misses of the batch's rows overlap instead of
+    // stalling the conversion one row at a time.
+    for (int64_t k = 0; k < n; ++k) {
+      const uint8_t* row = source_->row_ptr(idx[k]);
+      for (int64_t off = 0; off < d; off += 64) __builtin_prefetch(row + off);
     }
+    for (int64_t k = 0; k < n; ++k) affine_u8_to_f32(source_->row_ptr(idx[k]), a, b, out + k * d, d);
     return;
   }
   thread_local std::vector<uint8_t> scratch;
   scratch.resize(n * d);
   read_raw(idx, n, scratch.data());
-  for (int64_t k = 0; k < n; ++k) convert(scratch.data() + k * d, out + k * d);
+  for (int64_t k = 0; k < n; ++k) affine_u8_to_f32(scratch.data() + k * d, a, b, out + k * d, d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,9 +643,11 @@ Selection select(const std::vector<int64_t>& file_labels, int64_t begin, int64_t
   return s;
 }
 
-int64_t chunk_cache_bytes_for(int64_t total_bytes) {
-  constexpr int64_t kMax = 256ll << 20;  // random reads touch every chunk: cache as much as we reasonably can
-  return std::max<int64_t>(1 << 20, std::min(total_bytes + (1 << 20), kMax));
+// Streaming: decoded blocks cached per file group. Random reads touch every block, so cache as
+// much as data.stream_cache_mb allows (default 256 MiB), never more than the whole dataset.
+int64_t chunk_cache_bytes_for(int64_t total_bytes, int64_t limit_mb) {
+  const int64_t max_bytes = limit_mb << 20;
+  return std::max<int64_t>(1 << 20, std::min(total_bytes + (1 << 20), max_bytes));
 }
 
 }  // namespace
@@ -467,17 +768,16 @@ Dataset open_dataset(const DataConfig& cfg) {
         out.push_back(m);
       }
     } else {
-      auto img = std::make_shared<OpenImages>();
+      auto img = std::make_shared<ChunkedImages>();
       img->file_name = fname;
       img->dataset_path = xp;
       img->file = h5::open_file_read(fname);
       Handle dapl(H5Pcreate(H5P_DATASET_ACCESS), Handle::Kind::Plist);
-      int64_t bytes = chunk_cache_bytes_for(fsplit.n() * d);
-      H5Pset_chunk_cache(dapl.get(), 1000003, static_cast<size_t>(bytes), 1.0);
+      H5Pset_chunk_cache(dapl.get(), 0, 0, 1.0);  // we cache decoded blocks ourselves
       hid_t ds_id = H5Dopen2(img->file.get(), xp.c_str(), dapl.get());
       LS_REQUIRE(ds_id >= 0, DataError, fname, ": cannot open ", xp, " (", h5::last_error(), ")");
       img->dset = Handle(ds_id, Handle::Kind::Dataset);
-      img->rank = static_cast<int>(h5::describe(ds_id).dims.size());
+      img->init(chunk_cache_bytes_for(fsplit.n() * d, cfg.stream_cache_mb));
       for (const Selection* sel : sels) {
         auto st = std::make_shared<StreamSource>();
         st->h = h, st->w = w, st->c = c;

@@ -44,6 +44,7 @@ struct DataConfig {
   int64_t limit = -1;                     // training split only: first N after filtering (-1 = all)
   CacheMode cache = CacheMode::Auto;
   int64_t memory_limit_mb = 2048;         // auto: hold a split in memory when its images fit in this
+  int64_t stream_cache_mb = 256;          // streaming: decoded image blocks cached per file group (min 1 MiB)
   LastBatch last_batch = LastBatch::Keep;
   int prefetch = 2;                       // batches prepared ahead by the background thread
 };
@@ -60,7 +61,13 @@ struct Normalization {
   static constexpr double kEpsilon = 1e-7;  // divisor = max(std, kEpsilon), as Keras's Normalization
 };
 
-class SampleSource;  // memory or HDF5 hyperslab reads (dataset.cpp)
+// Streaming counters (all zero for an in-memory split): blocks decoded from raw chunks by lockstep,
+// blocks read through H5Dread (filters or layouts not decoded here), and block cache hits.
+struct StreamStats {
+  int64_t raw_blocks = 0, hdf5_blocks = 0, cache_hits = 0, cache_capacity_blocks = 0, block_rows = 0;
+};
+
+class SampleSource;  // memory, or whole HDF5 chunks decoded into a bounded cache (dataset.cpp)
 
 // One split after filtering: `size()` samples of [H, W, C] uint8 and int32 labels in 0..classes-1.
 // Thread-safe for concurrent reads.
@@ -80,6 +87,7 @@ class Split {
   int64_t num_classes() const { return num_classes_; }
   bool in_memory() const;
   std::string where() const;                          // "FILE:/train/x" for messages
+  StreamStats stream_stats() const;                   // shared by the splits of one file group
 
   // Raw pixels of samples idx[0..n) (split indices, any order) into out[n * sample_elems()].
   void read_raw(const int64_t* idx, int64_t n, uint8_t* out) const;

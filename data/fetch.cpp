@@ -21,8 +21,10 @@ FetchSpec fetch_spec(SourceFormat f) {
   s.name = source_format_name(f);
   switch (f) {
     case SourceFormat::FashionMnist:
-      // URL and MD5s: github.com/zalandoresearch/fashion-mnist README ("Get the Data" table), checked
-      // against /work/shared/datasets/fashion-mnist (byte-identical official files).
+      // URL and MD5s: github.com/zalandoresearch/fashion-mnist README.md, "Get the Data" table (read at
+      // commit 02cf0676df9403f820db28474248ba7d7d1060bb), the same four sums as torchvision's
+      // FashionMNIST.resources (pytorch/vision torchvision/datasets/mnist.py), and md5sum of the
+      // official files in /work/shared/datasets/fashion-mnist: all three agree (verified 2026-11-23).
       s.base_url = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
       s.files = {{"train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
                  {"train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"},
@@ -32,7 +34,9 @@ FetchSpec fetch_spec(SourceFormat f) {
       break;
     case SourceFormat::Mnist:
       // yann.lecun.com/exdb/mnist is often unreachable; torchvision's mirror serves the same bytes.
-      // MD5s: torchvision/datasets/mnist.py `resources`, checked against /work/shared/datasets/mnist.
+      // MD5s: pytorch/vision torchvision/datasets/mnist.py MNIST.resources (mirrors yann.lecun.com and
+      // ossci-datasets.s3.amazonaws.com/mnist/), equal to md5sum of /work/shared/datasets/mnist/*.gz
+      // (verified 2026-11-23).
       s.base_url = "https://ossci-datasets.s3.amazonaws.com/mnist/";
       s.files = {{"train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
                  {"train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"},
@@ -41,8 +45,11 @@ FetchSpec fetch_spec(SourceFormat f) {
       s.convert_src_hint = ".";
       break;
     case SourceFormat::Cifar10:
-      // www.cs.toronto.edu/~kriz/cifar.html lists the MD5 of the binary version's tarball.
-      // (Not verifiable offline here: /work/shared/datasets/cifar-10 holds only a partial set.)
+      // MD5: the "Version | Size | md5sum" table of https://www.cs.toronto.edu/~kriz/cifar.html, row
+      // "CIFAR-10 binary version (suitable for C programs) | 162 MB | c32a1d4ab5d03f1284b67883e8d87530",
+      // read 2026-11-23 through a stored copy of that page (p.rst.im/q/www.cs.toronto.edu/~kriz/cifar.html)
+      // and two independent reproductions of its table (runxinzhi.com, blog.youkuaiyun.com); the value
+      // recalled earlier was right. The tarball itself is not on this machine (cifar-10 there is partial).
       s.base_url = "https://www.cs.toronto.edu/~kriz/";
       s.files = {{"cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"}};
       s.extract = true;
@@ -75,6 +82,9 @@ void download(const std::string& url, const std::string& path) {
     curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
+    // A stalled transfer (under 1 byte/s for 60 s) is an error, not a hang.
+    curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, 60L);
     curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &out);
     rc = curl_easy_perform(curl.get());
@@ -82,9 +92,11 @@ void download(const std::string& url, const std::string& path) {
   }
   if (rc != CURLE_OK) {
     std::remove(part.c_str());
-    throw DataError(str_cat(url, ": download failed: ", curl_easy_strerror(rc),
-                            http >= 400 ? str_cat(" (HTTP ", http, ")") : std::string(),
-                            "; use --mirror URL (or LOCKSTEP_DATA_MIRROR) to fetch from elsewhere"));
+    std::string why = curl_easy_strerror(rc);
+    if (rc == CURLE_HTTP_RETURNED_ERROR) why = str_cat("the server answered HTTP ", http);
+    if (rc == CURLE_PARTIAL_FILE) why += " (the connection closed before the announced size arrived)";
+    throw DataError(str_cat(url, ": download failed: ", why, "; no partial ", fs::path(path).filename().string(),
+                            " was kept; use --mirror URL (or LOCKSTEP_DATA_MIRROR) to fetch from elsewhere"));
   }
   LS_REQUIRE(std::rename(part.c_str(), path.c_str()) == 0, DataError, path, ": cannot rename ", part);
 }

@@ -78,7 +78,8 @@ void ShardedLoader::stop_producer() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  not_full_.notify_all();
+  not_empty_.notify_all();
   if (producer_.joinable()) producer_.join();
   std::lock_guard<std::mutex> lock(mu_);
   queue_.clear();
@@ -108,20 +109,29 @@ void ShardedLoader::start_epoch(int64_t epoch, int64_t first_step) {
 
 void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, uint64_t) {
   h5::quiet_this_thread();
+  const size_t capacity = static_cast<size_t>(prefetch_);
+  const size_t resume_below = capacity - std::max<size_t>(1, capacity / 2) + 1;  // sleep until size < this
+  const size_t wake_at = std::max<size_t>(1, capacity / 2);                       // consumer's threshold
   try {
     const int64_t steps = steps_per_epoch();
     for (int64_t step = first_step; step < steps; ++step) {
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || static_cast<int>(queue_.size()) < prefetch_; });
+        if (queue_.size() >= capacity) {
+          producer_waiting_ = true;
+          not_full_.wait(lock, [&] { return stop_ || queue_.size() < resume_below; });
+          producer_waiting_ = false;
+        }
         if (stop_) break;
       }
       Batch b = make_batch(perm, step);
+      bool wake = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         queue_.push_back(std::move(b));
+        wake = consumer_waiting_ && (queue_.size() >= wake_at || step + 1 == steps);
       }
-      cv_.notify_all();
+      if (wake) not_empty_.notify_one();
     }
   } catch (...) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -131,18 +141,25 @@ void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, uint6
     std::lock_guard<std::mutex> lock(mu_);
     done_ = true;
   }
-  cv_.notify_all();
+  not_empty_.notify_all();
 }
 
 bool ShardedLoader::next(Batch& out) {
   std::unique_lock<std::mutex> lock(mu_);
   LS_CHECK(started_, "ShardedLoader::next before start_epoch");
-  cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+  if (queue_.empty() && !done_) {
+    const size_t wake_at = std::max<size_t>(1, static_cast<size_t>(prefetch_) / 2);
+    consumer_waiting_ = true;
+    not_empty_.wait(lock, [&] { return queue_.size() >= wake_at || done_; });
+    consumer_waiting_ = false;
+  }
   if (!queue_.empty()) {
     out = std::move(queue_.front());
     queue_.pop_front();
+    const size_t resume_below = static_cast<size_t>(prefetch_) - std::max<size_t>(1, prefetch_ / 2) + 1;
+    const bool wake = producer_waiting_ && queue_.size() < resume_below;
     lock.unlock();
-    cv_.notify_all();
+    if (wake) not_full_.notify_one();
     return true;
   }
   if (error_) {

@@ -9,7 +9,8 @@
 // Last partial batch: Keep (default, Keras) keeps it, and a rank may get local_count == 0 (it still
 // gets the step); Drop drops it; Pad completes it with positions 0, 1, ... of the same permutation.
 //
-// Threading. One producer thread per loader; `next()` blocks only when the producer is behind.
+// Threading. One producer thread per loader; `next()` blocks only when the producer is behind (and
+// then until half the prefetch queue, at least one batch, is ready or the epoch has ended).
 // The loader never queries a communicator: rank and world are plain arguments.
 #pragma once
 
@@ -72,7 +73,13 @@ class ShardedLoader {
 
   std::thread producer_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  // Hand-off with hysteresis: the producer, once the queue is full, sleeps until half of it has
+  // been taken; a consumer that finds it empty sleeps until half of it is ready again (or the epoch
+  // ends). Each side signals only when the other is asleep and its condition holds, so a batch of
+  // a few samples costs a fraction of a wake-up instead of two (profiled: the futex wake-ups and
+  // context switches were the cost of in-memory batch 32 on 4 ranks, 8 samples per batch).
+  std::condition_variable not_empty_, not_full_;
+  bool consumer_waiting_ = false, producer_waiting_ = false;
   std::deque<Batch> queue_;
   bool done_ = true;        // producer finished the epoch
   bool stop_ = false;       // ask the producer to quit

@@ -84,22 +84,20 @@ int cmd_summary(const std::vector<std::string>& args) {
 }
 
 // What every verb that trains or evaluates needs: the communicator, threads, the resolved run file.
-// The communicator is owned here, not by the verb's Session: an exception leaving a verb destroys the
-// Session before main's handlers call fail(), which must still reach a live communicator (a Session-owned
-// one left g_comm dangling and turned every error exit, e.g. status 2 for a missing run file, into SIGSEGV).
-std::unique_ptr<comm::Communicator> g_comm_owner;
-comm::Communicator* g_comm = nullptr;  // for fail(): abort the job from any rank
+// For fail(): abort the job from any rank. Shared with the verb's Session so that the communicator
+// outlives the Session, which an exception unwinds before fail() runs (a dangling pointer here made
+// every rank segfault instead of exiting with the error's status under mpirun).
+std::shared_ptr<comm::Communicator> g_comm;
 
 struct Session {
-  comm::Communicator* comm = nullptr;  // g_comm_owner's
+  std::shared_ptr<comm::Communicator> comm;
   ConfigNode run;
 };
 
 Session start_session(const std::string& run_file, const std::vector<std::string>& sets, int threads) {
   Session s;
-  g_comm_owner = comm::make_communicator();
-  g_comm = g_comm_owner.get();
-  s.comm = g_comm;
+  s.comm = comm::make_communicator();
+  g_comm = s.comm;
   ops::set_num_threads(threads > 0 ? threads : comm::default_threads_per_rank(*s.comm));
   s.run = load_run_file(run_file, sets);
   return s;
@@ -278,10 +276,9 @@ int fail(const std::string& verb, const char* kind, const std::string& what, int
 int run_verb(int argc, char** argv);
 
 int main(int argc, char** argv) {
-  const int code = run_verb(argc, argv);
-  g_comm = nullptr;
-  g_comm_owner.reset();  // finalizes MPI after the error handlers are done with it
-  return code;
+  const int rc = run_verb(argc, argv);
+  g_comm.reset();  // the communicator (MPI_Finalize) ends here, after any error was reported
+  return rc;
 }
 
 int run_verb(int argc, char** argv) {

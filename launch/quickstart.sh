@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job in one command: installs what is missing, builds, converts Fashion-MNIST (from
-# ../shared/datasets when present, else downloads the official files) and shows the chapter's MLP.
+# ../shared/datasets when present, else downloads the official files), shows the chapter's MLP and trains
+# it (extra arguments go to `lockstep train`, e.g. `bash launch/quickstart.sh --set train.epochs=1`).
+# The chapter's other experiments: launch/configs/ (README, "Examples").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -45,6 +45,61 @@ template <typename T> inline T vexp(T x) {
   }
 }
 
+// Elementwise loops: f(i) for i in [0, n), vectorised, over OpenMP threads above kParallel elements.
+// A `#pragma omp parallel for simd if (...)` loop ran 8x slower than a plain `omp simd` loop even
+// when the `if` was false (measured: SELU 2.8 vs 0.34 ns per element): the outlined body lost
+// vectorisation. Here each thread runs a plain simd loop over its contiguous share, and `f` is
+// passed by value (a lambda captured by reference also blocked vectorisation).
+template <typename F> inline void simd_range(int64_t lo, int64_t hi, F f) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) f(i);
+}
+template <typename F> inline void elementwise(int64_t n, F f) {
+  if (n >= kParallel && omp_get_max_threads() > 1) {
+#pragma omp parallel
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      simd_range(n * t / nt, n * (t + 1) / nt, f);
+    }
+  } else {
+    simd_range(0, n, f);
+  }
+}
+// Row loops (softmax, bias, per-channel BN, Philox blocks): f(r) for r in [0, rows), serially below
+// kParallel elements of work, else over OpenMP threads in contiguous shares (same reasons as above).
+template <typename F> inline void rowwise(int64_t rows, int64_t work, F f) {
+  if (work >= kParallel && rows > 1 && omp_get_max_threads() > 1) {
+#pragma omp parallel
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) f(r);
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) f(r);
+  }
+}
+// Σ f(i) in double: per-thread partial sums (static contiguous shares) added in thread order, so the
+// result depends only on n and the thread count.
+template <typename F> inline double simd_sum(int64_t lo, int64_t hi, F f) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = lo; i < hi; ++i) s += f(i);
+  return s;
+}
+template <typename F> inline double sum_over(int64_t n, F f) {
+  const int nt = n >= kParallel ? omp_get_max_threads() : 1;
+  if (nt <= 1) return simd_sum(0, n, f);
+  std::vector<double> part(static_cast<size_t>(nt), 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t t = omp_get_thread_num(), m = omp_get_num_threads();
+    part[static_cast<size_t>(t)] = simd_sum(n * t / m, n * (t + 1) / m, f);
+  }
+  double s = 0.0;
+  for (double v : part) s += v;
+  return s;
+}
+
 template <typename T> inline T sigmoid(T x) {
   const T e = vexp(-std::abs(x));  // in (0, 1]: no overflow
   const T inv = T(1) / (T(1) + e);
@@ -59,52 +114,42 @@ void cpu_set_threads(int n) {
 
 // ---- elementwise and reductions ------------------------------------------------------------------
 template <typename T> void fill(Cpu, T* x, int64_t n, T v) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] = v;
+  elementwise(n, [=](int64_t i) { x[i] = v; });
 }
 template <typename T> void copy(Cpu, const T* src, T* dst, int64_t n) {
   if (src != dst) std::copy(src, src + n, dst);
 }
 template <typename T> void scale(Cpu, T* x, int64_t n, T a) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+  elementwise(n, [=](int64_t i) { x[i] *= a; });
 }
 template <typename T> void axpby(Cpu, T a, const T* x, T b, T* y, int64_t n) {
   if (b == T(1)) {
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+    elementwise(n, [=](int64_t i) { y[i] += a * x[i]; });
   } else if (b == T(0)) {
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) y[i] = a * x[i];
+    elementwise(n, [=](int64_t i) { y[i] = a * x[i]; });
   } else {
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) y[i] = a * x[i] + b * y[i];
+    elementwise(n, [=](int64_t i) { y[i] = a * x[i] + b * y[i]; });
   }
 }
 template <typename T> void mul(Cpu, const T* a, const T* b, T* out, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+  elementwise(n, [=](int64_t i) { out[i] = a[i] * b[i]; });
 }
 template <typename T> void clip_by_value(Cpu, T* x, int64_t n, T lo, T hi) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] = std::min(std::max(x[i], lo), hi);
+  elementwise(n, [=](int64_t i) { x[i] = std::min(std::max(x[i], lo), hi); });
 }
 template <typename T> double sum(Cpu, const T* x, int64_t n) {
   double s = 0;
-#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) s += x[i];
+  s = sum_over(n, [=](int64_t i) { return x[i]; });
   return s;
 }
 template <typename T> double sum_squares(Cpu, const T* x, int64_t n) {
   double s = 0;
-#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  s = sum_over(n, [=](int64_t i) { return double(x[i]) * double(x[i]); });
   return s;
 }
 template <typename T> double sum_abs(Cpu, const T* x, int64_t n) {
   double s = 0;
-#pragma omp parallel for simd reduction(+ : s) if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) s += std::abs(double(x[i]));
+  s = sum_over(n, [=](int64_t i) { return std::abs(double(x[i])); });
   return s;
 }
 template <typename T> double max_abs_diff(Cpu, const T* a, const T* b, int64_t n) {
@@ -142,12 +187,11 @@ void gemm<double>(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double
               alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols) {
-#pragma omp parallel for if (rows * cols >= kParallel)
-  for (int64_t r = 0; r < rows; ++r) {
+  rowwise(rows, rows * cols, [=](int64_t r) {
     T* yr = y + r * cols;
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) yr[c] += b[c];
-  }
+  });
 }
 template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int64_t cols, T beta) {
   std::vector<T> acc(static_cast<size_t>(cols), T(0));
@@ -163,8 +207,7 @@ template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int6
 // ---- activations -----------------------------------------------------------------------------------
 template <typename T>
 static void softmax_rows(const T* x, T* y, int64_t rows, int64_t cols) {
-#pragma omp parallel for if (rows * cols >= kParallel)
-  for (int64_t r = 0; r < rows; ++r) {
+  rowwise(rows, rows * cols, [=](int64_t r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
     T m = xr[0];
@@ -176,61 +219,51 @@ static void softmax_rows(const T* x, T* y, int64_t rows, int64_t cols) {
     }
     T inv = T(1) / s;
     for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
-  }
+  });
 }
 
 template <typename T>
 void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int64_t rows, int64_t cols) {
   using A = ops::Activation;
   const int64_t n = rows * cols;
-  const bool par = n >= kParallel;
   switch (act) {
     case A::Linear:
       copy(Cpu{}, x, y, n);
       return;
     case A::Sigmoid:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = sigmoid(x[i]);
+      elementwise(n, [=](int64_t i) { y[i] = sigmoid(x[i]); });
       return;
     case A::Tanh:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+      elementwise(n, [=](int64_t i) { y[i] = std::tanh(x[i]); });
       return;
     case A::Relu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+      elementwise(n, [=](int64_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
       return;
     case A::LeakyRelu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : alpha * x[i];
+      elementwise(n, [=](int64_t i) { y[i] = x[i] > T(0) ? x[i] : alpha * x[i]; });
       return;
     case A::Elu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         const T v = x[i], e = alpha * (vexp(v) - T(1));
         y[i] = v > T(0) ? v : e;
-      }
+      });
       return;
     case A::Selu: {
       const T s = T(ops::kSeluScale), sa = T(ops::kSeluScale * ops::kSeluAlpha);
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         const T v = x[i], pos = s * v, neg = sa * (vexp(v) - T(1));
         y[i] = v > T(0) ? pos : neg;
-      }
+      });
       return;
     }
     case A::Softplus:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = std::log1p(std::exp(-std::abs(x[i]))) + std::max(x[i], T(0));
+      elementwise(n, [=](int64_t i) { y[i] = std::log1p(std::exp(-std::abs(x[i]))) + std::max(x[i], T(0)); });
       return;
     case A::Softsign:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (T(1) + std::abs(x[i]));
+      elementwise(n, [=](int64_t i) { y[i] = x[i] / (T(1) + std::abs(x[i])); });
       return;
     case A::Swish:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(x[i]);
+      elementwise(n, [=](int64_t i) { y[i] = x[i] * sigmoid(x[i]); });
       return;
     case A::Softmax:
       softmax_rows(x, y, rows, cols);
@@ -243,79 +276,68 @@ void activation_backward(Cpu, ops::Activation act, T alpha, const T* x, const T*
                          int64_t rows, int64_t cols) {
   using A = ops::Activation;
   const int64_t n = rows * cols;
-  const bool par = n >= kParallel;
   switch (act) {
     case A::Linear:
       copy(Cpu{}, dy, dx, n);
       return;
     case A::Sigmoid:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+      elementwise(n, [=](int64_t i) { dx[i] = dy[i] * y[i] * (T(1) - y[i]); });
       return;
     case A::Tanh:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
+      elementwise(n, [=](int64_t i) { dx[i] = dy[i] * (T(1) - y[i] * y[i]); });
       return;
     case A::Relu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         // Loads before the select: a conditional load keeps GCC from vectorising (and the branch
         // mispredicts on half the elements).
         const T g = dy[i];
         dx[i] = x[i] > T(0) ? g : T(0);
-      }
+      });
       return;
     case A::LeakyRelu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         const T g = dy[i];
         dx[i] = x[i] > T(0) ? g : alpha * g;
-      }
+      });
       return;
     case A::Elu:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         const T g = dy[i], neg = g * (y[i] + alpha);
         dx[i] = x[i] > T(0) ? g : neg;
-      }
+      });
       return;
     case A::Selu: {
       const T s = T(ops::kSeluScale), sa = T(ops::kSeluScale * ops::kSeluAlpha);
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         const T g = dy[i], pos = s * g, neg = g * (y[i] + sa);
         dx[i] = x[i] > T(0) ? pos : neg;
-      }
+      });
       return;
     }
     case A::Softplus:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * sigmoid(x[i]);
+      elementwise(n, [=](int64_t i) { dx[i] = dy[i] * sigmoid(x[i]); });
       return;
     case A::Softsign:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         T d = T(1) + std::abs(x[i]);
         dx[i] = dy[i] / (d * d);
-      }
+      });
       return;
     case A::Swish:
-#pragma omp parallel for simd if (par)
-      for (int64_t i = 0; i < n; ++i) {
+      elementwise(n, [=](int64_t i) {
         T s = sigmoid(x[i]);
         dx[i] = dy[i] * (s + x[i] * s * (T(1) - s));
-      }
+      });
       return;
     case A::Softmax:
-#pragma omp parallel for if (par)
-      for (int64_t r = 0; r < rows; ++r) {
+      rowwise(rows, n, [=](int64_t r) {
         const T* yr = y + r * cols;
         const T* dyr = dy + r * cols;
         T* dxr = dx + r * cols;
         T dot = 0;
         for (int64_t c = 0; c < cols; ++c) dot += dyr[c] * yr[c];
         for (int64_t c = 0; c < cols; ++c) dxr[c] = yr[c] * (dyr[c] - dot);
-      }
+      });
       return;
   }
 }
@@ -375,33 +397,30 @@ void prelu_backward(Cpu, const T* x, const T* alpha, const ops::Broadcast& map, 
 
 template <typename T>
 void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, T* slopes, T* y, int64_t n) {
-#pragma omp parallel for if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  rowwise(n, n, [=](int64_t i) {
     T a = lower + (upper - lower) * T(s.uniform(uint64_t(i)));
     slopes[i] = a;
     y[i] = x[i] >= T(0) ? x[i] : a * x[i];
-  }
+  });
 }
 template <typename T> void rrelu_backward(Cpu, const T* x, const T* slopes, const T* dy, T* dx, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     const T g = dy[i], neg = slopes[i] * g;
     dx[i] = x[i] >= T(0) ? g : neg;
-  }
+  });
 }
 
 // Draw 4 uniforms per Philox block; element i uses word i%4 of block i/4 (as Stream::uniform).
 template <typename T, typename F>
 static void for_uniforms(rng::Stream s, int64_t n, F&& f) {
   const int64_t blocks = (n + 3) / 4;
-#pragma omp parallel for if (n >= kParallel)
-  for (int64_t b = 0; b < blocks; ++b) {
+  rowwise(blocks, n, [=](int64_t b) {
     auto w = s.block(uint64_t(b));
     for (int j = 0; j < 4; ++j) {
       int64_t i = b * 4 + j;
       if (i < n) f(i, rng::Stream::to_unit(w[j]));
     }
-  }
+  });
 }
 
 template <typename T> void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n) {
@@ -471,13 +490,12 @@ template <typename T>
 static void channel_affine(const T* x, ops::FeatureView v, const T* a, const T* b, T* y) {
   const int64_t C = v.channels;
   if (v.inner == 1) {
-#pragma omp parallel for if (v.outer * C >= kParallel)
-    for (int64_t o = 0; o < v.outer; ++o) {
+    rowwise(v.outer, v.outer * C, [=](int64_t o) {
       const T* xr = x + o * C;
       T* yr = y + o * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * a[c] + b[c];
-    }
+    });
     return;
   }
   for (int64_t o = 0; o < v.outer; ++o)
@@ -717,11 +735,10 @@ template <typename T> double l1l2_penalty(Cpu, const T* w, int64_t n, double l1,
 }
 template <typename T> void l1l2_grad(Cpu, const T* w, T* g, int64_t n, T l1, T l2) {
   const T two_l2 = T(2) * l2;
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     const T s = w[i] > T(0) ? T(1) : (w[i] < T(0) ? T(-1) : T(0));
     g[i] += l1 * s + two_l2 * w[i];
-  }
+  });
 }
 template <typename T> void max_norm(Cpu, T* w, ops::FeatureView v, T max_value) {
   // w viewed as [outer, R, inner]; the norm runs over R (channels) for each (outer, inner).
@@ -744,37 +761,32 @@ template <typename T> void max_norm(Cpu, T* w, ops::FeatureView v, T max_value) 
 
 // ---- optimizer updates ----------------------------------------------------------------------------
 template <typename T> void sgd_update(Cpu, T* w, const T* g, int64_t n, T lr) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) w[i] -= lr * g[i];
+  elementwise(n, [=](int64_t i) { w[i] -= lr * g[i]; });
 }
 template <typename T> void momentum_update(Cpu, T* w, const T* g, T* v, int64_t n, T lr, T mu, bool nesterov) {
   if (nesterov) {
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) {
+    elementwise(n, [=](int64_t i) {
       v[i] = mu * v[i] - lr * g[i];
       w[i] += mu * v[i] - lr * g[i];
-    }
+    });
   } else {
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) {
+    elementwise(n, [=](int64_t i) {
       v[i] = mu * v[i] - lr * g[i];
       w[i] += v[i];
-    }
+    });
   }
 }
 template <typename T> void adagrad_update(Cpu, T* w, const T* g, T* acc, int64_t n, T lr, T eps) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     acc[i] += g[i] * g[i];
     w[i] -= lr * g[i] / (std::sqrt(acc[i]) + eps);
-  }
+  });
 }
 template <typename T>
 void rmsprop_update(Cpu, T* w, const T* g, T* ms, T* mom, T* mg, int64_t n, T lr, T rho, T momentum, T eps) {
   if (momentum > T(0)) {
     // tf.keras 2.10 fused kernel (ApplyRMSProp / ApplyCenteredRMSProp): eps inside the square root.
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) {
+    elementwise(n, [=](int64_t i) {
       ms[i] += (g[i] * g[i] - ms[i]) * (T(1) - rho);
       T denom = ms[i];
       if (mg) {
@@ -783,11 +795,10 @@ void rmsprop_update(Cpu, T* w, const T* g, T* ms, T* mom, T* mg, int64_t n, T lr
       }
       mom[i] = momentum * mom[i] + lr * g[i] / std::sqrt(denom + eps);
       w[i] -= mom[i];
-    }
+    });
   } else {
     // tf.keras 2.10 Python path: eps outside the square root.
-#pragma omp parallel for simd if (n >= kParallel)
-    for (int64_t i = 0; i < n; ++i) {
+    elementwise(n, [=](int64_t i) {
       ms[i] = rho * ms[i] + (T(1) - rho) * g[i] * g[i];
       T denom = ms[i];
       if (mg) {
@@ -795,13 +806,12 @@ void rmsprop_update(Cpu, T* w, const T* g, T* ms, T* mom, T* mg, int64_t n, T lr
         denom -= mg[i] * mg[i];
       }
       w[i] -= lr * g[i] / (std::sqrt(denom) + eps);
-    }
+    });
   }
 }
 template <typename T>
 void adam_update(Cpu, T* w, const T* g, T* m, T* v, T* vhat, int64_t n, T alpha_t, T b1, T b2, T eps) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     m[i] += (g[i] - m[i]) * (T(1) - b1);
     v[i] += (g[i] * g[i] - v[i]) * (T(1) - b2);
     T vv = v[i];
@@ -810,22 +820,20 @@ void adam_update(Cpu, T* w, const T* g, T* m, T* v, T* vhat, int64_t n, T alpha_
       vv = vhat[i];
     }
     w[i] -= alpha_t * m[i] / (std::sqrt(vv) + eps);
-  }
+  });
 }
 template <typename T>
 void adamax_update(Cpu, T* w, const T* g, T* m, T* u, int64_t n, T lr_t, T b1, T b2, T eps) {
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     m[i] += (g[i] - m[i]) * (T(1) - b1);
     u[i] = std::max(b2 * u[i], std::abs(g[i]));
     w[i] -= lr_t * m[i] / (u[i] + eps);
-  }
+  });
 }
 template <typename T> void nadam_update(Cpu, T* w, const T* g, T* m, T* v, int64_t n, const ops::NadamCoeffs& c) {
   const T b1 = T(c.b1), b2 = T(c.b2), gs = T(c.g_scale), msc = T(c.m_scale), vs = T(c.v_scale);
   const T mu_t = T(c.mu_t), mu_n = T(c.mu_next), lr = T(c.lr), eps = T(c.eps);
-#pragma omp parallel for simd if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) {
+  elementwise(n, [=](int64_t i) {
     const T gp = g[i] * gs;
     m[i] = b1 * m[i] + (T(1) - b1) * g[i];
     v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
@@ -833,21 +841,18 @@ template <typename T> void nadam_update(Cpu, T* w, const T* g, T* m, T* v, int64
     const T vp = v[i] * vs;
     const T mbar = (T(1) - mu_t) * gp + mu_n * mp;
     w[i] -= lr * mbar / (std::sqrt(vp) + eps);
-  }
+  });
 }
 
 // ---- random fills ---------------------------------------------------------------------------------
 template <typename T> void random_uniform(Cpu, T* x, int64_t n, double lo, double hi, rng::Stream s) {
-#pragma omp parallel for if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] = T(lo + (hi - lo) * s.uniform_double(uint64_t(i)));
+  rowwise(n, n, [=](int64_t i) { x[i] = T(lo + (hi - lo) * s.uniform_double(uint64_t(i))); });
 }
 template <typename T> void random_normal(Cpu, T* x, int64_t n, double mean, double sd, rng::Stream s) {
-#pragma omp parallel for if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] = T(mean + sd * s.normal(uint64_t(i)));
+  rowwise(n, n, [=](int64_t i) { x[i] = T(mean + sd * s.normal(uint64_t(i))); });
 }
 template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, double sd, rng::Stream s) {
-#pragma omp parallel for if (n >= kParallel)
-  for (int64_t i = 0; i < n; ++i) x[i] = T(mean + sd * s.truncated_normal(uint64_t(i)));
+  rowwise(n, n, [=](int64_t i) { x[i] = T(mean + sd * s.truncated_normal(uint64_t(i))); });
 }
 
 // ---- explicit instantiations -------------------------------------------------------------------------

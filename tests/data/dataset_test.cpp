@@ -26,7 +26,8 @@ DataConfig parse(const std::string& yaml, const std::string& dir = "/runs") {
 TEST(DataConfigTest, ParsesEveryKey) {
   DataConfig c = parse(
       "data: {path: f.h5, validation: {first: 5000}, scale: 255, standardize: per_pixel, classes: [5, 6],"
-      " binary_positive: [6], limit: 200, limit_per_class: 100, cache: stream, last_batch: drop, prefetch: 3}");
+      " binary_positive: [6], limit: 200, limit_per_class: 100, cache: stream, stream_cache_mb: 64, last_batch: drop,"
+      " prefetch: 3}");
   EXPECT_EQ(c.path, "/runs/f.h5");
   EXPECT_EQ(c.validation.kind, ValidationSpec::Kind::First);
   EXPECT_EQ(c.validation.count, 5000);
@@ -37,6 +38,7 @@ TEST(DataConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c.limit, 200);
   EXPECT_EQ(c.limit_per_class, 100);
   EXPECT_EQ(c.cache, CacheMode::Stream);
+  EXPECT_EQ(c.stream_cache_mb, 64);
   EXPECT_EQ(c.last_batch, LastBatch::Drop);
   EXPECT_EQ(c.prefetch, 3);
   DataConfig d = parse("data: {path: /abs/f.h5}");
@@ -44,6 +46,7 @@ TEST(DataConfigTest, ParsesEveryKey) {
   EXPECT_EQ(d.validation.kind, ValidationSpec::Kind::None);
   EXPECT_EQ(d.scale, 1.0);
   EXPECT_EQ(d.cache, CacheMode::Auto);
+  EXPECT_EQ(d.stream_cache_mb, 256);
   EXPECT_EQ(d.last_batch, LastBatch::Keep);
   EXPECT_EQ(parse("data: {path: f.h5, validation: {fraction: 0.1}}").validation.fraction, 0.1);
   EXPECT_EQ(parse("data: {path: f.h5, validation: {last: 7}}").validation.kind, ValidationSpec::Kind::Last);
@@ -65,6 +68,7 @@ TEST(DataConfigTest, RefusesBadKeysAndValues) {
   EXPECT_NE(msg("data: {path: f.h5, classes: [1, 1]}").find("twice"), std::string::npos);
   EXPECT_NE(msg("data: {path: f.h5, classes: [1, 2], binary_positive: [3]}").find("not in `classes`"),
             std::string::npos);
+  EXPECT_NE(msg("data: {path: f.h5, stream_cache_mb: -1}").find("stream_cache_mb"), std::string::npos);
   EXPECT_NE(msg("data: {scale: 255}").find("`path` is required"), std::string::npos);
   EXPECT_NE(msg("data: {path: f.h5, last_batch: pad_it}").find("run.yaml"), std::string::npos);
 }
@@ -136,7 +140,9 @@ TEST_F(DatasetTest, ClassFilteringRelabelsInListedOrder) {
   EXPECT_EQ(b.test->size(), 40);  // 200 test samples, 2 of 10 classes
   for (int64_t i = 0, k = 0; i < 1000 && k < 20; ++i) {
     int y = testing::gen_label(i);
-    if (y == 5 || y == 6) ASSERT_EQ(b.train->labels()[k++], y == 6 ? 1 : 0);
+    if (y == 5 || y == 6) {
+      ASSERT_EQ(b.train->labels()[k++], y == 6 ? 1 : 0);
+    }
   }
   // Digits 0-4 with limit_per_class.
   c = cfg();
@@ -168,7 +174,9 @@ void expect_standardized(const Split& s, int64_t groups, int64_t c) {
   for (int64_t g = 0; g < groups; ++g) {
     double mean = sum[g] / cnt, var = sq[g] / cnt - mean * mean;
     ASSERT_NEAR(mean, 0.0, 1e-4) << "group " << g;
-    if (s.normalization().std[g] > 1e-6) ASSERT_NEAR(var, 1.0, 1e-3) << "group " << g;
+    if (s.normalization().std[g] > 1e-6) {
+      ASSERT_NEAR(var, 1.0, 1e-3) << "group " << g;
+    }
   }
 }
 

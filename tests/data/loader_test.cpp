@@ -119,16 +119,24 @@ TEST_F(LoaderTest, RankShardsUnionToTheSingleProcessBatch) {
           for (auto& [v, n] : seen) {
             ASSERT_TRUE(v >= 0 && v < kN);
             total += n;
-            if (p != LastBatch::Pad) ASSERT_EQ(n, 1);
+            if (p != LastBatch::Pad) {
+              ASSERT_EQ(n, 1);
+            }
           }
-          if (p == LastBatch::Keep) EXPECT_EQ(total, kN);
-          if (p == LastBatch::Drop) EXPECT_EQ(total, (kN / B) * B);
+          if (p == LastBatch::Keep) {
+            EXPECT_EQ(total, kN);
+          }
+          if (p == LastBatch::Drop) {
+            EXPECT_EQ(total, (kN / B) * B);
+          }
           if (p == LastBatch::Pad) {
             EXPECT_EQ(static_cast<int64_t>(seen.size()), kN);
             EXPECT_EQ(total, ((kN + B - 1) / B) * B);
           }
           for (auto& b : single)
-            if (p != LastBatch::Keep) ASSERT_EQ(static_cast<int64_t>(b.size()), std::min(B, p == LastBatch::Pad ? B : kN));
+            if (p != LastBatch::Keep) {
+              ASSERT_EQ(static_cast<int64_t>(b.size()), std::min(B, p == LastBatch::Pad ? B : kN));
+            }
         }
       }
     }
