@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs lockstep's build and test dependencies from Debian's packages (Debian 12), only those
 # missing. Needs root (or sudo). The CUDA toolkit (nvcc, cuBLAS, NCCL under /usr/local/cuda) is optional
-# and never installed here.
+# and never installed here. LOCKSTEP_WITH_SLURM=1 adds Slurm and munge (the cluster/ tests; tests/run
+# sets it), LOCKSTEP_WITH_PEERS=1 the benchmark peers.
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
@@ -15,6 +16,9 @@ pkgs=(
   libcurl4-openssl-dev libssl-dev libarchive-dev   # lockstep data fetch
   python3 python3-h5py python3-numpy  # h5py compatibility tests
 )
+if [ "${LOCKSTEP_WITH_SLURM:-0}" = 1 ]; then
+  pkgs+=(slurmctld slurmd slurm-client munge)   # tests/cluster: a one-node Slurm on localhost (tests/run sets this)
+fi
 if [ "${LOCKSTEP_WITH_PEERS:-0}" = 1 ]; then
   pkgs+=(python3-torch hyperfine)     # benchmark peers
 fi
