@@ -40,30 +40,6 @@ double now_s() {
 volatile std::sig_atomic_t g_stop_signal = 0;
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 
-// Installs the handlers for the lifetime of a fit(); a second signal only sets the flag again.
-class SignalGuard {
- public:
-  explicit SignalGuard(std::vector<int> sigs) : sigs_(std::move(sigs)) {
-    g_stop_signal = 0;
-    for (int s : sigs_) {
-      struct sigaction sa {};
-      sa.sa_handler = on_stop_signal;
-      sigemptyset(&sa.sa_mask);
-      sa.sa_flags = SA_RESTART;
-      struct sigaction old {};
-      sigaction(s, &sa, &old);
-      old_.push_back(old);
-    }
-  }
-  ~SignalGuard() {
-    for (size_t i = 0; i < sigs_.size(); ++i) sigaction(sigs_[i], &old_[i], nullptr);
-  }
-
- private:
-  std::vector<int> sigs_;
-  std::vector<struct sigaction> old_;
-};
-
 std::string signal_name(int sig) {
   switch (sig) {
     case SIGTERM: return "SIGTERM";
@@ -140,6 +116,23 @@ int parse_signal(const ConfigNode& node) {
 }
 
 }  // namespace
+
+void install_stop_handlers(int warning_signal) {
+  // A signal that arrives at any time from here on (data loading, start-up, a checkpoint, after the
+  // run) only sets the flag: the training loop finishes its step, checkpoints and returns. The flag
+  // is never cleared, so a signal during start-up is not lost; a second signal does nothing more.
+  std::vector<int> sigs = {SIGTERM, SIGINT};
+  if (warning_signal) sigs.push_back(warning_signal);
+  for (int sig : sigs) {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+int warning_signal_of(const ConfigNode& run) { return parse_signal(run["checkpoint"]); }
 
 std::string default_run_dir(const std::string& name) {
   std::time_t t = std::time(nullptr);
@@ -778,9 +771,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   if (schedule_) schedule_->set_run_length(steps, epochs_);
   const std::vector<std::string> order = logged_keys(false);
   const bool tty = root && verbose_ == 1 && isatty(STDOUT_FILENO);
-  std::vector<int> sigs = {SIGTERM, SIGINT};
-  if (warning_signal_) sigs.push_back(warning_signal_);
-  SignalGuard guard(sigs);
+  install_stop_handlers(warning_signal_);  // normally done already, before start-up (lockstep train)
   if (root && verbose_ > 0)
     std::cout << "Train on " << dataset_.train->size() << " samples"
               << (dataset_.validation ? str_cat(", validate on ", dataset_.validation->size(), " samples") : "")

@@ -147,6 +147,12 @@ class Trainer {
   std::unique_ptr<BatchStager> stager_;
 };
 
+// SIGTERM, SIGINT and the warning signal (checkpoint.signal; 0: none) stop training cleanly from now
+// on: `lockstep train` installs them before start-up so that an early signal is not lost.
+void install_stop_handlers(int warning_signal);
+// The run file's checkpoint.signal (SIGUSR1 by default, SIGUSR2, or 0 for none).
+int warning_signal_of(const ConfigNode& run);
+
 // `runs/<name>-<timestamp>` unless given.
 std::string default_run_dir(const std::string& name);
 
