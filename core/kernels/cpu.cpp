@@ -531,6 +531,19 @@ void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T*
   std::fill(sums, sums + 2 * C, 0.0);
   // Σdy·x̂ = invstd·(Σdy·x - mean·Σdy)
   std::vector<double> sdx(static_cast<size_t>(C), 0.0);
+  if (v.inner == 1) {
+    // [N, C]: vectorise over channels (the per-channel sums still run over rows in order).
+    double* sx = sdx.data();
+    for (int64_t o = 0; o < v.outer; ++o) {
+      const T* xr = x + o * C;
+      const T* dr = dy + o * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        sdy[c] += double(dr[c]);
+        sx[c] += double(dr[c]) * double(xr[c]);
+      }
+    }
+  } else {
   for (int64_t o = 0; o < v.outer; ++o)
     for (int64_t c = 0; c < C; ++c) {
       const T* xr = x + (o * C + c) * v.inner;
@@ -543,6 +556,7 @@ void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T*
       sdy[c] += a;
       sdx[c] += b;
     }
+  }
   for (int64_t c = 0; c < C; ++c) sdyx[c] = inv[c] * (sdx[c] - double(mean[c]) * sdy[c]);
 }
 template <typename T>
@@ -560,6 +574,15 @@ void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T
     k[c] = T(kk);
     p[c] = T(pp);
     q[c] = T(-kk * sums[c] / n - double(mean[c]) * pp);
+  }
+  if (v.inner == 1) {
+    const T *kp = k.data(), *pp = p.data(), *qp = q.data();
+    for (int64_t o = 0; o < v.outer; ++o) {
+      const int64_t base = o * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dx[base + c] = kp[c] * dy[base + c] + x[base + c] * pp[c] + qp[c];
+    }
+    return;
   }
   for (int64_t o = 0; o < v.outer; ++o)
     for (int64_t c = 0; c < C; ++c) {
