@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
   std::string model = "a";
   int batch = 32, threads = 1, reps = 5;
   double window = 0.3;
+  comm::BucketOptions bucket_opts;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--model") model = v;
@@ -91,6 +92,8 @@ int main(int argc, char** argv) {
     else if (k == "--threads") threads = std::atoi(v.c_str());
     else if (k == "--reps") reps = std::atoi(v.c_str());
     else if (k == "--window-sec") window = std::atof(v.c_str());
+    else if (k == "--bucket-mb") bucket_opts.bucket_cap_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
+    else if (k == "--first-bucket-mb") bucket_opts.first_bucket_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -134,7 +137,7 @@ int main(int argc, char** argv) {
       of_layer[size_t(r.layer)].push_back(int(segs.size()));
       segs.push_back({r.grad_offset, r.weight->value.numel()});
     }
-    bucketer = std::make_unique<comm::GradientBucketer>(*comm, m->grads_arena(), segs);
+    bucketer = std::make_unique<comm::GradientBucketer>(*comm, m->grads_arena(), segs, bucket_opts);
   }
   double wait_s = 0.0;
   // The peers' optimizers (mlp_models.py): SGD lr 1e-3 for a-c, Nadam lr 5e-5 (d) / 5e-4 (e).
