@@ -840,7 +840,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       if (!std::isfinite(batch_loss)) {
         if (tty) std::cout << "\n";
         throw NonFiniteLoss(str_cat(
-            "the loss became ", batch_loss, " at epoch ", epoch + 1, ", step ", done + 1, " (global step ", global_step,
+            "the loss became ", std::isnan(batch_loss) ? "NaN" : (batch_loss > 0 ? "+inf" : "-inf"), " at epoch ", epoch + 1, ", step ", done + 1, " (global step ", global_step,
             "); training stopped", result.last_checkpoint.empty() ? "" : str_cat(", the last good checkpoint is ", result.last_checkpoint),
             ". Lower the learning rate, add gradient clipping (optimizer.clipnorm / global_clipnorm) or check the "
             "data scaling"));

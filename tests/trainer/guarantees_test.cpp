@@ -786,6 +786,31 @@ TEST(Fault, CheckpointOfAnotherModel) {
   EXPECT_NE(r.out.find(t / "other/final.h5"), std::string::npos) << tail(r.out);
 }
 
+// A loss that turns NaN: exit 3 with a clear message naming the last good checkpoint, which is kept
+// intact (nothing newer is written) and still loads.
+TEST(Fault, NonFiniteLossKeepsTheLastGoodCheckpoint) {
+  Tmp t;
+  RunSpec spec = fault_spec();
+  spec.epochs = 3;
+  spec.checkpoint = "{every_epochs: 1}";
+  // A sane first epoch (checkpointed), then a rate that makes the loss explode.
+  spec.optimizer = "{name: sgd, learning_rate: 0.05}";
+  spec.more = "schedule: {name: piecewise_constant_decay, boundaries: [0], values: [0.05, 1.0e12], per: epoch}\n";
+  const std::string run = write_run(t / "run.yaml", spec);
+  Res r = train(run, t / "run", 0);
+  EXPECT_EQ(r.rc, 3) << tail(r.out);
+  EXPECT_TRUE(r.out.find("the loss became NaN") != std::string::npos ||
+              r.out.find("the loss became +inf") != std::string::npos) << tail(r.out);
+  EXPECT_NE(r.out.find("the last good checkpoint is"), std::string::npos) << tail(r.out);
+  std::vector<std::string> ckpts;
+  for (const auto& e : fs::directory_iterator(t / "run/checkpoints")) ckpts.push_back(e.path().string());
+  ASSERT_EQ(ckpts.size(), 1u) << "only the epoch-1 checkpoint may exist";
+  EXPECT_FALSE(fs::exists(t / "run/final.h5"));
+  for (const auto& [name, values] : datasets(ckpts[0]))
+    for (float v : values) ASSERT_TRUE(std::isfinite(v)) << name;
+  EXPECT_EQ(num_attr(ckpts[0], "training_state", "epoch"), 1.0);
+}
+
 // ---- the dataset fixture ---------------------------------------------------------------------------
 
 int make_data(const std::string& dir) {
