@@ -156,11 +156,11 @@ int cmd_train(const std::vector<std::string>& args) {
   apply_device(device, sets);
   if (!resume.empty() && run_dir.empty())
     throw UserError("train: --resume needs --run-dir (the directory whose checkpoints/ to continue from)");
-  {
-    // Before MPI, data loading and resume: a preemption signal during start-up is kept, not fatal.
-    ConfigNode early = load_run_file(run_file, sets);
-    install_stop_handlers(warning_signal_of(early));
-  }
+  // Before anything else (reading the run file, MPI, data loading, resume): a stop signal during
+  // start-up is kept, not fatal. SIGTERM/SIGINT first: when another rank fails early, srun's
+  // --kill-on-bad-exit SIGTERMs this one, which must still end with its own error status, not 143.
+  install_stop_handlers(0);
+  install_stop_handlers(warning_signal_of(load_run_file(run_file, sets)));
   Session s = start_session(run_file, sets, threads);
   Trainer trainer(s.run, run_file, *s.comm);
   if (run_dir.empty()) {

@@ -208,7 +208,8 @@ if [ "$NODEFAIL" = 1 ] && [ -f "$work/ref/final.h5" ]; then
   echo "----- nf.out"; grep -vE '^ *[0-9]+/[0-9]+ - |^Epoch [0-9]+/' "$work/nf.out"; echo "-----"
   [ "$(field "$nf" JobState)" = COMPLETED ] && [ "$(field "$nf" ExitCode)" = 0:0 ] && [ "$(field "$nf" Restarts)" -ge 1 ] ||
     fail "node-failure job $nf: $(field "$nf" JobState) exit $(field "$nf" ExitCode) restarts $(field "$nf" Restarts), expected COMPLETED 0:0 >=1"
-  grep -q 'DUE TO NODE FAILURE' "$work/nf.out" || fail "nf.out does not show the node failure"
+  # slurmstepd's 'CANCELLED ... DUE TO NODE FAILURE' or srun's 'Node failure on NODE', whichever wins the race
+  grep -qE 'DUE TO NODE FAILURE|Node failure on' "$work/nf.out" || fail "nf.out does not show the node failure"
   grep -qE "$RESUME_RE" "$work/nf.out" || fail "the node-failure job did not resume from a checkpoint past step 0"
   if [ -f "$work/nf/final.h5" ]; then
     /usr/bin/python3 "$here/same-weights.py" "$work/ref/final.h5" "$work/nf/final.h5" || fail "the node-failure job's final weights differ"
