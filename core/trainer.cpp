@@ -134,6 +134,20 @@ void install_stop_handlers(int warning_signal) {
 
 int warning_signal_of(const ConfigNode& run) { return parse_signal(run["checkpoint"]); }
 
+namespace {
+// checkpoints/ckpt-<global step, 10 digits>.h5 of a run directory, oldest first (the names sort by step).
+std::vector<std::string> periodic_checkpoints(const std::string& run_dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("ckpt-", 0) == 0 && e.path().extension() == ".h5") files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+}  // namespace
+
 std::string default_run_dir(const std::string& name) {
   std::time_t t = std::time(nullptr);
   char buf[32];
@@ -323,6 +337,7 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
     ConfigNode from = tr.require("from");
     fs::path src = from.as_string();
     if (src.is_relative()) src = dir / src;
+    transfer_source_ = src.string();
     ConfigNode ls = tr["layers"];
     const int n = int(model_->layers().size());
     if (!ls.defined() || (ls.is_scalar() && ls.as_string() == "all")) {
@@ -580,21 +595,27 @@ struct Trainer::Resume {
   std::string path;
 };
 
+CheckpointContents Trainer::model_state(const std::string& history_csv) const {
+  CheckpointContents c;
+  c.run_config = resolved_yaml();
+  for (auto& [n, t] : optimizer_->state()) c.optimizer.emplace_back(n, t);
+  for (auto& [k, v] : optimizer_->scalar_state()) c.state["optimizer." + k] = v;
+  c.state["global_step"] = double(optimizer_->iterations());
+  c.state["learning_rate"] = optimizer_->learning_rate();
+  c.state["seed"] = double(seed_);
+  c.strings["history_csv"] = history_csv;
+  return c;
+}
+
 std::string Trainer::write_checkpoint(const std::string& run_dir, const std::string& file, int64_t epoch,
                                       int64_t step_in_epoch, const std::vector<double>& sums,
                                       const std::string& history_csv) {
   const std::string path = (fs::path(run_dir) / "checkpoints" / file).string();
   std::string error;
   if (comm_.rank() == 0) {
-    CheckpointContents c;
-    c.run_config = resolved_yaml();
-    for (auto& [n, t] : optimizer_->state()) c.optimizer.emplace_back(n, t);
-    for (auto& [k, v] : optimizer_->scalar_state()) c.state["optimizer." + k] = v;
+    CheckpointContents c = model_state(history_csv);
     c.state["epoch"] = double(epoch);
     c.state["step_in_epoch"] = double(step_in_epoch);
-    c.state["global_step"] = double(optimizer_->iterations());
-    c.state["learning_rate"] = optimizer_->learning_rate();
-    c.state["seed"] = double(seed_);
     c.state["world_size"] = double(comm_.size());
     c.state["frozen"] = frozen_ ? 1.0 : 0.0;
     c.state["checkpoint_best"] = ckpt_best_;
@@ -609,7 +630,6 @@ std::string Trainer::write_checkpoint(const std::string& run_dir, const std::str
     }
     if (plateau_)
       for (auto& [k, v] : plateau_->state()) c.state[k] = v;
-    c.strings["history_csv"] = history_csv;
     try {
       save_checkpoint(path, *model_, c);
     } catch (const UserError& e) {
@@ -684,13 +704,8 @@ std::string Trainer::find_resume_checkpoint(const std::string& run_dir, const st
   }
   // Newest first; a corrupt or truncated file is reported and skipped. Every rank reads the same files
   // and therefore reaches the same choice; rank 0 reports.
-  std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind("ckpt-", 0) == 0 && e.path().extension() == ".h5") files.push_back(e.path().string());
-  }
-  std::sort(files.rbegin(), files.rend());
+  std::vector<std::string> files = periodic_checkpoints(run_dir);
+  std::reverse(files.begin(), files.end());
   for (const auto& f : files) {
     try {
       restore(f, r);
@@ -735,11 +750,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       if (root) std::cout << "No checkpoint to resume from in " << run_dir << "/checkpoints: starting fresh\n";
       // Undo anything a rejected candidate loaded.
       model_->init(seed_);
-      ConfigNode tr = run_["transfer"];
-      if (tr.defined()) {
-        fs::path src = tr["from"].as_string();
-        if (src.is_relative()) src = fs::path(run_file_).parent_path() / src;
-        load_checkpoint(src.string(), *model_, &transferred_);
+      if (!transfer_source_.empty()) {
+        load_checkpoint(transfer_source_, *model_, &transferred_);
         if (freeze_epochs_ > 0 && !frozen_) set_frozen(true);
       }
       optimizer_ = Optimizer::from_config(run_["optimizer"]);
@@ -782,15 +794,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
 
   const size_t nsums = 2 + metrics_.size();
   std::vector<double> step_sums(nsums + 1, 0.0);  // + the stop flag
-  std::vector<std::string> kept;                  // periodic checkpoints, oldest first
-  {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
-      const std::string n = e.path().filename().string();
-      if (n.rfind("ckpt-", 0) == 0 && e.path().extension() == ".h5") kept.push_back(e.path().string());
-    }
-    std::sort(kept.begin(), kept.end());
-  }
+  std::vector<std::string> kept = periodic_checkpoints(run_dir);  // oldest first
   auto checkpoint = [&](int64_t epoch, int64_t done, const std::vector<double>& sums) {
     char name[64];
     std::snprintf(name, sizeof name, "ckpt-%010lld.h5", static_cast<long long>(optimizer_->iterations()));
@@ -932,16 +936,9 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   }
   if (early_stopping_) early_stopping_->on_train_end(*model_);
   if (root) {
-    CheckpointContents c;
-    c.run_config = resolved_yaml();
-    for (auto& [n, t] : optimizer_->state()) c.optimizer.emplace_back(n, t);
-    for (auto& [k, v] : optimizer_->scalar_state()) c.state["optimizer." + k] = v;
-    c.state["global_step"] = double(optimizer_->iterations());
+    CheckpointContents c = model_state(history_csv);
     // Epochs finished by the whole run, not only by this process (a resumed run starts at r.epoch).
     c.state["epochs_done"] = double(r.epoch + int64_t(result.history.size()));
-    c.state["seed"] = double(seed_);
-    c.state["learning_rate"] = optimizer_->learning_rate();
-    c.strings["history_csv"] = history_csv;
     save_checkpoint((fs::path(run_dir) / "final.h5").string(), *model_, c);
     if (verbose_ > 0) std::cout << "Saved " << (fs::path(run_dir) / "final.h5").string() << "\n";
   }

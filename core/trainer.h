@@ -25,6 +25,7 @@
 #include "comm/communicator.h"
 #include "comm/gradient_bucketer.h"
 #include "core/callbacks.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/losses.h"
 #include "core/model.h"
@@ -101,6 +102,8 @@ class Trainer {
   void rebuild_bucketer();
   void set_frozen(bool frozen);
   void new_optimizer(double learning_rate);
+  // What every checkpoint and final.h5 hold: run file, optimizer slots and scalars, step, rate, seed, history.
+  CheckpointContents model_state(const std::string& history_csv) const;
   std::string write_checkpoint(const std::string& run_dir, const std::string& file, int64_t epoch,
                                int64_t step_in_epoch, const std::vector<double>& sums, const std::string& history_csv);
   bool restore(const std::string& path, Resume* r);
@@ -131,6 +134,7 @@ class Trainer {
   std::chrono::milliseconds step_timeout_{30'000};
   // Transfer learning: layers taken from a source model, frozen for the first freeze_epochs.
   std::vector<int> transferred_;
+  std::string transfer_source_;  // transfer.from, resolved against the run file's folder
   int64_t freeze_epochs_ = 0;
   double unfreeze_lr_ = 0;
   bool frozen_ = false;
