@@ -117,6 +117,17 @@ void write_tensor(hid_t parent, const std::string& name, const Tensor& t, uLong*
   test_point();
 }
 
+// Each tensor as a dataset of `parent`, their names listed in the string attribute `names_attr`.
+void write_named_tensors(hid_t parent, const char* names_attr, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         uLong* crc) {
+  std::vector<std::string> names;
+  for (const auto& [n, t] : tensors) {
+    names.push_back(n);
+    write_tensor(parent, n, t, crc);
+  }
+  write_string_list_attr(parent, names_attr, names);
+}
+
 void read_tensor(hid_t parent, const std::string& name, const Tensor& into, const std::string& path, uLong* crc) {
   if (H5Lexists(parent, name.c_str(), H5P_DEFAULT) <= 0)
     throw CheckpointError(str_cat(path, ": dataset '", name, "' is missing"));
@@ -245,22 +256,12 @@ void save_checkpoint(const std::string& path, const Model& model, const Checkpoi
         write_string_list_attr(g, "weight_names", names);
       }
       Handle ow(H5Gcreate2(file, "optimizer_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-      std::vector<std::string> onames;
-      for (const auto& [n, t] : extra.optimizer) {
-        onames.push_back(n);
-        write_tensor(ow, n, t, &crc);
-      }
-      write_string_list_attr(ow, "weight_names", onames);
+      write_named_tensors(ow, "weight_names", extra.optimizer, &crc);
       Handle ts(H5Gcreate2(file, "training_state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
       for (const auto& [k, v] : extra.state) write_double_attr(ts, k, v);
       for (const auto& [k, v] : extra.strings) write_string_attr(ts, k.c_str(), v);
       Handle tt(H5Gcreate2(ts, "tensors", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-      std::vector<std::string> tnames;
-      for (const auto& [n, t] : extra.tensors) {
-        tnames.push_back(n);
-        write_tensor(tt, n, t, &crc);
-      }
-      write_string_list_attr(tt, "names", tnames);
+      write_named_tensors(tt, "names", extra.tensors, &crc);
       crc = crc_attrs(crc, extra.run_config, extra.state, extra.strings);
       write_double_attr(file, "checksum_crc32", double(crc));
       // The commit marker, written last: a file without it is incomplete.
