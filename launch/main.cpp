@@ -70,14 +70,8 @@ ConfigNode load_run_file(const std::string& path, const std::vector<std::string>
   return cfg;
 }
 
-int cmd_summary(const std::vector<std::string>& args) {
-  int threads = 0;
-  std::vector<std::string> sets;
-  std::string run_file;
-  po::options_description d("lockstep summary RUN.yaml [options]\n\n"
-                            "Prints the model's table in Keras's model.summary() form.\n"
-                            "Example:\n  lockstep summary launch/configs/fashion_mnist_mlp.yaml\n\nOptions");
-  add_common(d, threads, sets);
+// Parse `args` with `d` (+ the run file as the first positional); false when --help was printed.
+bool parse(const std::vector<std::string>& args, po::options_description& d, std::string& run_file, const char* verb) {
   d.add_options()("run-file", po::value<std::string>(&run_file), "the run file");
   po::positional_options_description pos;
   pos.add("run-file", 1);
@@ -86,9 +80,21 @@ int cmd_summary(const std::vector<std::string>& args) {
   po::notify(vm);
   if (vm.count("help")) {
     std::cout << d;
-    return 0;
+    return false;
   }
-  if (run_file.empty()) throw UserError("summary: a run file is required (lockstep summary RUN.yaml)");
+  if (run_file.empty()) throw UserError(str_cat(verb, ": a run file is required (lockstep ", verb, " RUN.yaml)"));
+  return true;
+}
+
+int cmd_summary(const std::vector<std::string>& args) {
+  int threads = 0;
+  std::vector<std::string> sets;
+  std::string run_file;
+  po::options_description d("lockstep summary RUN.yaml [options]\n\n"
+                            "Prints the model's table in Keras's model.summary() form.\n"
+                            "Example:\n  lockstep summary launch/configs/fashion_mnist_mlp.yaml\n\nOptions");
+  add_common(d, threads, sets);
+  if (!parse(args, d, run_file, "summary")) return 0;
   ConfigNode cfg = load_run_file(run_file, sets);
   auto model = Model::from_config(cfg["model"]);
   std::cout << model->summary();
@@ -113,22 +119,6 @@ Session start_session(const std::string& run_file, const std::vector<std::string
   ops::set_num_threads(threads > 0 ? threads : comm::default_threads_per_rank(*s.comm));
   s.run = load_run_file(run_file, sets);
   return s;
-}
-
-// Parse `args` with `d` (+ the run file as the first positional); false when --help was printed.
-bool parse(const std::vector<std::string>& args, po::options_description& d, std::string& run_file, const char* verb) {
-  d.add_options()("run-file", po::value<std::string>(&run_file), "the run file");
-  po::positional_options_description pos;
-  pos.add("run-file", 1);
-  po::variables_map vm;
-  po::store(po::command_line_parser(args).options(d).positional(pos).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << d;
-    return false;
-  }
-  if (run_file.empty()) throw UserError(str_cat(verb, ": a run file is required (lockstep ", verb, " RUN.yaml)"));
-  return true;
 }
 
 int cmd_train(const std::vector<std::string>& args) {
