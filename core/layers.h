@@ -72,6 +72,14 @@ class Buffer {
   Tensor storage_;
 };
 
+// A layer's output as an affine normalisation per feature: y = gamma*x̂ + beta, x̂ = (x - mean)/sqrt(var + eps)
+// (gamma/beta undefined when scale/center are off). `sums` ([2C] float64) receives Σdy and Σdy·x̂.
+struct NormalizedOutput {
+  Tensor x, mean, var, gamma, beta, sums;
+  ops::FeatureView view;
+  double eps = 0.0;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -99,6 +107,14 @@ class Layer {
   // For a final softmax/sigmoid fused into the loss: the layer emits pre-activation logits.
   virtual ops::Activation output_activation() const { return ops::Activation::Linear; }
   virtual void set_emit_logits(bool) {}
+
+  // Cross-layer backward at the bottom of the trainable stack (Model::backward). A layer that needs
+  // no input gradient and whose output is a normalisation describes it (`normalized_output`); the
+  // layer above may then fill its `sums` from its own products instead of forming dL/dy
+  // (`backward_to_normalized`, false when it cannot), and `backward_from_sums` finishes the layer.
+  virtual bool normalized_output(NormalizedOutput*) { return false; }
+  virtual void backward_from_sums(const NormalizedOutput&) {}
+  virtual bool backward_to_normalized(const Tensor&, Context&, const NormalizedOutput&) { return false; }
 
   void init_weights(uint64_t seed);
 
@@ -143,6 +159,7 @@ class Dense : public Layer {
   Shape build(const Shape& in) override;
   Tensor forward(const Tensor& x, Context& ctx) override;
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  bool backward_to_normalized(const Tensor& dy, Context& ctx, const NormalizedOutput& in) override;
   ops::Activation output_activation() const override { return act_; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
 
@@ -157,8 +174,9 @@ class Dense : public Layer {
   bool emit_logits_ = false;
   // cache
   Tensor x_;
-  Buffer z_buf_, y_buf_, dz_buf_, dx_buf_;
+  Buffer z_buf_, y_buf_, dz_buf_, dx_buf_, xhat_buf_, colsum_buf_;
   Tensor z_, y_;
+  Tensor pre_activation_grad(const Tensor& dy);
 };
 
 // Activation as a layer: activation, leaky_relu (alpha 0.3), elu (alpha 1.0), relu, softmax.
@@ -235,6 +253,8 @@ class BatchNormalization : public Layer {
   Shape build(const Shape& in) override;
   Tensor forward(const Tensor& x, Context& ctx) override;
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  bool normalized_output(NormalizedOutput* out) override;
+  void backward_from_sums(const NormalizedOutput& n) override;
   bool sync() const { return sync_; }
 
  private:

@@ -151,6 +151,18 @@ void Model::backward(const Tensor& dout, Context& ctx, const std::function<void(
   }
   Tensor g = dout;
   for (int i = int(layers_.size()) - 1; i >= 0 && i >= first_needed; --i) {
+    if (i == first_needed + 1) {
+      // A normalisation at the bottom (BN on the inputs) takes its sums from the layer above, which
+      // then never forms its input gradient (Layer::normalized_output).
+      NormalizedOutput below;
+      if (layers_[size_t(first_needed)]->normalized_output(&below) &&
+          layers_[size_t(i)]->backward_to_normalized(g, ctx, below)) {
+        if (on_layer_done) on_layer_done(i);
+        layers_[size_t(first_needed)]->backward_from_sums(below);
+        if (on_layer_done) on_layer_done(first_needed);
+        return;
+      }
+    }
     g = layers_[size_t(i)]->backward(g, ctx, i > first_needed);
     if (on_layer_done) on_layer_done(i);
   }

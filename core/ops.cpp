@@ -325,6 +325,32 @@ void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbet
   });
 }
 
+void dense_normalized_grads(const Tensor& xhat, const Tensor& dz, const Tensor& w, const Tensor& s,
+                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums) {
+  same(w, dw, "dense_normalized_grads");
+  same(w, xhat, "dense_normalized_grads");
+  same(w, dz, "dense_normalized_grads");
+  same(w, s, "dense_normalized_grads");
+  LS_CHECK(w.rank() == 2 && dw.shape() == w.shape(), "dense_normalized_grads: kernel ", shape_str(w.shape()),
+           " vs gradient ", shape_str(dw.shape()));
+  const int64_t in = w.dim(0), out = w.dim(1);
+  LS_CHECK(s.numel() == out, "dense_normalized_grads: ", s.numel(), " column sums for ", out, " units");
+  LS_CHECK(xhat.rank() == 2 && xhat.dim(1) == in && dz.rank() == 2 && dz.dim(1) == out && dz.dim(0) == xhat.dim(0),
+           "dense_normalized_grads: x̂ ", shape_str(xhat.shape()), " and dz ", shape_str(dz.shape()), " for kernel ",
+           shape_str(w.shape()));
+  LS_CHECK(!gamma.defined() || gamma.numel() == in, "dense_normalized_grads: gamma has ", gamma.numel(),
+           " entries for ", in, " features");
+  LS_CHECK(!beta.defined() || beta.numel() == in, "dense_normalized_grads: beta has ", beta.numel(),
+           " entries for ", in, " features");
+  LS_CHECK(sums.dtype() == DType::F64 && sums.numel() == 2 * in && sums.device() == w.device(),
+           "dense_normalized_grads: sums must be float64 [", 2 * in, "] on the kernel's device");
+  dispatch(w, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::dense_normalized_grads(be, xhat.data<T>(), dz.data<T>(), xhat.dim(0), w.data<T>(), s.data<T>(),
+                                    opt<T>(gamma), opt<T>(beta), dw.data<T>(), in, out, sums.data<double>());
+  });
+}
+
 // ---- losses --------------------------------------------------------------------------------------
 namespace {
 void check_loss(const Tensor& pred, const Tensor& target, const Tensor& loss, const Tensor& grad, bool sparse,

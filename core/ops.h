@@ -120,6 +120,13 @@ void bn_backward_inference(const Tensor& dy, const FeatureView& v, const Tensor&
                            double eps, const Tensor& dx);
 // dgamma = sums[C:2C], dbeta = sums[0:C], converted to the parameters' dtype (either may be undefined).
 void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbeta);
+// A Dense layer above a normalisation y = gamma*x̂ + beta that needs no input gradient (the bottom of the
+// trainable stack, Model::backward). With g = x̂ᵀ·dz [in, out] and s = Σ_rows dz [out] (given):
+// dw = gamma_c*g + beta_c*s (the product Xᵀ·dz with X = gamma*x̂ + beta), and sums (F64 [2*in])
+// receives the normalisation's Σdy = W·s and Σdy·x̂ = Σ_j W∘g per feature, without dy = dz·Wᵀ ever
+// being formed. gamma/beta may be undefined (scale/center off).
+void dense_normalized_grads(const Tensor& xhat, const Tensor& dz, const Tensor& w, const Tensor& s,
+                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums);
 
 // ---- losses (per-sample losses written to `loss` [B]; gradients scaled by `grad_scale`) -----------
 // Sparse softmax cross-entropy from logits z[B,K] and integer labels y[B] (stored as floats).

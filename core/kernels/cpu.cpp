@@ -604,6 +604,34 @@ template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T*
   }
 }
 
+template <typename T>
+void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, const T* w, const T* s, const T* gamma,
+                            const T* beta, T* dw, int64_t in, int64_t out, double* sums) {
+  // Row c of the kernel belongs to input feature c. g = x̂ᵀ·dz is formed a block of rows at a time and
+  // folded while the block is still in cache.
+  constexpr int64_t block = 64;
+  for (int64_t c0 = 0; c0 < in; c0 += block) {
+    const int64_t nc = std::min(block, in - c0);
+    gemm<T>(Cpu{}, true, false, nc, out, rows, T(1), xhat + c0, in, dz, out, T(0), dw + c0 * out, out);
+    rowwise(nc, nc * out, [=](int64_t r) {
+      const int64_t c = c0 + r;
+    const T* wr = w + c * out;
+    T* gr = dw + c * out;
+    const T gc = gamma ? gamma[c] : T(1);
+    const T bc = beta ? beta[c] : T(0);
+    double sdy = 0, sdyx = 0;
+#pragma omp simd reduction(+ : sdy, sdyx)
+    for (int64_t j = 0; j < out; ++j) {
+      sdy += double(wr[j]) * double(s[j]);
+      sdyx += double(wr[j]) * double(gr[j]);
+      gr[j] = gc * gr[j] + bc * s[j];
+    }
+    sums[c] = sdy;
+    sums[in + c] = sdyx;
+    });
+  }
+}
+
 // ---- losses ---------------------------------------------------------------------------------------
 template <typename T>
 void softmax_xent_sparse(Cpu, const T* z, const T* y, T* loss, T* dz, int64_t rows, int64_t k, T scale) {
@@ -912,6 +940,8 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
                                      T, const double*, double, T*);                                            \
   template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*);          \
   template void bn_param_grads<T>(Cpu, const double*, int64_t, T*, T*);                                        \
+  template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, const T*, const T*, const T*, const T*, \
+                                          T*, int64_t, int64_t, double*);                                                            \
   template void softmax_xent_sparse<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                  \
   template void softmax_xent_dense<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                   \
   template void sigmoid_xent<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                         \

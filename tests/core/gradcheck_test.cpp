@@ -205,6 +205,68 @@ TEST(ModelGrad, MlpWithBatchNormInference) {
   expect_grads_ok(check_model_grads(*m, randn({8, 2, 3}, 33, 1.0, 0.5), inference_ctx(), true), false);
 }
 
+// Input BN under a Dense: Model::backward takes the BN's sums from the Dense's products
+// (Layer::normalized_output) and never forms the Dense's input gradient.
+const char* kInputBnVariants[] = {
+    "{}",
+    "{center: false}",
+    "{scale: false, beta_initializer: {random_normal: {stddev: 0.5}}}",
+};
+class InputBnGrad : public ::testing::TestWithParam<std::tuple<const char*, bool, bool>> {};
+TEST_P(InputBnGrad, FoldedIntoTheDenseAboveMatchesFiniteDifferencesAndTheLayerLoop) {
+  const auto [bn, use_bias, training] = GetParam();
+  const std::string yaml = str_cat(R"(model:
+  input_shape: [6]
+  layers:
+    - batch_normalization: )", bn, R"(
+    - dense: {units: 5, activation: elu, use_bias: )", use_bias ? "true" : "false", R"(}
+    - dense: {units: 3})");
+  auto m = model_from_yaml(yaml);
+  m->init(41);
+  Tensor x = randn({9, 6}, 42, 2.0, 0.7);
+  Context ctx = training ? training_ctx() : inference_ctx();
+  ModelGradCheck folded = check_model_grads(*m, x, ctx, true);
+  expect_grads_ok(folded, false, yaml);
+  // The layer-by-layer chain (dx formed, BN's sums from it) gives the same gradients.
+  Tensor r = randn(m->forward(x, ctx).shape(), 4242);
+  m->backward(r, ctx);
+  Tensor via_model = m->grads_arena().clone();
+  m->forward(x, ctx);
+  Tensor g = r;
+  for (int i = int(m->layers().size()) - 1; i >= 0; --i) g = m->layer(i).backward(g, ctx, i > 0);
+  EXPECT_LT(ops::max_abs_diff(via_model, m->grads_arena()), 1e-12);
+}
+INSTANTIATE_TEST_SUITE_P(Variants, InputBnGrad,
+                         ::testing::Combine(::testing::ValuesIn(kInputBnVariants), ::testing::Bool(),
+                                            ::testing::Bool()));
+
+TEST(InputBnGrad, DenseNormalizedGradsOpAgainstTheFormedInputGradient) {
+  // The op alone: sums and dW against dy = dz·Wᵀ and X = gamma*x̂ + beta formed explicitly.
+  const int64_t rows = 7, in = 150, out = 40;  // more features than the CPU kernel's row block (64)
+  Tensor xhat = randn({rows, in}, 51), dz = randn({rows, out}, 52), w = randn({in, out}, 53);
+  Tensor gamma = randn({in}, 54, 0.5, 1.0), beta = randn({in}, 55);
+  Tensor dw({in, out}, Device::CPU, DType::F64), s({out}, Device::CPU, DType::F64);
+  Tensor sums({2 * in}, Device::CPU, DType::F64);
+  ops::bias_grad(dz, s);
+  ops::dense_normalized_grads(xhat, dz, w, s, gamma, beta, dw, sums);
+  for (int64_t c = 0; c < in; ++c) {
+    double sdy = 0, sdyx = 0;
+    for (int64_t n = 0; n < rows; ++n) {
+      double dy = 0;
+      for (int64_t j = 0; j < out; ++j) dy += dz.at(n * out + j) * w.at(c * out + j);
+      sdy += dy;
+      sdyx += dy * xhat.at(n * in + c);
+    }
+    EXPECT_NEAR(sums.at(c), sdy, 1e-12);
+    EXPECT_NEAR(sums.at(in + c), sdyx, 1e-12);
+    for (int64_t j = 0; j < out; ++j) {
+      double ref = 0;
+      for (int64_t n = 0; n < rows; ++n) ref += (gamma.at(c) * xhat.at(n * in + c) + beta.at(c)) * dz.at(n * out + j);
+      EXPECT_NEAR(dw.at(c * out + j), ref, 1e-12);
+    }
+  }
+}
+
 // ---- losses -----------------------------------------------------------------------------------------
 using LossFn = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double);
 

@@ -299,6 +299,23 @@ TEST_F(Gpu, BatchNorm) {
   }
 }
 
+// The input-BN fold under a Dense (Model::backward): x̂ᵀ·dz by cuBLAS, then the per-row fold.
+TEST_F(Gpu, DenseNormalizedGrads) {
+  const int64_t rows = 32, in = 150, out = 40;
+  Tensor xhat = cpu_normal({rows, in}, 61), dz = cpu_normal({rows, out}, 62), w = cpu_normal({in, out}, 63);
+  Tensor gamma = cpu_uniform({in}, 64, 0.5, 1.5), beta = cpu_normal({in}, 65), s({out});
+  ops::bias_grad(dz, s);
+  for (bool affine : {true, false}) {
+    Tensor dw({in, out}), gdw({in, out}, Device::CUDA);
+    Tensor sums({2 * in}, Device::CPU, DType::F64), gsums({2 * in}, Device::CUDA, DType::F64);
+    ops::dense_normalized_grads(xhat, dz, w, s, affine ? gamma : Tensor(), affine ? beta : Tensor(), dw, sums);
+    ops::dense_normalized_grads(on_gpu(xhat), on_gpu(dz), on_gpu(w), on_gpu(s), affine ? on_gpu(gamma) : Tensor(),
+                                affine ? on_gpu(beta) : Tensor(), gdw, gsums);
+    EXPECT_GPU_NEAR(gdw, dw, 1e-5);
+    EXPECT_GPU_NEAR(gsums, sums, 1e-5);
+  }
+}
+
 // ---- losses ---------------------------------------------------------------------------------------------
 TEST_F(Gpu, Losses) {
   const int64_t B = 9, K = 6;
