@@ -10,6 +10,7 @@ pkgs=(
   libhdf5-dev                         # HDF5 C API
   libboost-program-options-dev        # the lockstep command's flags
   libopenblas-dev                     # CBLAS
+  libxsmm-dev                         # small-matrix products (JIT)
   libyaml-cpp-dev                     # run files
   libgtest-dev libgmock-dev           # tests
   zlib1g-dev                          # gzipped IDX files
