@@ -94,5 +94,46 @@ TEST(KernelThreads, TwoThreadsGiveTheOneThreadElementwiseResults) {
   EXPECT_NEAR(one.second, two.second, 1e-9 * std::abs(one.second));
 }
 
+// Float products take libxsmm (small, one thread, no transposed B, beta 0 or 1) or OpenBLAS (the
+// rest): every combination against a double reference, on both sides of the size limit.
+TEST(KernelGemm, FloatProductsOnBothPathsMatchADoubleReference) {
+  struct Case {
+    int64_t m, n, k;
+  };
+  // 2^20-element weights are the libxsmm limit: 1024x1025 and a 1100-deep gradient go to OpenBLAS.
+  const Case cases[] = {{32, 100, 100}, {7, 300, 784}, {33, 10, 1}, {256, 1025, 1024}, {1100, 30, 20}, {20, 30, 1100}};
+  for (int threads : {1, 2}) {
+    ops::set_num_threads(threads);
+    for (const Case& c : cases)
+      for (bool ta : {false, true})
+        for (bool tb : {false, true})
+          for (double beta : {0.0, 1.0, 0.5}) {
+            Tensor a(ta ? Shape{c.k, c.m} : Shape{c.m, c.k}), b(tb ? Shape{c.n, c.k} : Shape{c.k, c.n});
+            Tensor out({c.m, c.n});
+            ops::random_normal(a, 0.0, 1.0, rng::Stream{5, 1});
+            ops::random_normal(b, 0.0, 1.0, rng::Stream{5, 2});
+            ops::random_normal(out, 0.0, 1.0, rng::Stream{5, 3});
+            const std::vector<float> av = a.to_vector(), bv = b.to_vector(), c0 = out.to_vector();
+            ops::gemm(ta, tb, 1.0, a, b, beta, out);
+            const std::vector<float> got = out.to_vector();
+            double worst = 0;
+            for (int64_t i = 0; i < c.m; i += std::max<int64_t>(1, c.m / 9))
+              for (int64_t j = 0; j < c.n; j += std::max<int64_t>(1, c.n / 11)) {
+                double r = beta * c0[size_t(i * c.n + j)], mag = std::abs(r);
+                for (int64_t q = 0; q < c.k; ++q) {
+                  const double x = av[size_t(ta ? q * c.m + i : i * c.k + q)];
+                  const double y = bv[size_t(tb ? j * c.k + q : q * c.n + j)];
+                  r += x * y;
+                  mag += std::abs(x * y);
+                }
+                worst = std::max(worst, std::abs(got[size_t(i * c.n + j)] - r) / (mag + 1e-30));
+              }
+            EXPECT_LT(worst, 1e-5) << c.m << "x" << c.n << "x" << c.k << " ta=" << ta << " tb=" << tb
+                                   << " beta=" << beta << " threads=" << threads;
+          }
+  }
+  ops::set_num_threads(1);
+}
+
 }  // namespace
 }  // namespace lockstep
