@@ -383,55 +383,46 @@ Tensor BatchNormalization::forward(const Tensor& x, Context& ctx) {
   return y;
 }
 
+// The statistics x̂ was formed with: the batch's in training, the moving ones in inference mode.
+Tensor BatchNormalization::xhat_mean() { return was_training_ ? mean_ : g("moving_mean"); }
+Tensor BatchNormalization::xhat_var() { return was_training_ ? var_ : g("moving_variance"); }
+const Tensor& BatchNormalization::grad_sums() {
+  if (!sums_.defined() || sums_.device() != x_.device())
+    sums_ = Tensor({2 * view_.channels}, x_.device(), DType::F64);
+  return sums_;
+}
+// A trainable layer owes gamma and beta their gradients in either mode (dbeta = Σdy, dgamma = Σdy·x̂).
+bool BatchNormalization::owes_param_grads() { return trainable_ && (weight("gamma") || weight("beta")); }
+void BatchNormalization::set_param_grads(const Tensor& sums) {
+  Weight* gamma = weight("gamma");
+  Weight* beta = weight("beta");
+  ops::bn_param_grads(sums, gamma ? gamma->grad : Tensor(), beta ? beta->grad : Tensor());
+}
+
 Tensor BatchNormalization::backward(const Tensor& dy, Context& ctx, bool need_dx) {
+  const bool owes = owes_param_grads();
+  // Training mode's input gradient needs the sums too.
+  if (owes || (was_training_ && need_dx)) {
+    ops::bn_backward_sums(dy, x_, view_, xhat_mean(), xhat_var(), epsilon_, grad_sums());
+    if (owes) set_param_grads(sums_);
+  }
+  if (!need_dx) return Tensor();
+  Tensor dx = dx_buf_.get(dy.shape(), dy);
   if (!was_training_) {
-    // Inference mode normalises with the moving statistics; a trainable layer still owes gamma and
-    // beta their gradients (dbeta = Σdy, dgamma = Σdy·x̂ with x̂ from the moving statistics).
-    Weight* gamma = weight("gamma");
-    Weight* beta = weight("beta");
-    if (trainable_ && (gamma || beta)) {
-      if (!sums_.defined() || sums_.device() != dy.device())
-        sums_ = Tensor({2 * view_.channels}, dy.device(), DType::F64);
-      ops::bn_backward_sums(dy, x_, view_, g("moving_mean"), g("moving_variance"), epsilon_, sums_);
-      ops::bn_param_grads(sums_, gamma ? gamma->grad : Tensor(), beta ? beta->grad : Tensor());
-    }
-    if (!need_dx) return Tensor();
-    Tensor dx = dx_buf_.get(dy.shape(), dy);
     ops::bn_backward_inference(dy, view_, g("moving_variance"), g("gamma"), epsilon_, dx);
     return dx;
   }
-  ops::bn_backward_sums(dy, x_, view_, mean_, var_, epsilon_, sums_);
-  Weight* gamma = weight("gamma");
-  Weight* beta = weight("beta");
-  ops::bn_param_grads(sums_, gamma ? gamma->grad : Tensor(), beta ? beta->grad : Tensor());
-  if (!need_dx) return Tensor();
   if (sync_ && ctx.all_reduce_sum) ctx.all_reduce_sum(sums_);
-  Tensor dx = dx_buf_.get(dy.shape(), dy);
   ops::bn_backward_apply(dy, x_, view_, mean_, var_, g("gamma"), epsilon_, sums_, stats_count_, dx);
   return dx;
 }
 
 bool BatchNormalization::normalized_output(NormalizedOutput* out) {
-  Weight* gamma = weight("gamma");
-  Weight* beta = weight("beta");
-  if (!trainable_ || !(gamma || beta) || !x_.defined()) return false;
-  if (!sums_.defined() || sums_.device() != x_.device())
-    sums_ = Tensor({2 * view_.channels}, x_.device(), DType::F64);
-  out->x = x_;
-  out->view = view_;
-  out->mean = was_training_ ? mean_ : g("moving_mean");
-  out->var = was_training_ ? var_ : g("moving_variance");
-  out->gamma = g("gamma");
-  out->beta = g("beta");
-  out->eps = epsilon_;
-  out->sums = sums_;
+  if (!owes_param_grads() || !x_.defined()) return false;
+  *out = NormalizedOutput{x_, xhat_mean(), xhat_var(), g("gamma"), g("beta"), grad_sums(), view_, epsilon_};
   return true;
 }
-void BatchNormalization::backward_from_sums(const NormalizedOutput& n) {
-  Weight* gamma = weight("gamma");
-  Weight* beta = weight("beta");
-  ops::bn_param_grads(n.sums, gamma ? gamma->grad : Tensor(), beta ? beta->grad : Tensor());
-}
+void BatchNormalization::backward_from_sums(const NormalizedOutput& n) { set_param_grads(n.sums); }
 
 // ---- Dropout / AlphaDropout ------------------------------------------------------------------------
 Shape Dropout::build(const Shape& in) {

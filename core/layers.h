@@ -272,6 +272,11 @@ class BatchNormalization : public Layer {
   double stats_count_ = 0;
   Buffer y_buf_, dx_buf_;
   Tensor g(const std::string& n) { Weight* w = weight(n); return w ? w->value : Tensor(); }
+  Tensor xhat_mean();
+  Tensor xhat_var();
+  const Tensor& grad_sums();
+  bool owes_param_grads();
+  void set_param_grads(const Tensor& sums);
 };
 
 // Dropout (inverted scaling) and AlphaDropout; `mc` keeps them active at inference (MC dropout).

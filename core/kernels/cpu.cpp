@@ -652,19 +652,19 @@ void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, const
     gemm<T>(Cpu{}, true, false, nc, out, rows, T(1), xhat + c0, in, dz, out, T(0), dw + c0 * out, out);
     rowwise(nc, nc * out, [=](int64_t r) {
       const int64_t c = c0 + r;
-    const T* wr = w + c * out;
-    T* gr = dw + c * out;
-    const T gc = gamma ? gamma[c] : T(1);
-    const T bc = beta ? beta[c] : T(0);
-    double sdy = 0, sdyx = 0;
+      const T* wr = w + c * out;
+      T* gr = dw + c * out;
+      const T gc = gamma ? gamma[c] : T(1);
+      const T bc = beta ? beta[c] : T(0);
+      double sdy = 0, sdyx = 0;
 #pragma omp simd reduction(+ : sdy, sdyx)
-    for (int64_t j = 0; j < out; ++j) {
-      sdy += double(wr[j]) * double(s[j]);
-      sdyx += double(wr[j]) * double(gr[j]);
-      gr[j] = gc * gr[j] + bc * s[j];
-    }
-    sums[c] = sdy;
-    sums[in + c] = sdyx;
+      for (int64_t j = 0; j < out; ++j) {
+        sdy += double(wr[j]) * double(s[j]);
+        sdyx += double(wr[j]) * double(gr[j]);
+        gr[j] = gc * gr[j] + bc * s[j];
+      }
+      sums[c] = sdy;
+      sums[in + c] = sdyx;
     });
   }
 }
@@ -977,8 +977,8 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
                                      T, const double*, double, T*);                                            \
   template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*);          \
   template void bn_param_grads<T>(Cpu, const double*, int64_t, T*, T*);                                        \
-  template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, const T*, const T*, const T*, const T*, \
-                                          T*, int64_t, int64_t, double*);                                                            \
+  template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, const T*, const T*, const T*,      \
+                                          const T*, T*, int64_t, int64_t, double*);                            \
   template void softmax_xent_sparse<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                  \
   template void softmax_xent_dense<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                   \
   template void sigmoid_xent<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                         \
