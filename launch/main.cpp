@@ -168,6 +168,16 @@ int cmd_train(const std::vector<std::string>& args) {
   return r.preempted ? kExitPreempted : 0;
 }
 
+// The split `--split NAME` of evaluate and predict names, or a UserError naming the verb.
+std::shared_ptr<const data::Split> named_split(const Trainer& trainer, const std::string& split, const char* verb) {
+  const auto& ds = trainer.dataset();
+  std::shared_ptr<const data::Split> sp = split == "test" ? ds.test : split == "validation" ? ds.validation
+                                        : split == "train"                                 ? ds.train
+                                                                                           : nullptr;
+  if (!sp) throw UserError(str_cat(verb, ": split '", split, "' is not available (expected test, validation or train)"));
+  return sp;
+}
+
 int cmd_evaluate(const std::vector<std::string>& args) {
   int threads = 0;
   std::vector<std::string> sets;
@@ -190,11 +200,7 @@ int cmd_evaluate(const std::vector<std::string>& args) {
   Session s = start_session(run_file, sets, threads);
   Trainer trainer(s.run, run_file, *s.comm);
   trainer.load_weights(checkpoint);
-  const auto& ds = trainer.dataset();
-  std::shared_ptr<const data::Split> sp = split == "test" ? ds.test : split == "validation" ? ds.validation
-                                        : split == "train"                                 ? ds.train
-                                                                                           : nullptr;
-  if (!sp) throw UserError(str_cat("evaluate: split '", split, "' is not available (expected test, validation or train)"));
+  const std::shared_ptr<const data::Split> sp = named_split(trainer, split, "evaluate");
   auto v = trainer.evaluate(*sp, mc);
   if (s.comm->rank() == 0) {
     std::cout << split << " (" << sp->size() << " samples):";
@@ -229,11 +235,7 @@ int cmd_predict(const std::vector<std::string>& args) {
   Session s = start_session(run_file, sets, threads);
   Trainer trainer(s.run, run_file, *s.comm);
   trainer.load_weights(checkpoint);
-  const auto& ds = trainer.dataset();
-  std::shared_ptr<const data::Split> sp = split == "test" ? ds.test : split == "validation" ? ds.validation
-                                        : split == "train"                                 ? ds.train
-                                                                                           : nullptr;
-  if (!sp) throw UserError(str_cat("predict: split '", split, "' is not available (expected test, validation or train)"));
+  const std::shared_ptr<const data::Split> sp = named_split(trainer, split, "predict");
   Tensor mean, sd;
   trainer.predict(*sp, mc, &mean, &sd);
   if (s.comm->rank() == 0) {
