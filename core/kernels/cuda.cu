@@ -854,6 +854,12 @@ namespace {
 // Sparse labels: the kernels record the first sample whose label is not an integer in [0, k) and skip
 // it; the host reads that one flag after the kernel and throws the CPU's DataError.
 __device__ __forceinline__ bool label_ok(float y, int64_t k) { return y >= 0.0f && y < float(k) && y == floorf(y); }
+// Records sample r in `bad` (the lowest bad index wins) when its label is not a class; true to skip it.
+__device__ __forceinline__ bool reject_label(const float* y, int64_t r, int64_t k, unsigned long long* bad) {
+  if (label_ok(y[r], k)) return false;
+  atomicMin(bad, static_cast<unsigned long long>(r));
+  return true;
+}
 
 class LabelFlag {
  public:
@@ -884,10 +890,7 @@ void softmax_xent_sparse(Cuda, const float* z, const float* y, float* loss, floa
   each(
       rows,
       [=] __device__(int64_t r) {
-        if (!label_ok(y[r], k)) {
-          atomicMin(bad, static_cast<unsigned long long>(r));
-          return;
-        }
+        if (reject_label(y, r, k, bad)) return;
         const float* zr = z + r * k;
         const int64_t label = int64_t(y[r]);
         float m = zr[0];
@@ -951,10 +954,7 @@ void sparse_xent_probs(Cuda, const float* p, const float* y, float* loss, float*
   each(
       rows,
       [=] __device__(int64_t r) {
-        if (!label_ok(y[r], k)) {
-          atomicMin(bad, static_cast<unsigned long long>(r));
-          return;
-        }
+        if (reject_label(y, r, k, bad)) return;
         const float* pr = p + r * k;
         const int64_t label = int64_t(y[r]);
         float s = 0.0f;
