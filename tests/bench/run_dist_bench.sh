@@ -43,21 +43,11 @@ for r in $(seq "$rounds"); do
   done; done
 done
 
-/usr/bin/python3 - "$out" "$models" "$batches" <<'PY'
-import os, re, statistics, sys
+PYTHONPATH="$root/tests/bench" /usr/bin/python3 - "$out" "$models" "$batches" <<'PY'
+import statistics, sys
+from bench_rows import med, parse
 out, models, batches = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-def parse(path):
-    rows = []
-    if os.path.exists(path):
-        for line in open(path):
-            kv = dict(re.findall(r"(\w+)=([^\s]+)", line))
-            if kv: rows.append(kv)
-    return rows
 ls, pt, probe = parse(f"{out}/ls.txt"), parse(f"{out}/pt.txt"), parse(f"{out}/probe.txt")
-def med(rows, **want):
-    key = want.pop("key", "samples_per_sec")
-    v = [float(r[key]) for r in rows if all(str(r.get(k)) == str(x) for k, x in want.items()) and key in r]
-    return statistics.median(v) if v else None
 caps = [float(r["cores_equiv"]) for r in probe if "cores_equiv" in r]
 if caps:
     print(f"capacity probe (cores' worth for 2 busy threads): median {statistics.median(caps):.2f}, "

@@ -41,26 +41,15 @@ for r in $(seq "$rounds"); do
   done; done; done
 done
 
-/usr/bin/python3 - "$out" "$models" "$batches" "$threads_list" <<'PY'
-import os, re, statistics, sys
+PYTHONPATH="$root/tests/bench" /usr/bin/python3 - "$out" "$models" "$batches" "$threads_list" <<'PY'
+import sys
+from bench_rows import med, parse
 out, models, batches, threads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
-def parse(path):
-    rows = []
-    if os.path.exists(path):
-        for line in open(path):
-            kv = dict(re.findall(r"(\w+)=([^\s]+)", line))
-            if kv: rows.append(kv)
-    return rows
 ls, pt = parse(f"{out}/ls.txt"), parse(f"{out}/pt.txt")
-def med(rows, m, b, t, key="samples_per_sec"):
-    v = [float(r[key]) for r in rows if r.get("model") == m and str(r.get("batch", r.get("batch_size"))) == b
-         and str(r.get("threads")) == t and key in r]
-    return statistics.median(v) if v else None
+for r in ls + pt:
+    r.setdefault("batch", r.get("batch_size"))  # a peer's batch_size stands for batch
 def roof(m, b, t):
-    path = f"{out}/roof_{m}.txt"
-    if not os.path.exists(path): return None
-    for line in open(path):
-        kv = dict(re.findall(r"(\w+)=([^\s]+)", line))
+    for kv in parse(f"{out}/roof_{m}.txt"):
         if kv.get("batch") == b and kv.get("threads") == t:
             for k in ("bound_samples_per_sec", "samples_per_sec_bound", "bound"):
                 if k in kv: return float(kv[k])
@@ -71,7 +60,8 @@ print("|---|---|---|---|---|---|---|---|")
 for m in models:
     for b in batches:
         for t in threads:
-            a, p, r = med(ls, m, b, t), med(pt, m, b, t), roof(m, b, t)
+            a, p, r = (med(ls, model=m, batch=b, threads=t), med(pt, model=m, batch=b, threads=t),
+                       roof(m, b, t))
             f = lambda x: f"{x:,.0f}" if x else "-"
             print(f"| {m} | {b} | {t} | {f(a)} | {f(p)} | {a/p:.2f}x |" if a and p else f"| {m} | {b} | {t} | {f(a)} | {f(p)} | - |", end="")
             print(f" {f(r)} | {a/r:.0%} |" if a and r else f" {f(r)} | - |")
