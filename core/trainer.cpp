@@ -447,8 +447,8 @@ void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, dou
   if (comm_.size() > 1) ctx.all_reduce_sum = [this](const Tensor& t) { comm_.all_reduce(t); };
   Tensor out = model_->forward(b.x, ctx);
   const int64_t n = b.local_count;
-  per_sample_ = Tensor({n}, device_);
-  dout_ = out.empty_like(out.shape());
+  per_sample_ = per_sample_buf_.get({n}, device_, DType::F32);
+  dout_ = dout_buf_.get(out.shape(), out);
   // The gradient of the global mean loss: each sample weighs 1/global_batch on every rank.
   loss_->compute(out, b.y, per_sample_, dout_, 1.0 / double(std::max<int64_t>(b.global_count, 1)));
   sums[0] = n > 0 ? ops::sum(per_sample_) : 0.0;
@@ -456,9 +456,9 @@ void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, dou
   if (!metrics_.empty()) {
     Tensor pred = loss_->predictions(out);
     for (size_t i = 0; i < metrics_.size(); ++i) {
-      metric_buf_ = Tensor({n}, device_);
-      loss_->metric(metrics_[i], pred, b.y, metric_buf_);
-      sums[2 + i] = n > 0 ? ops::sum(metric_buf_) : 0.0;
+      Tensor per_sample_metric = metric_buf_.get({n}, device_, DType::F32);
+      loss_->metric(metrics_[i], pred, b.y, per_sample_metric);
+      sums[2 + i] = n > 0 ? ops::sum(per_sample_metric) : 0.0;
     }
   }
   if (bucketer_) {

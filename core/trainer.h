@@ -145,7 +145,8 @@ class Trainer {
   double ckpt_best_ = 0;
   int warning_signal_ = 0;
   // Step buffers (reused).
-  Tensor per_sample_, metric_buf_, dout_;
+  Buffer per_sample_buf_, metric_buf_, dout_buf_;  // reused across steps of one batch size
+  Tensor per_sample_, dout_;
   // Where the model, its step buffers and the staged batches live (`device:`, auto by default).
   Device device_ = Device::CPU;
   std::unique_ptr<BatchStager> stager_;
