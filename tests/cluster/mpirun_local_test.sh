@@ -28,9 +28,9 @@ trap '[ $failed = 1 ] && echo "work directory kept: $work" || rm -rf "$work"' EX
 
 case $TRAINER in
   fake) LOCKSTEP=$here/fake-lockstep.sh; RUN_FILE=$here/fake-run.yaml
-        ARGS=(--set train.steps=12 --set train.step_seconds=0.4); STOP_AFTER=2
+        ARGS=(--set train.steps=12 --set train.step_seconds=0.4 --set checkpoint.every_steps=2); STOP_AFTER=0.5
         RESUME_RE='resum(ing|ed) from .*\(step [1-9][0-9]*\)' ;;
-  real) LOCKSTEP=${LOCKSTEP:-$root/build/launch/lockstep}; RUN_FILE=$work/tiny-run.yaml; ARGS=(); STOP_AFTER=${STOP_AFTER:-4}
+  real) LOCKSTEP=${LOCKSTEP:-$root/build/launch/lockstep}; RUN_FILE=$work/tiny-run.yaml; ARGS=(); STOP_AFTER=${STOP_AFTER:-0.5}
         RESUME_RE='Resuming from .*global step [1-9]' 
         bash "$here/make-tiny-run.sh" "$LOCKSTEP" "$work" "$RUN_FILE" || { fail "could not prepare the tiny run"; exit 1; } ;;
   *) echo "TRAINER must be fake or real" >&2; exit 2 ;;
@@ -43,10 +43,22 @@ echo "localhost slots=2" >"$work/hosts"   # Open MPI starts local ranks for loca
 HOSTFILE=$work/hosts PER_NODE=2 RUN_DIR=$work/ref bash "$root/cluster/mpirun-hostfile.sh" "${ARGS[@]}"
 rc=$?; [ $rc = 0 ] || fail "uninterrupted run exited $rc"
 
-echo "== 2. mpirun-local.sh, kill -USR1 <mpirun> after ${STOP_AFTER}s"
+echo "== 2. mpirun-local.sh, kill -USR1 <mpirun> once its first checkpoint is written"
 NP=2 RUN_DIR=$work/run bash "$root/cluster/mpirun-local.sh" "${ARGS[@]}" &
 pid=$!
-sleep "$STOP_AFTER"; kill -USR1 $pid
+# A first complete checkpoint means the ranks are training with their signal handlers in place; a fixed
+# sleep could signal before start-up ends on a loaded machine, or after a fast run has finished.
+waited=0
+until ls "$work/run/checkpoints" 2>/dev/null | grep -qv '\.tmp$'; do
+  kill -0 $pid 2>/dev/null || break
+  [ "$waited" -ge $((TIMEOUT * 4)) ] && break
+  sleep 0.25; waited=$((waited + 1))
+done
+if kill -0 $pid 2>/dev/null; then
+  sleep "$STOP_AFTER"; kill -USR1 $pid
+else
+  fail "the run ended before it could be signalled (no checkpoint seen while it ran)"
+fi
 wait $pid; rc=$?
 [ $rc = 75 ] || fail "stopped run exited $rc, expected 75"
 
