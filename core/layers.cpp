@@ -199,7 +199,9 @@ Tensor Dense::forward(const Tensor& x, Context&) {
     y_ = z_;
     return z_.reshape(out);
   }
-  y_ = y_buf_.get({rows, units_}, x);
+  // When the backward pass needs only y, the activation overwrites z: one buffer less to stream.
+  y_ = act_ != ops::Activation::Softmax && !ops::activation_backward_needs_x(act_, alpha_) ? z_
+                                                                                          : y_buf_.get({rows, units_}, x);
   ops::activation_forward(act_, alpha_, z_, y_);
   return y_.reshape(out);
 }

@@ -159,21 +159,35 @@ void activation_forward(Activation act, double alpha, const Tensor& x, const Ten
     kernels::activation_forward(be, act, T(alpha), x.data<T>(), y.data<T>(), rows_of(x), cols_of(x));
   });
 }
-bool activation_backward_needs_x(Activation act) {
-  return !(act == Activation::Sigmoid || act == Activation::Tanh || act == Activation::Softmax ||
-           act == Activation::Linear);
+bool activation_backward_needs_x(Activation act, double alpha) {
+  switch (act) {
+    case Activation::Softplus:
+    case Activation::Softsign:
+    case Activation::Swish:
+      return true;
+    case Activation::LeakyRelu:
+    case Activation::Elu:
+      return alpha < 0;  // a negative slope or alpha makes y > 0 for some x < 0
+    default:
+      return false;
+  }
 }
 void activation_backward(Activation act, double alpha, const Tensor& x, const Tensor& y, const Tensor& dy,
                          const Tensor& dx) {
   same_numel(dy, dx, "activation_backward");
-  if (activation_backward_needs_x(act)) same_numel(x, dy, "activation_backward");
-  if (act != Activation::Linear && act != Activation::Relu && act != Activation::LeakyRelu &&
-      act != Activation::Softplus && act != Activation::Softsign && act != Activation::Swish)
-    same_numel(y, dy, "activation_backward");
+  const bool needs_x = activation_backward_needs_x(act, alpha);
+  // ReLU, leaky ReLU and ELU (slope/alpha >= 0) and SELU keep the sign: y > 0 exactly where x > 0, so their
+  // kernels' test on x reads y instead, and the layers may overwrite x with y (one buffer, one read less).
+  const bool sign_of_y = !needs_x && (act == Activation::Relu || act == Activation::LeakyRelu ||
+                                      act == Activation::Elu || act == Activation::Selu);
+  const bool needs_y = act != Activation::Linear && !(needs_x && act != Activation::Elu);
+  if (needs_x) same_numel(x, dy, "activation_backward");
+  if (needs_y) same_numel(y, dy, "activation_backward");
+  const Tensor& sign = sign_of_y ? y : x;
   dispatch(dy, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::activation_backward(be, act, T(alpha), opt<T>(x), opt<T>(y), dy.data<T>(), dx.data<T>(), rows_of(dy),
-                                 cols_of(dy));
+    kernels::activation_backward(be, act, T(alpha), opt<T>(sign), opt<T>(y), dy.data<T>(), dx.data<T>(),
+                                 rows_of(dy), cols_of(dy));
   });
 }
 

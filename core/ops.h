@@ -59,12 +59,13 @@ inline constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 inline constexpr double kSeluScale = 1.0507009873554804934193349852946;
 // y = f(x) elementwise (softmax: over the last axis). y may alias x.
 void activation_forward(Activation act, double alpha, const Tensor& x, const Tensor& y);
-// dx = f'(x) * dy (softmax: the Jacobian-vector product over the last axis). Kinds whose derivative
-// is a function of y (sigmoid, tanh, softmax) read y; the others read x. dx may alias dy.
+// dx = f'(x) * dy (softmax: the Jacobian-vector product over the last axis). Only softplus, softsign,
+// swish, and leaky ReLU / ELU with a negative alpha read x; every other kind reads only y (ReLU's family
+// and SELU: y > 0 exactly where x > 0). dx may alias dy.
 void activation_backward(Activation act, double alpha, const Tensor& x, const Tensor& y, const Tensor& dy,
                          const Tensor& dx);
 // Whether activation_backward needs x (else y suffices, so x may be overwritten in place).
-bool activation_backward_needs_x(Activation act);
+bool activation_backward_needs_x(Activation act, double alpha);
 
 // A per-sample broadcast of a parameter (PReLU's alpha with shared axes): element (b, i1..ik) of x
 // uses alpha[Σ coord_j * stride_j]; a shared axis has stride 0.

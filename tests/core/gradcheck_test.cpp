@@ -44,6 +44,18 @@ TEST(DenseGrad, RankThreeInputActsOnLastAxis) {
   expect_grads_ok(check_model_grads(*m, randn({2, 3, 5}, 13), training_ctx()));
 }
 
+// A Dense whose activation's backward needs only y overwrites its pre-activation with y; one whose
+// alpha is negative (y > 0 for some x < 0) keeps both. Zero alphas sit on the boundary.
+TEST(DenseGrad, ActivationsWithAlphaOnBothSidesOfZero) {
+  for (const char* act : {"{leaky_relu: {alpha: 0.2}}", "{leaky_relu: {alpha: 0.0}}", "{leaky_relu: {alpha: -0.2}}",
+                          "{elu: {alpha: 0.7}}", "{elu: {alpha: 0.0}}", "{elu: {alpha: -0.5}}"}) {
+    auto m = one_layer("[5]", str_cat("dense: {units: 4, activation: ", act,
+                                      ", bias_initializer: {random_normal: {stddev: 0.5}}}"));
+    m->init(2);
+    expect_grads_ok(check_model_grads(*m, randn({6, 5}, 12, 1.5), training_ctx()), true, act);
+  }
+}
+
 // ---- activation layers ---------------------------------------------------------------------------
 class ActivationGrad : public ::testing::TestWithParam<const char*> {};
 TEST_P(ActivationGrad, MatchesFiniteDifferences) {
@@ -56,7 +68,9 @@ INSTANTIATE_TEST_SUITE_P(AllActivations, ActivationGrad, ::testing::ValuesIn(kAc
 TEST(ActivationGrad, LayersWithAlpha) {
   for (const char* layer : {"leaky_relu: {}", "leaky_relu: {alpha: 0.05}", "elu: {}", "elu: {alpha: 0.7}", "relu: {}",
                             "softmax: {}", "activation: {activation: {leaky_relu: {alpha: 0.1}}}",
-                            "activation: {activation: {elu: {alpha: 2.0}}}"}) {
+                            "activation: {activation: {elu: {alpha: 2.0}}}",
+                            "activation: {activation: {leaky_relu: {alpha: -0.2}}}",
+                            "activation: {activation: {elu: {alpha: -0.5}}}"}) {
     auto m = one_layer("[7]", layer);
     m->init(5);
     expect_grads_ok(check_model_grads(*m, randn({5, 7}, 15, 1.5), training_ctx()), true, layer);
