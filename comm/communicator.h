@@ -133,6 +133,14 @@ class Communicator {
   virtual bool supports(Device device) const = 0;
   // Device communicators: order collectives on this stream (cudaStream_t as void*). No-op on CPU ones.
   virtual void set_stream(void* stream) { (void)stream; }
+  // Whether collectives on `device` launched together run one after another by themselves (NCCL's
+  // stream), so launching early costs nothing. When false (MPI), collectives in flight at once share
+  // the memory bandwidth and advance only inside test() calls, so callers do better to keep one in
+  // flight (GradientBucketer: BucketOptions::one_in_flight).
+  virtual bool queues_collectives(Device device) const {
+    (void)device;
+    return false;
+  }
 
   // Non-blocking collectives (the primitives; the blocking forms below wait on these).
   // all_reduce: in place; every rank ends with op over all ranks' buffers, element by element.

@@ -16,6 +16,7 @@ GradientBucketer::GradientBucketer(Communicator& comm, const Tensor& arena, std:
   LS_REQUIRE(options_.first_bucket_bytes > 0 && options_.bucket_cap_bytes > 0, UserError,
              "GradientBucketer: bucket sizes must be positive (first_bucket_bytes=", options_.first_bucket_bytes,
              ", bucket_cap_bytes=", options_.bucket_cap_bytes, ")");
+  one_in_flight_ = options_.one_in_flight && !comm_.queues_collectives(arena_.device());
   const int64_t n = arena_.numel();
   const int num = static_cast<int>(segments_.size());
   for (int i = 0; i < num; ++i) {
@@ -82,7 +83,8 @@ void GradientBucketer::mark_all_ready() {
 }
 
 void GradientBucketer::launch_ready_buckets() {
-  while (next_launch_ < static_cast<int>(buckets_.size()) && pending_[static_cast<size_t>(next_launch_)] == 0) {
+  while (next_launch_ < static_cast<int>(buckets_.size()) && pending_[static_cast<size_t>(next_launch_)] == 0 &&
+         (!one_in_flight_ || next_launch_ == first_unfinished_)) {
     const Bucket& b = buckets_[static_cast<size_t>(next_launch_)];
     work_[static_cast<size_t>(next_launch_)] = comm_.all_reduce_async(arena_.view(b.offset, {b.count}), ReduceOp::Sum);
     ++next_launch_;
@@ -90,26 +92,31 @@ void GradientBucketer::launch_ready_buckets() {
 }
 
 void GradientBucketer::drive_progress() {
-  while (first_unfinished_ < next_launch_ && work_[static_cast<size_t>(first_unfinished_)]->test())
+  while (first_unfinished_ < next_launch_ && work_[static_cast<size_t>(first_unfinished_)]->test()) {
     ++first_unfinished_;
+    launch_ready_buckets();
+  }
   // Later buckets progress too (test() on each is cheap and MPI may advance them independently).
   for (int b = first_unfinished_ + 1; b < next_launch_; ++b) work_[static_cast<size_t>(b)]->test();
 }
 
 void GradientBucketer::finish() {
-  if (next_launch_ < static_cast<int>(buckets_.size())) {
-    std::string missing;
-    int count = 0;
-    for (size_t i = 0; i < segments_.size(); ++i)
-      if (!ready_[i] && ++count <= 8) missing += (missing.empty() ? "" : ", ") + std::to_string(i);
-    LS_REQUIRE(count > 0, UserError, "GradientBucketer::finish: internal state: buckets unlaunched with all segments ready");
+  std::string missing;
+  int count = 0;
+  for (size_t i = 0; i < segments_.size(); ++i)
+    if (!ready_[i] && ++count <= 8) missing += (missing.empty() ? "" : ", ") + std::to_string(i);
+  if (count > 0) {
     throw UserError(str_cat("GradientBucketer::finish: ", count, " segment(s) never marked ready this step (", missing,
                             count > 8 ? ", ..." : "",
                             "): every listed segment needs a gradient each step; leave frozen parameters out of the "
                             "segment list"));
   }
+  while (first_unfinished_ < static_cast<int>(buckets_.size())) {
+    launch_ready_buckets();
+    work_[static_cast<size_t>(first_unfinished_)]->wait();
+    ++first_unfinished_;
+  }
   for (size_t b = 0; b < buckets_.size(); ++b) {
-    work_[b]->wait();
     if (options_.post_scale != 1.0) ops::scale(arena_.view(buckets_[b].offset, {buckets_[b].count}), options_.post_scale);
     work_[b].reset();
   }

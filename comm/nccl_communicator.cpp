@@ -175,6 +175,7 @@ class NcclCommunicator final : public Communicator {
   int local_size() const override { return boot_->local_size(); }
   std::string name() const override { return "nccl"; }
   bool supports(Device d) const override { return d == Device::CUDA || boot_->supports(d); }
+  bool queues_collectives(Device d) const override { return d == Device::CUDA; }
   void set_stream(void* stream) override {
     compute_ = stream ? static_cast<cudaStream_t>(stream) : static_cast<cudaStream_t>(lockstep::cuda::compute_stream());
   }

@@ -9,6 +9,8 @@
 //   ls-bucket GradientBucketer with default buckets over layer-like segments: mark_ready per segment
 //             in backward order, then finish()
 //   ls-spin   ls-bucket with a pure-spin wait policy (to price the sleep/yield back-off)
+//   ls-concur ls-bucket with every ready bucket in flight at once (BucketOptions::one_in_flight off)
+//   mpi-bucket MPI_Allreduce over ls-bucket's buckets, one after another (the reference for ls-bucket)
 //   skew      rank 0 busy for 1/5/20 ms before ls-bucket: back-off vs pure spin when waits are long
 // Methodology as in BASELINE.md §8: 2 warm-up calls; each repetition is barrier + k calls lasting
 // >= --min-ms, timed by the slowest rank; median and best over --reps, the paths interleaved. busbw = bytes/t * 2(p-1)/p.
@@ -111,24 +113,37 @@ int main(int argc, char** argv) {
                     t.best * 1e6, busbw(t.best), ref.best / t.best);
     };
     GradientBucketer bucketer(*comm, arena, layer_segments(n));
-    auto bucketed = [&] {
-      for (int s = static_cast<int>(bucketer.segments().size()) - 1; s >= 0; --s) bucketer.mark_ready(s);
-      bucketer.finish();
+    BucketOptions all_at_once;
+    all_at_once.one_in_flight = false;
+    GradientBucketer concurrent(*comm, arena, layer_segments(n), all_at_once);
+    auto run_buckets = [](GradientBucketer& b) {
+      for (int s = static_cast<int>(b.segments().size()) - 1; s >= 0; --s) b.mark_ready(s);
+      b.finish();
     };
+    auto bucketed = [&] { run_buckets(bucketer); };
     auto with_spin = [&] {
       set_wait_policy(spin);
       bucketed();
       set_wait_policy(def);
     };
+    // The reference for the bucketed path: bare MPI_Allreduce over the same buckets, one after another.
+    auto mpi_buckets = [&] {
+      for (const auto& b : bucketer.buckets())
+        MPI_Allreduce(MPI_IN_PLACE, a + b.offset, static_cast<int>(b.count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    };
     const std::vector<Timing> t = time_interleaved(
         {[&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); },
-         [&] { comm->all_reduce(arena); }, bucketed, with_spin},
+         [&] { comm->all_reduce(arena); }, bucketed, with_spin, mpi_buckets, [&] { run_buckets(concurrent); }},
         reps, min_ms);
     report("mpi", t[0], t[0]);
     report("ls-one", t[1], t[0]);
     report("ls-bucket", t[2], t[0]);
     report("ls-spin", t[3], t[0]);
-    if (rank == 0) std::printf("  (%zu buckets)\n", bucketer.buckets().size());
+    report("mpi-bucket", t[4], t[0]);
+    report("ls-concur", t[5], t[0]);
+    if (rank == 0)
+      std::printf("  (%zu buckets; ls-bucket against mpi-bucket: median %.2f, best %.2f)\n", bucketer.buckets().size(),
+                  t[4].median / t[2].median, t[4].best / t[2].best);
     // Skewed arrival: rank 0 computes for `skew` before joining, so the others wait past the spin
     // phase into yield/sleep. The difference to pure spin is the back-off's latency cost.
     if (n == 266610) {

@@ -290,6 +290,83 @@ TEST(GradientBucketer, LaunchesInBucketOrder) {
   EXPECT_EQ(c.launched() - before, 6);
 }
 
+// A communicator whose all-reduces complete only when the test says so, and which may claim to queue
+// collectives itself (as NCCL does on its stream).
+class HeldCommunicator : public Communicator {
+ public:
+  explicit HeldCommunicator(bool queues) : queues_(queues) {}
+  struct Held {
+    bool done = false;
+  };
+  class HeldWork : public Work {
+   public:
+    explicit HeldWork(std::shared_ptr<Held> h) : h_(std::move(h)) {}
+    bool test() override { return h_->done; }
+    void wait(std::chrono::milliseconds) override { h_->done = true; }
+    std::string description() const override { return "held all_reduce"; }
+
+   protected:
+    std::chrono::milliseconds default_timeout() const override { return std::chrono::milliseconds(1000); }
+
+   private:
+    std::shared_ptr<Held> h_;
+  };
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  int local_rank() const override { return 0; }
+  int local_size() const override { return 2; }
+  std::string name() const override { return "held"; }
+  bool supports(Device) const override { return true; }
+  bool queues_collectives(Device) const override { return queues_; }
+  std::unique_ptr<Work> all_reduce_async(Buffer, ReduceOp) override {
+    held.push_back(std::make_shared<Held>());
+    return std::make_unique<HeldWork>(held.back());
+  }
+  std::unique_ptr<Work> broadcast_async(Buffer, int) override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
+  std::unique_ptr<Work> all_gather_async(Buffer, Buffer) override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
+  std::unique_ptr<Work> barrier_async() override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
+  [[noreturn]] void abort(int, const std::string& m) override { throw CommError(m); }
+  int in_flight() const {
+    int n = 0;
+    for (const auto& h : held) n += !h->done;
+    return n;
+  }
+  std::vector<std::shared_ptr<Held>> held;
+
+ private:
+  bool queues_;
+};
+
+TEST(GradientBucketer, KeepsOneBucketInFlightUnlessTheTransportQueues) {
+  BucketOptions o;
+  o.first_bucket_bytes = 40;
+  o.bucket_cap_bytes = 40;
+  for (bool queues : {false, true})
+    for (bool one : {true, false}) {
+      SCOPED_TRACE(str_cat("queues_collectives=", queues, " one_in_flight=", one));
+      const bool serial = one && !queues;
+      HeldCommunicator c(queues);
+      Tensor arena = Tensor::zeros({30});
+      o.one_in_flight = one;
+      GradientBucketer b(c, arena, contiguous({10, 10, 10}), o);  // buckets {2}, {1}, {0}
+      b.mark_ready(2);
+      b.mark_ready(1);
+      EXPECT_EQ(b.launched(), serial ? 1 : 2);
+      EXPECT_EQ(c.in_flight(), serial ? 1 : 2);
+      c.held[0]->done = true;  // the first completes: the next mark_ready launches what is ready
+      b.mark_ready(0);
+      EXPECT_EQ(b.launched(), serial ? 2 : 3);
+      EXPECT_EQ(c.in_flight(), serial ? 1 : 2);
+      b.finish();  // launches the rest, in order, and waits for each
+      EXPECT_EQ(c.held.size(), 3u);
+      EXPECT_EQ(c.in_flight(), 0);
+      b.mark_all_ready();  // the next step starts clean
+      EXPECT_EQ(b.launched(), serial ? 1 : 3);
+      b.finish();
+      EXPECT_EQ(c.held.size(), 6u);
+    }
+}
+
 TEST(GradientBucketer, FinishNamesMissingSegments) {
   LocalCommunicator c;
   Tensor arena = Tensor::zeros({100});
