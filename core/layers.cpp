@@ -200,8 +200,7 @@ Tensor Dense::forward(const Tensor& x, Context&) {
     return z_.reshape(out);
   }
   // When the backward pass needs only y, the activation overwrites z: one buffer less to stream.
-  y_ = act_ != ops::Activation::Softmax && !ops::activation_backward_needs_x(act_, alpha_) ? z_
-                                                                                          : y_buf_.get({rows, units_}, x);
+  y_ = ops::activation_backward_needs_x(act_, alpha_) ? y_buf_.get({rows, units_}, x) : z_;
   ops::activation_forward(act_, alpha_, z_, y_);
   return y_.reshape(out);
 }

@@ -180,7 +180,8 @@ void activation_backward(Activation act, double alpha, const Tensor& x, const Te
   // kernels' test on x reads y instead, and the layers may overwrite x with y (one buffer, one read less).
   const bool sign_of_y = !needs_x && (act == Activation::Relu || act == Activation::LeakyRelu ||
                                       act == Activation::Elu || act == Activation::Selu);
-  const bool needs_y = act != Activation::Linear && !(needs_x && act != Activation::Elu);
+  const bool needs_y = sign_of_y || act == Activation::Sigmoid || act == Activation::Tanh ||
+                       act == Activation::Softmax || act == Activation::Elu || act == Activation::Selu;
   if (needs_x) same_numel(x, dy, "activation_backward");
   if (needs_y) same_numel(y, dy, "activation_backward");
   const Tensor& sign = sign_of_y ? y : x;
