@@ -1,6 +1,7 @@
 #include "comm/gradient_bucketer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <numeric>
 
@@ -83,19 +84,29 @@ void GradientBucketer::mark_all_ready() {
 }
 
 void GradientBucketer::launch_ready_buckets() {
-  while (next_launch_ < static_cast<int>(buckets_.size()) && pending_[static_cast<size_t>(next_launch_)] == 0 &&
-         (!one_in_flight_ || next_launch_ == first_unfinished_)) {
+  while (next_launch_ < static_cast<int>(buckets_.size()) && pending_[static_cast<size_t>(next_launch_)] == 0) {
+    // One in flight: the bucket before is waited for HERE, where the bucket becomes ready, which is
+    // the same place in the sequence of collectives on every rank. Launching it later, once some
+    // test() happened to see its predecessor complete, would put it before a sync-BN all-reduce of the
+    // backward pass on one rank and after it on another (the ordering contract: communicator.h).
+    if (one_in_flight_)
+      while (first_unfinished_ < next_launch_) wait_for(first_unfinished_);
     const Bucket& b = buckets_[static_cast<size_t>(next_launch_)];
     work_[static_cast<size_t>(next_launch_)] = comm_.all_reduce_async(arena_.view(b.offset, {b.count}), ReduceOp::Sum);
     ++next_launch_;
   }
 }
 
+void GradientBucketer::wait_for(int bucket) {
+  const auto t0 = std::chrono::steady_clock::now();
+  work_[static_cast<size_t>(bucket)]->wait();
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++first_unfinished_;
+}
+
 void GradientBucketer::drive_progress() {
-  while (first_unfinished_ < next_launch_ && work_[static_cast<size_t>(first_unfinished_)]->test()) {
-    ++first_unfinished_;
-    launch_ready_buckets();
-  }
+  // Completion seen here never launches anything (launch_ready_buckets says why).
+  while (first_unfinished_ < next_launch_ && work_[static_cast<size_t>(first_unfinished_)]->test()) ++first_unfinished_;
   // Later buckets progress too (test() on each is cheap and MPI may advance them independently).
   for (int b = first_unfinished_ + 1; b < next_launch_; ++b) work_[static_cast<size_t>(b)]->test();
 }
@@ -111,11 +122,8 @@ void GradientBucketer::finish() {
                             "): every listed segment needs a gradient each step; leave frozen parameters out of the "
                             "segment list"));
   }
-  while (first_unfinished_ < static_cast<int>(buckets_.size())) {
-    launch_ready_buckets();
-    work_[static_cast<size_t>(first_unfinished_)]->wait();
-    ++first_unfinished_;
-  }
+  launch_ready_buckets();
+  while (first_unfinished_ < static_cast<int>(buckets_.size())) wait_for(first_unfinished_);
   for (size_t b = 0; b < buckets_.size(); ++b) {
     if (options_.post_scale != 1.0) ops::scale(arena_.view(buckets_[b].offset, {buckets_[b].count}), options_.post_scale);
     work_[b].reset();

@@ -16,13 +16,16 @@
 // PER STEP
 //   The trainer calls `mark_ready(i)` as the backward pass finishes segment i's gradient, then
 //   `finish()` before the optimizer reads the gradients. A bucket's in-place SUM all-reduce is
-//   launched as soon as all its segments are ready AND all earlier buckets have been launched (and,
-//   with `one_in_flight`, have completed), so every rank launches the buckets in the same order
-//   whatever order mark_ready comes in (the ordering contract of communicator.h). Each mark_ready also
-//   calls test() on the outstanding work (MPI progresses only inside MPI calls) and launches the next
-//   bucket when the one in flight has completed. finish() requires every listed segment to have been
-//   marked ready (else it throws); it launches and waits for the remaining buckets in order (with the
-//   communicator's watchdog), applies the optional post-scale, and resets for the next step.
+//   launched by the mark_ready that makes all its segments ready, once all earlier buckets have been
+//   launched, so every rank launches the buckets in the same order and at the same places among the
+//   other collectives of the backward pass (sync BN's), whatever order mark_ready comes in (the
+//   ordering contract of communicator.h). With `one_in_flight`, that mark_ready first WAITS for the
+//   bucket in flight: launching only once some test() happened to see it complete would make the
+//   launch's place in the sequence depend on timing, different on each rank. Each mark_ready also
+//   calls test() on the outstanding work (MPI progresses only inside MPI calls). finish() requires
+//   every listed segment to have been marked ready (else it throws); it launches and waits for the
+//   remaining buckets in order (with the communicator's watchdog), applies the optional post-scale,
+//   and resets for the next step.
 //
 // SCALING
 //   The trainer scales the loss gradient by 1/global_batch on every rank, so the SUM over ranks IS the
@@ -58,9 +61,9 @@ struct BucketOptions {
 
   int64_t first_bucket_bytes = kDefaultFirstBucketBytes;
   int64_t bucket_cap_bytes = kDefaultBucketCapBytes;
-  // Launch a ready bucket only once the one before it has completed, unless the communicator queues
-  // collectives itself (Communicator::queues_collectives). Over MPI on 2 ranks here, buckets in flight
-  // at once reached 0.76-0.78 of one MPI_Allreduce's bus bandwidth, one at a time 0.81-0.97 (0.98-1.00
+  // Keep one bucket in flight (a bucket that becomes ready waits for the one before it), unless the
+  // communicator queues collectives itself (Communicator::queues_collectives). Over MPI on 2 ranks
+  // here, buckets in flight at once reached 0.76-0.78 of one MPI_Allreduce's bus bandwidth, one at a time 0.81-0.97 (0.98-1.00
   // of MPI_Allreduce over the same buckets): tests/bench/allreduce_bench.cpp.
   bool one_in_flight = true;
   double post_scale = 1.0;  // multiply the reduced gradients by this (1: leave the SUM)
@@ -96,10 +99,13 @@ class GradientBucketer {
   const BucketOptions& options() const { return options_; }
   // Buckets launched in the current step.
   int launched() const { return next_launch_; }
+  // Seconds spent blocked on all-reduces (mark_ready and finish), summed over every step so far.
+  double wait_seconds() const { return wait_seconds_; }
 
  private:
   void launch_ready_buckets();
   void drive_progress();
+  void wait_for(int bucket);  // the first unfinished one
 
   Communicator& comm_;
   Tensor arena_;
@@ -113,6 +119,7 @@ class GradientBucketer {
   std::vector<std::unique_ptr<Work>> work_;  // bucket -> its all-reduce (null until launched)
   int next_launch_ = 0;
   int first_unfinished_ = 0;      // buckets before it have completed (test() returned true)
+  double wait_seconds_ = 0.0;
 };
 
 }  // namespace lockstep::comm

@@ -290,11 +290,13 @@ TEST(GradientBucketer, LaunchesInBucketOrder) {
   EXPECT_EQ(c.launched() - before, 6);
 }
 
-// A communicator whose all-reduces complete only when the test says so, and which may claim to queue
-// collectives itself (as NCCL does on its stream).
+// A communicator whose all-reduces complete only when the test says so (or at once with
+// `complete_at_once`), which may claim to queue collectives itself (as NCCL does on its stream), and
+// which logs the sequence of collectives: "ar<count>" for an all-reduce, "barrier".
 class HeldCommunicator : public Communicator {
  public:
-  explicit HeldCommunicator(bool queues) : queues_(queues) {}
+  explicit HeldCommunicator(bool queues, bool complete_at_once = false)
+      : queues_(queues), at_once_(complete_at_once) {}
   struct Held {
     bool done = false;
   };
@@ -318,13 +320,16 @@ class HeldCommunicator : public Communicator {
   std::string name() const override { return "held"; }
   bool supports(Device) const override { return true; }
   bool queues_collectives(Device) const override { return queues_; }
-  std::unique_ptr<Work> all_reduce_async(Buffer, ReduceOp) override {
-    held.push_back(std::make_shared<Held>());
-    return std::make_unique<HeldWork>(held.back());
+  std::unique_ptr<Work> all_reduce_async(Buffer b, ReduceOp) override {
+    log.push_back(str_cat("ar", b.count));
+    return hold();
   }
-  std::unique_ptr<Work> broadcast_async(Buffer, int) override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
-  std::unique_ptr<Work> all_gather_async(Buffer, Buffer) override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
-  std::unique_ptr<Work> barrier_async() override { return all_reduce_async(Buffer{}, ReduceOp::Sum); }
+  std::unique_ptr<Work> broadcast_async(Buffer, int) override { return hold(); }
+  std::unique_ptr<Work> all_gather_async(Buffer, Buffer) override { return hold(); }
+  std::unique_ptr<Work> barrier_async() override {
+    log.push_back("barrier");
+    return hold();
+  }
   [[noreturn]] void abort(int, const std::string& m) override { throw CommError(m); }
   int in_flight() const {
     int n = 0;
@@ -332,9 +337,15 @@ class HeldCommunicator : public Communicator {
     return n;
   }
   std::vector<std::shared_ptr<Held>> held;
+  std::vector<std::string> log;
 
  private:
-  bool queues_;
+  std::unique_ptr<Work> hold() {
+    held.push_back(std::make_shared<Held>());
+    held.back()->done = at_once_;
+    return std::make_unique<HeldWork>(held.back());
+  }
+  bool queues_, at_once_;
 };
 
 TEST(GradientBucketer, KeepsOneBucketInFlightUnlessTheTransportQueues) {
@@ -350,21 +361,49 @@ TEST(GradientBucketer, KeepsOneBucketInFlightUnlessTheTransportQueues) {
       o.one_in_flight = one;
       GradientBucketer b(c, arena, contiguous({10, 10, 10}), o);  // buckets {2}, {1}, {0}
       b.mark_ready(2);
-      b.mark_ready(1);
-      EXPECT_EQ(b.launched(), serial ? 1 : 2);
+      EXPECT_EQ(b.launched(), 1);
+      b.mark_ready(1);  // ready: launched here, after waiting for the first when serial
+      EXPECT_EQ(b.launched(), 2);
       EXPECT_EQ(c.in_flight(), serial ? 1 : 2);
-      c.held[0]->done = true;  // the first completes: the next mark_ready launches what is ready
       b.mark_ready(0);
-      EXPECT_EQ(b.launched(), serial ? 2 : 3);
-      EXPECT_EQ(c.in_flight(), serial ? 1 : 2);
-      b.finish();  // launches the rest, in order, and waits for each
+      EXPECT_EQ(b.launched(), 3);
+      EXPECT_EQ(c.in_flight(), serial ? 1 : 3);
+      b.finish();  // waits for the rest, in order
       EXPECT_EQ(c.held.size(), 3u);
       EXPECT_EQ(c.in_flight(), 0);
       b.mark_all_ready();  // the next step starts clean
-      EXPECT_EQ(b.launched(), serial ? 1 : 3);
+      EXPECT_EQ(b.launched(), 3);
       b.finish();
       EXPECT_EQ(c.held.size(), 6u);
     }
+}
+
+// The ordering contract under sync BN: the backward pass issues its own all-reduces between the
+// buckets', so a bucket's place in the sequence of collectives must not depend on how fast the one
+// before it completes (which differs between ranks). Here the sequence is the same whether every
+// all-reduce completes at once or only when waited for.
+TEST(GradientBucketer, LaunchesAtTheSamePlaceWhateverTheTiming) {
+  BucketOptions o;
+  o.first_bucket_bytes = 40;
+  o.bucket_cap_bytes = 40;
+  for (bool one : {true, false}) {
+    std::vector<std::string> logs[2];
+    for (bool fast : {false, true}) {
+      SCOPED_TRACE(str_cat("one_in_flight=", one, " complete_at_once=", fast));
+      HeldCommunicator c(false, fast);
+      Tensor arena = Tensor::zeros({60});
+      o.one_in_flight = one;
+      GradientBucketer b(c, arena, contiguous({10, 20, 30}), o);  // buckets {2}, {1}, {0}
+      for (int s : {2, 1, 0}) {
+        b.mark_ready(s);
+        c.barrier();  // sync BN's all-reduce in the layer below
+      }
+      b.finish();
+      logs[fast] = c.log;
+    }
+    EXPECT_EQ(logs[0], logs[1]) << "one_in_flight=" << one;
+    EXPECT_EQ(logs[0], (std::vector<std::string>{"ar30", "barrier", "ar20", "barrier", "ar10", "barrier"}));
+  }
 }
 
 TEST(GradientBucketer, FinishNamesMissingSegments) {

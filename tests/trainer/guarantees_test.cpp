@@ -129,6 +129,7 @@ struct RunSpec {
   int epochs = 4;
   int limit = 256;
   std::string checkpoint = "{every_epochs: 1}";
+  std::string distributed = "{check_every_steps: 1}";
 };
 
 std::string write_run(const std::string& path, const RunSpec& s) {
@@ -143,7 +144,7 @@ std::string write_run(const std::string& path, const RunSpec& s) {
     << "loss: sparse_categorical_crossentropy\nmetrics: [accuracy]\n"
     << "optimizer: " << s.optimizer << "\n"
     << s.more << "train: {epochs: " << s.epochs << ", batch_size: 32, verbose: 2}\n"
-    << "distributed: {check_every_steps: 1}\n"
+    << "distributed: " << s.distributed << "\n"
     << "checkpoint: " << s.checkpoint << "\n";
   return path;
 }
@@ -287,7 +288,7 @@ std::string sig_env(int rank, int64_t step, int sig) {
 
 // 1, 2 and 4 ranks: same final weights and BN moving statistics (relative 1e-5), replicas compared
 // every step (check_every_steps: 1 makes the trainer fail otherwise).
-void equivalence(const RunSpec& spec, const char* label) {
+void equivalence(const RunSpec& spec, const char* label, int bn_layers = 1) {
   Tmp t;
   const std::string run = write_run(t / "run.yaml", spec);
   Res r1 = train(run, t / "np1", 0);
@@ -310,11 +311,24 @@ void equivalence(const RunSpec& spec, const char* label) {
         for (float x : v) moved |= x != 0.0f && x != 1.0f;
         EXPECT_TRUE(moved) << n << " never updated";
       }
-    EXPECT_EQ(bn, 2) << "BN moving statistics not found in final.h5";
+    EXPECT_EQ(bn, 2 * bn_layers) << "BN moving statistics not found in final.h5";
   }
 }
 
 TEST(Equiv, SgdMomentumBatchNorm1vs2vs4) { equivalence(RunSpec{}, "sgd+momentum+BN"); }
+
+// Buckets of one weight each, launched between the all-reduces of sync BN's backward pass: every rank
+// must launch them at the same places in the sequence of collectives, however fast each one's
+// all-reduces complete (the ordering contract, comm/communicator.h). Launching the next bucket the
+// moment a test() saw the previous one complete broke it: MPI_ERR_TRUNCATE or mismatched sums.
+TEST(Equiv, SmallBucketsBetweenSyncBatchNorms1vs2vs4) {
+  RunSpec s;
+  s.extra_layers = "    - dense: {units: 16, use_bias: false}\n    - batch_normalization: {}\n    - relu: {}\n"
+                   "    - dense: {units: 16, use_bias: false}\n    - batch_normalization: {}\n    - relu: {}\n";
+  s.distributed = "{check_every_steps: 1, bucket_mb: 0.0001, first_bucket_mb: 0.0001}";
+  s.epochs = 6;
+  equivalence(s, "one bucket per weight, 3 sync BN", 3);
+}
 
 TEST(Equiv, GlobalClipnormThatClips1vs2vs4) {
   RunSpec s;
