@@ -381,7 +381,7 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   // Replicas start identical: rank 0's weights everywhere (they already are, being a pure function of
   // the seed and the files; the broadcast makes it true whatever happened).
   comm_.broadcast(model_->weights_arena(), 0);
-  rebuild_bucketer();
+  update_ = std::make_unique<UpdateStep>(*model_, comm_, bucket_options_);
 }
 
 Trainer::~Trainer() = default;
@@ -410,7 +410,7 @@ void Trainer::load_weights(const std::string& checkpoint) {
 void Trainer::set_frozen(bool frozen) {
   for (int i : transferred_) model_->layer(i).set_trainable(!frozen);
   frozen_ = frozen;
-  rebuild_bucketer();
+  if (update_) update_->rebuild();
 }
 
 void Trainer::new_optimizer(double learning_rate) {
@@ -418,21 +418,6 @@ void Trainer::new_optimizer(double learning_rate) {
   optimizer_ = Optimizer::from_config(run_["optimizer"]);
   optimizer_->set_learning_rate(learning_rate);
   optimizer_->bind(*model_);
-}
-
-void Trainer::rebuild_bucketer() {
-  bucketer_.reset();
-  segments_of_layer_.assign(model_->layers().size(), {});
-  if (comm_.size() == 1) return;
-  // Buckets over the trainable weights' gradients, reduced as backward produces them; frozen layers
-  // send nothing.
-  std::vector<comm::GradientSegment> segs;
-  for (const WeightRef& r : model_->trainable_weights()) {
-    segments_of_layer_[size_t(r.layer)].push_back(int(segs.size()));
-    segs.push_back({r.grad_offset, r.weight->value.numel()});
-  }
-  if (!segs.empty())
-    bucketer_ = std::make_unique<comm::GradientBucketer>(comm_, model_->grads_arena(), segs, bucket_options_);
 }
 
 // ---- one step ------------------------------------------------------------------------------------
@@ -461,18 +446,7 @@ void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, dou
       sums[2 + i] = n > 0 ? ops::sum(per_sample_metric) : 0.0;
     }
   }
-  if (bucketer_) {
-    model_->backward(dout_, ctx, [&](int layer) {
-      for (int s : segments_of_layer_[size_t(layer)]) bucketer_->mark_ready(s);
-    });
-    bucketer_->finish();
-  } else {
-    model_->backward(dout_, ctx);
-  }
-  // Identical on every rank from here: the same averaged gradients and the same weights.
-  model_->add_regularization_grads();
-  optimizer_->apply(*model_);
-  model_->apply_constraints();
+  update_->run(dout_, ctx, *optimizer_);
 }
 
 // ---- evaluation and prediction ---------------------------------------------------------------------

@@ -4,7 +4,8 @@
 // gradient scaled by 1/global_batch (so a SUM all-reduce yields the global mean gradient, exact even
 // when ranks hold unequal shares); backward, with each layer's gradients handed to the bucketer as
 // soon as they are assigned (non-blocking all-reduces overlap the rest of the backward pass); then,
-// identically on every rank: l1/l2 gradients, clipping, the optimizer update, max-norm constraints.
+// identically on every rank: l1/l2 gradients, clipping, the optimizer update, max-norm constraints
+// (core/update_step.h, which the step benchmark runs too).
 // Every replica therefore holds the same weights after every step; a periodic checksum comparison
 // (distributed.check_every_steps) stops a run whose replicas diverged.
 //
@@ -31,6 +32,7 @@
 #include "core/model.h"
 #include "core/optimizers.h"
 #include "core/schedules.h"
+#include "core/update_step.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 
@@ -99,7 +101,6 @@ class Trainer {
  private:
   struct Resume;
   void train_step(const data::Batch& b, int64_t global_step, double* sums);
-  void rebuild_bucketer();
   void set_frozen(bool frozen);
   void new_optimizer(double learning_rate);
   // What every checkpoint and final.h5 hold: run file, optimizer slots and scalars, step, rate, seed, history.
@@ -128,8 +129,7 @@ class Trainer {
   std::unique_ptr<ReduceLROnPlateau> plateau_;
   // Gradient synchronisation.
   comm::BucketOptions bucket_options_;
-  std::unique_ptr<comm::GradientBucketer> bucketer_;
-  std::vector<std::vector<int>> segments_of_layer_;
+  std::unique_ptr<UpdateStep> update_;
   int64_t check_every_steps_ = 100;
   std::chrono::milliseconds step_timeout_{30'000};
   // Transfer learning: layers taken from a source model, frozen for the first freeze_epochs.

@@ -6,9 +6,9 @@
 //   train_step_bench --model a --batch-size 32 --threads 1 [--reps 5 --window-sec 0.3]
 //
 // Under mpirun (N ranks) --batch-size is the GLOBAL batch: each rank takes batch/N samples and the step
-// is the trainer's (core/trainer.cpp): sync BN over the communicator, gradients all-reduced in buckets
-// launched from the backward pass, then the update. Rank 0 prints global samples/s and the share of
-// the step spent waiting for the all-reduce (comm_wait_pct) after the backward pass ended.
+// is the trainer's (core/update_step.h): sync BN over the communicator, gradients all-reduced in
+// buckets launched from the backward pass, then the update. Rank 0 prints global samples/s and the
+// share of the step spent blocked waiting for the all-reduces (comm_wait_pct).
 //   mpirun -np 2 train_step_bench --model a --batch-size 256 --threads 1
 #include <algorithm>
 #include <time.h>
@@ -29,6 +29,7 @@
 #include "comm/gradient_bucketer.h"
 #include "core/ops.h"
 #include "core/optimizers.h"
+#include "core/update_step.h"
 
 using namespace lockstep;
 
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
     else if (k == "--window-sec") window = std::atof(v.c_str());
     else if (k == "--bucket-mb") bucket_opts.bucket_cap_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--first-bucket-mb") bucket_opts.first_bucket_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
+    else if (k == "--one-in-flight") bucket_opts.one_in_flight = std::atoi(v.c_str()) != 0;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -129,23 +131,14 @@ int main(int argc, char** argv) {
   ctx.training = true;
   ctx.global_batch = global_batch;
   if (world > 1) ctx.all_reduce_sum = [&](const Tensor& t) { comm->all_reduce(t); };
-  std::unique_ptr<comm::GradientBucketer> bucketer;
-  std::vector<std::vector<int>> of_layer(m->layers().size());
-  if (world > 1) {
-    std::vector<comm::GradientSegment> segs;
-    for (const WeightRef& r : m->trainable_weights()) {
-      of_layer[size_t(r.layer)].push_back(int(segs.size()));
-      segs.push_back({r.grad_offset, r.weight->value.numel()});
-    }
-    bucketer = std::make_unique<comm::GradientBucketer>(*comm, m->grads_arena(), segs, bucket_opts);
-  }
-  double wait_s = 0.0;
   // The peers' optimizers (mlp_models.py): SGD lr 1e-3 for a-c, Nadam lr 5e-5 (d) / 5e-4 (e).
   const char* opt_yaml = model == "d" ? "{name: nadam, learning_rate: 5.0e-5}"
                          : model == "e" ? "{name: nadam, learning_rate: 5.0e-4}"
                                         : "{name: sgd, learning_rate: 1.0e-3}";
   auto opt = Optimizer::from_config(load_config_string(opt_yaml, "bench-optimizer"));
   opt->bind(*m);
+  // The trainer's backward, all-reduce and update (core/update_step.h).
+  UpdateStep update(*m, *comm, bucket_opts);
   int64_t pos = int64_t(comm->rank()) * batch;
   auto step = [&]() {
     if (pos + batch > n) pos = int64_t(comm->rank()) * batch;
@@ -153,17 +146,7 @@ int main(int argc, char** argv) {
     pos += int64_t(batch) * world;
     Tensor out = m->forward(x, ctx);
     loss.compute(out, y, per_sample, dout, 1.0 / global_batch);
-    if (bucketer) {
-      m->backward(dout, ctx, [&](int layer) {
-        for (int sgm : of_layer[size_t(layer)]) bucketer->mark_ready(sgm);
-      });
-      const double w0 = now();
-      bucketer->finish();
-      wait_s += now() - w0;
-    } else {
-      m->backward(dout, ctx);
-    }
-    opt->apply(*m);
+    update.run(dout, ctx, *opt);
     ++ctx.step;
   };
   // warm-up: at least 10 steps and 0.3 s
@@ -176,7 +159,7 @@ int main(int argc, char** argv) {
   }
   std::vector<double> rates, cpu_rates;
   double total_s = 0.0;
-  wait_s = 0.0;
+  const double wait0 = update.comm_wait_seconds();
   for (int r = 0; r < reps; ++r) {
     // Every rank runs the same number of steps: rank 0 decides from its clock.
     double start = now(), cpu_start = cpu_now();
@@ -199,7 +182,7 @@ int main(int argc, char** argv) {
     std::printf("impl=lockstep model=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f max=%.0f step_ms=%.4f "
                 "comm_wait_pct=%.1f cpu_samples_per_sec=%.0f\n",
                 model.c_str(), global_batch, world, threads, rates[rates.size() / 2], rates.front(), rates.back(),
-                1e3 * global_batch / rates[rates.size() / 2], 100.0 * wait_s / std::max(total_s, 1e-9),
+                1e3 * global_batch / rates[rates.size() / 2], 100.0 * (update.comm_wait_seconds() - wait0) / std::max(total_s, 1e-9),
                 cpu_rates[cpu_rates.size() / 2]);
   return 0;
 }

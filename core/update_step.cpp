@@ -1,0 +1,41 @@
+#include "core/update_step.h"
+
+namespace lockstep {
+
+UpdateStep::UpdateStep(Model& model, comm::Communicator& comm, comm::BucketOptions options)
+    : model_(model), comm_(comm), options_(options) {
+  rebuild();
+}
+
+void UpdateStep::rebuild() {
+  bucketer_.reset();
+  of_layer_.assign(model_.layers().size(), {0, 0});
+  if (comm_.size() == 1) return;
+  // One segment per trainable weight; a layer's weights are adjacent in the list (layer order).
+  std::vector<comm::GradientSegment> segs;
+  for (const WeightRef& r : model_.trainable_weights()) {
+    auto& [first, count] = of_layer_[size_t(r.layer)];
+    if (count == 0) first = int(segs.size());
+    ++count;
+    segs.push_back({r.grad_offset, r.weight->value.numel()});
+  }
+  if (!segs.empty()) bucketer_ = std::make_unique<comm::GradientBucketer>(comm_, model_.grads_arena(), segs, options_);
+}
+
+void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
+  if (bucketer_) {
+    model_.backward(dout, ctx, [&](int layer) {
+      const auto [first, count] = of_layer_[size_t(layer)];
+      for (int s = first; s < first + count; ++s) bucketer_->mark_ready(s);
+    });
+    bucketer_->finish();
+  } else {
+    model_.backward(dout, ctx);
+  }
+  // Identical on every rank from here: the same averaged gradients and the same weights.
+  model_.add_regularization_grads();
+  opt.apply(model_);
+  model_.apply_constraints();
+}
+
+}  // namespace lockstep
