@@ -38,6 +38,10 @@ GradientBucketer::GradientBucketer(Communicator& comm, const Tensor& arena, std:
   }
 
   // Reverse layer order; a bucket grows downwards in the arena while segments stay adjacent.
+  auto same_group = [&](int i, int j) {
+    const int g = segments_[static_cast<size_t>(i)].group;
+    return g >= 0 && g == segments_[static_cast<size_t>(j)].group;
+  };
   bucket_of_.assign(static_cast<size_t>(num), -1);
   for (int i = num - 1; i >= 0; --i) {
     const GradientSegment& s = segments_[static_cast<size_t>(i)];
@@ -46,7 +50,13 @@ GradientBucketer::GradientBucketer(Communicator& comm, const Tensor& arena, std:
       const Bucket& b = buckets_.back();
       const int64_t limit = buckets_.size() == 1 ? options_.first_bucket_bytes : options_.bucket_cap_bytes;
       const bool adjacent = s.offset + s.count == b.offset;
-      const bool full = b.count * 4 >= limit || (b.count + s.count) * 4 > limit;
+      bool full = b.count * 4 >= limit || (b.count + s.count) * 4 > limit;
+      if (i == num - 1 || !same_group(i, i + 1)) {
+        // The first segment of a group: start the group in a new bucket unless this one holds it whole.
+        int64_t group = 0;
+        for (int j = i; j >= 0 && (j == i || same_group(j, j + 1)); --j) group += segments_[static_cast<size_t>(j)].count;
+        full = full || (b.count + group) * 4 > limit;
+      }
       start_new = !adjacent || full;
     }
     if (start_new) buckets_.push_back(Bucket{s.offset, 0, {}});

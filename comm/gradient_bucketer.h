@@ -10,7 +10,12 @@
 //     * a bucket holds adjacent segments only (a gap, e.g. a frozen parameter, closes it),
 //     * the first bucket closes once it reaches `first_bucket_bytes` (small, to start communicating
 //       early), later ones once they reach `bucket_cap_bytes`,
-//     * a segment is never split: one bigger than the cap gets a bucket of its own.
+//     * a segment is never split: one bigger than the cap gets a bucket of its own,
+//     * segments of one `group` (a layer's weights, made ready together) start a bucket together: a
+//       bucket that could not hold the whole group closes before it, instead of taking its first
+//       small segment (a bias) and then waiting for the group's backward pass too. (Model a's first
+//       bucket used to take the first layer's bias and so left only at the end of the backward pass;
+//       it now leaves before the first layer's weight gradient is computed.)
 //   The layout depends only on the segments and the options, so it is the same on every rank.
 //
 // PER STEP
@@ -49,6 +54,7 @@ namespace lockstep::comm {
 struct GradientSegment {
   int64_t offset = 0;  // elements from the start of the arena
   int64_t count = 0;   // elements
+  int group = -1;      // segments made ready together (a layer's) share one; -1: a group of its own
 };
 
 struct BucketOptions {

@@ -11,13 +11,13 @@ void UpdateStep::rebuild() {
   bucketer_.reset();
   of_layer_.assign(model_.layers().size(), {0, 0});
   if (comm_.size() == 1) return;
-  // One segment per trainable weight; a layer's weights are adjacent in the list (layer order).
+  // One segment per trainable weight, grouped by layer (made ready together); layer order.
   std::vector<comm::GradientSegment> segs;
   for (const WeightRef& r : model_.trainable_weights()) {
     auto& [first, count] = of_layer_[size_t(r.layer)];
     if (count == 0) first = int(segs.size());
     ++count;
-    segs.push_back({r.grad_offset, r.weight->value.numel()});
+    segs.push_back({r.grad_offset, r.weight->value.numel(), r.layer});
   }
   if (!segs.empty()) bucketer_ = std::make_unique<comm::GradientBucketer>(comm_, model_.grads_arena(), segs, options_);
 }

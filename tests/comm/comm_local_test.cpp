@@ -226,6 +226,36 @@ TEST(GradientBucketer, ReverseOrderAndCaps) {
   EXPECT_EQ(bk[3].count, 110);
 }
 
+// Model a's layout, kernel then bias per layer: 784x300 (+300), 300x100 (+100), 100x10 (+10). The first
+// bucket (1 MiB = 262,144 floats) holds the last two layers (31,110 floats) and could take the first
+// layer's bias too, but then it would wait for that layer's backward pass: grouped by layer, it stops
+// before it. Without groups it takes the bias.
+TEST(GradientBucketer, KeepsALayersWeightsTogether) {
+  LocalCommunicator c;
+  Tensor arena = Tensor::zeros({266610});
+  for (bool grouped : {true, false}) {
+    SCOPED_TRACE(str_cat("grouped=", grouped));
+    std::vector<GradientSegment> segs = contiguous({235200, 300, 30000, 100, 1000, 10});
+    if (grouped)
+      for (size_t i = 0; i < segs.size(); ++i) segs[i].group = int(i / 2);
+    GradientBucketer b(c, arena, segs, BucketOptions{});
+    const auto& bk = b.buckets();
+    ASSERT_EQ(bk.size(), 2u);
+    EXPECT_EQ(bk[0].segments, grouped ? (std::vector<int>{5, 4, 3, 2}) : (std::vector<int>{5, 4, 3, 2, 1}));
+    EXPECT_EQ(bk[1].segments, grouped ? (std::vector<int>{1, 0}) : (std::vector<int>{0}));
+  }
+  // A group larger than a bucket is split between its segments, never inside one.
+  BucketOptions small;
+  small.first_bucket_bytes = small.bucket_cap_bytes = 4 * 1000;
+  std::vector<GradientSegment> segs = contiguous({3000, 300, 500, 10});
+  for (size_t i = 0; i < segs.size(); ++i) segs[i].group = int(i / 2);  // {3000, 300}, {500, 10}
+  GradientBucketer b(c, arena, segs, small);
+  ASSERT_EQ(b.buckets().size(), 3u);
+  EXPECT_EQ(b.buckets()[0].segments, (std::vector<int>{3, 2}));
+  EXPECT_EQ(b.buckets()[1].segments, (std::vector<int>{1}));  // the group of 3,300 does not fit whole
+  EXPECT_EQ(b.buckets()[2].segments, (std::vector<int>{0}));
+}
+
 TEST(GradientBucketer, HugeSegmentAndGaps) {
   LocalCommunicator c;
   Tensor arena = Tensor::zeros({10000});
