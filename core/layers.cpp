@@ -151,6 +151,13 @@ Weight& Layer::declare(const std::string& name, Shape shape, const Initializer& 
   return weights_.back();
 }
 
+void Layer::backward_operands(std::vector<Touch>* out) const {
+  for (const Weight& w : weights_) {
+    out->push_back({&w.value, false});
+    if (trainable_ && w.grad.defined()) out->push_back({&w.grad, true});
+  }
+}
+
 void Layer::init_weights(uint64_t seed) {
   for (size_t i = 0; i < weights_.size(); ++i)
     initialize(weights_[i].init, weights_[i].value,
@@ -203,6 +210,15 @@ Tensor Dense::forward(const Tensor& x, Context&) {
   y_ = ops::activation_backward_needs_x(act_, alpha_) ? y_buf_.get({rows, units_}, x) : z_;
   ops::activation_forward(act_, alpha_, z_, y_);
   return y_.reshape(out);
+}
+
+void Dense::backward_operands(std::vector<Touch>* out) const {
+  Layer::backward_operands(out);
+  out->push_back({&x_, false});
+  out->push_back({&z_, false});
+  if (y_.raw() != z_.raw()) out->push_back({&y_, false});
+  out->push_back({&dz_buf_.storage(), true});
+  out->push_back({&dx_buf_.storage(), true});
 }
 
 Tensor Dense::pre_activation_grad(const Tensor& dy_in) {

@@ -67,6 +67,8 @@ class Buffer {
  public:
   Tensor get(const Shape& shape, const Tensor& like);
   Tensor get(const Shape& shape, Device device, DType dtype);
+  // The memory the next get() of the same size returns (undefined before the first).
+  const Tensor& storage() const { return storage_; }
 
  private:
   Tensor storage_;
@@ -116,6 +118,15 @@ class Layer {
   virtual void backward_from_sums(const NormalizedOutput&) {}
   virtual bool backward_to_normalized(const Tensor&, Context&, const NormalizedOutput&) { return false; }
 
+  // The memory this layer's next backward reads and writes, for the model to prefetch while the layer
+  // above computes its own (Model::backward). The base lists the weights (read) and the trainable ones'
+  // gradients (written); a layer adds what its forward saved and its buffers.
+  struct Touch {
+    const Tensor* tensor;
+    bool write;
+  };
+  virtual void backward_operands(std::vector<Touch>* out) const;
+
   void init_weights(uint64_t seed);
 
  protected:
@@ -162,6 +173,7 @@ class Dense : public Layer {
   bool backward_to_normalized(const Tensor& dy, Context& ctx, const NormalizedOutput& in) override;
   ops::Activation output_activation() const override { return act_; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
+  void backward_operands(std::vector<Touch>* out) const override;
 
  private:
   int64_t units_;

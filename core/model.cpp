@@ -138,6 +138,19 @@ Tensor Model::forward(const Tensor& x, Context& ctx) {
   return h;
 }
 
+void Model::prefetch_backward(int i) {
+  // Half of a 1 MiB L2: a layer with larger operands runs long products that stream their own
+  // operands, and prefetching it all would only evict what the layer above is computing with.
+  constexpr int64_t kBudget = int64_t(512) << 10;
+  touches_.clear();
+  layers_[size_t(i)]->backward_operands(&touches_);
+  int64_t bytes = 0;
+  for (const Layer::Touch& t : touches_)
+    if (t.tensor->defined()) bytes += t.tensor->numel() * dtype_size(t.tensor->dtype());
+  if (bytes > kBudget) return;
+  for (const Layer::Touch& t : touches_) ops::prefetch(*t.tensor, t.write);
+}
+
 void Model::backward(const Tensor& dout, Context& ctx, const std::function<void(int)>& on_layer_done) {
   // The first layer that needs an input gradient is the one after the earliest trainable weight.
   int first_needed = int(layers_.size());
@@ -163,6 +176,9 @@ void Model::backward(const Tensor& dout, Context& ctx, const std::function<void(
         return;
       }
     }
+    // The layer below's operands are cold by now (model c holds ~10 MB of weights, gradients and saved
+    // activations against a 1 MB L2): fetch them while this layer computes.
+    if (i > first_needed) prefetch_backward(i - 1);
     g = layers_[size_t(i)]->backward(g, ctx, i > first_needed);
     if (on_layer_done) on_layer_done(i);
   }

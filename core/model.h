@@ -75,6 +75,8 @@ class Model {
 
  private:
   void allocate();
+  // Prefetch what layer i's backward will touch (Layer::backward_operands) unless it is too big to stay.
+  void prefetch_backward(int i);
 
   Shape input_shape_;
   std::vector<std::unique_ptr<Layer>> layers_;
@@ -84,6 +86,7 @@ class Model {
   ops::Activation fused_ = ops::Activation::Linear;
   Tensor weights_, grads_;
   std::vector<WeightRef> refs_;
+  std::vector<Layer::Touch> touches_;  // prefetch_backward()'s scratch
 };
 
 // Keras's automatic layer name stem for a class: to_snake_case("LeakyReLU") == "leaky_re_lu".

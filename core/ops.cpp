@@ -120,6 +120,12 @@ bool all_finite(const Tensor& x) {
   return dispatch(x, [&](auto t, auto be) { using T = decltype(t); return kernels::all_finite(be, x.data<T>(), x.numel()); });
 }
 
+// ---- memory hints -----------------------------------------------------------------------------------
+void prefetch(const Tensor& x, bool for_write) {
+  if (!x.defined() || x.device() != Device::CPU) return;
+  kernels::prefetch(kernels::Cpu{}, x.raw(), x.numel() * dtype_size(x.dtype()), for_write);
+}
+
 // ---- products ------------------------------------------------------------------------------------
 void gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta, const Tensor& c) {
   same(a, b, "gemm");

@@ -164,6 +164,25 @@ template <typename T> bool all_finite(Cpu, const T* x, int64_t n) {
   return true;
 }
 
+// ---- memory hints ----------------------------------------------------------------------------------
+// One prefetch per 64-byte line; with write intent (PREFETCHW where the ISA has it) a written line
+// arrives owned. Model::backward prefetches the layer below's operands while a layer computes: by the
+// time the backward pass reaches a layer, its weights, gradients and saved activations have left the
+// caches (model c holds ~10 MB of them against a 1 MB L2), and its small products wait on them. In a
+// 100-layer chain of 32x100x100 products the weight gradient took 11-13 us against 6.7 us hot, dX
+// 13-15 us against 7.8; in model c's step at batch 32 a hidden layer's backward took 24-31 us without
+// and 17 us with the prefetch. Whole step, interleaved A/B, 1 thread: c at batch 32 +22% and +16%
+// (medians of 10 rounds), c 256 +1%, d 256 +3%, a, b, d and e at 32 and e at 256 within +-2%.
+// Prefetching the next layer's operands in the forward pass too gained nothing more (c +16%, d -1%).
+void prefetch(Cpu, const void* p, int64_t bytes, bool for_write) {
+  const char* c = static_cast<const char*>(p);
+  if (for_write) {
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 1, 3);
+  } else {
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+  }
+}
+
 // ---- products ----------------------------------------------------------------------------------------
 // Float products of the sizes the chapter's models have go to libxsmm's JIT kernels. OpenBLAS packs
 // both operands and zeroes C before every beta = 0 product, which at these sizes cost 12-19% of a

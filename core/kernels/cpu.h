@@ -25,6 +25,7 @@ template <typename T> double sum_squares(Cpu, const T* x, int64_t n);
 template <typename T> double sum_abs(Cpu, const T* x, int64_t n);
 template <typename T> double max_abs_diff(Cpu, const T* a, const T* b, int64_t n);
 template <typename T> bool all_finite(Cpu, const T* x, int64_t n);
+void prefetch(Cpu, const void* p, int64_t bytes, bool for_write);
 
 template <typename T>
 void gemm(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,

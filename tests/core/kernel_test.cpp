@@ -136,4 +136,19 @@ TEST(KernelGemm, FloatProductsOnBothPathsMatchADoubleReference) {
 }
 
 }  // namespace
+// A prefetch is a hint: for reading or writing, on views and both dtypes, it changes no value.
+TEST(KernelPrefetch, ChangesNothing) {
+  const Tensor f = ramp(1000, -3, 5), d = Tensor::from_vector({7}, std::vector<double>{1, 2, 3, 4, 5, 6, 7});
+  const std::vector<float> f0 = f.to_vector();
+  const std::vector<double> d0 = d.to_double_vector();
+  for (bool write : {false, true}) {
+    ops::prefetch(f, write);
+    ops::prefetch(f.view(17, {983}), write);  // to the very end of the block
+    ops::prefetch(d.view(3, {4}), write);
+    ops::prefetch(Tensor(), write);           // undefined: ignored
+  }
+  EXPECT_EQ(f.to_vector(), f0);
+  EXPECT_EQ(d.to_double_vector(), d0);
+}
+
 }  // namespace lockstep
