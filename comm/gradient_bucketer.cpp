@@ -51,7 +51,7 @@ GradientBucketer::GradientBucketer(Communicator& comm, const Tensor& arena, std:
       const int64_t limit = buckets_.size() == 1 ? options_.first_bucket_bytes : options_.bucket_cap_bytes;
       const bool adjacent = s.offset + s.count == b.offset;
       bool full = b.count * 4 >= limit || (b.count + s.count) * 4 > limit;
-      if (i == num - 1 || !same_group(i, i + 1)) {
+      if (!same_group(i, i + 1)) {  // (a bucket exists, so i + 1 < num)
         // The first segment of a group: start the group in a new bucket unless this one holds it whole.
         int64_t group = 0;
         for (int j = i; j >= 0 && (j == i || same_group(j, j + 1)); --j) group += segments_[static_cast<size_t>(j)].count;

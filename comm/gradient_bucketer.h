@@ -69,8 +69,8 @@ struct BucketOptions {
   int64_t bucket_cap_bytes = kDefaultBucketCapBytes;
   // Keep one bucket in flight (a bucket that becomes ready waits for the one before it), unless the
   // communicator queues collectives itself (Communicator::queues_collectives). Over MPI on 2 ranks
-  // here, buckets in flight at once reached 0.76-0.78 of one MPI_Allreduce's bus bandwidth, one at a time 0.81-0.97 (0.98-1.00
-  // of MPI_Allreduce over the same buckets): tests/bench/allreduce_bench.cpp.
+  // here, buckets in flight at once reached 0.76-0.78 of one MPI_Allreduce's bus bandwidth, one at a
+  // time 0.81-0.97 (0.98-1.00 of MPI_Allreduce over the same buckets): tests/bench/allreduce_bench.cpp.
   bool one_in_flight = true;
   double post_scale = 1.0;  // multiply the reduced gradients by this (1: leave the SUM)
 };
@@ -124,7 +124,7 @@ class GradientBucketer {
   std::vector<int> pending_;      // bucket -> segments not yet ready
   std::vector<std::unique_ptr<Work>> work_;  // bucket -> its all-reduce (null until launched)
   int next_launch_ = 0;
-  int first_unfinished_ = 0;      // buckets before it have completed (test() returned true)
+  int first_unfinished_ = 0;      // buckets before it have completed (seen by test() or waited for)
   double wait_seconds_ = 0.0;
 };
 
