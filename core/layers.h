@@ -58,6 +58,9 @@ struct Context {
   uint64_t seed = 0;            // the run's seed
   int64_t step = 0;             // the global step: dropout masks and RReLU slopes derive from (seed, step, layer)
   int64_t global_batch = 0;     // samples in the global batch (all ranks); 0 = this rank's batch
+  // > 0: the step's update is plain gradient descent at this rate (w -= rate·g, UpdateStep in one
+  // process), and layers that descend_in_backward() apply it to their weights inside backward().
+  double descent_rate = 0.0;
   // Sum-reduce a float64 tensor across ranks in place (synchronized BN); null in one process.
   std::function<void(const Tensor&)> all_reduce_sum;
 };
@@ -96,6 +99,10 @@ class Layer {
   virtual Shape build(const Shape& input_shape) = 0;
   virtual Tensor forward(const Tensor& x, Context& ctx) = 0;
   virtual Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) = 0;
+  // Whether backward() applies Context::descent_rate to this layer's weights itself, never writing
+  // their gradients (the optimizer then skips them). Only for weights without l1/l2 penalties, whose
+  // gradients the model completes after the backward pass.
+  virtual bool descends_in_backward() const { return false; }
 
   std::vector<Weight>& weights() { return weights_; }
   const std::vector<Weight>& weights() const { return weights_; }
@@ -120,12 +127,13 @@ class Layer {
 
   // The memory this layer's next backward reads and writes, for the model to prefetch while the layer
   // above computes its own (Model::backward). The base lists the weights (read) and the trainable ones'
-  // gradients (written); a layer adds what its forward saved and its buffers.
+  // gradients (written, unless `descending` and the layer descends_in_backward()); a layer adds what
+  // its forward saved and its buffers.
   struct Touch {
     const Tensor* tensor;
     bool write;
   };
-  virtual void backward_operands(std::vector<Touch>* out) const;
+  virtual void backward_operands(std::vector<Touch>* out, bool descending) const;
 
   void init_weights(uint64_t seed);
 
@@ -173,7 +181,8 @@ class Dense : public Layer {
   bool backward_to_normalized(const Tensor& dy, Context& ctx, const NormalizedOutput& in) override;
   ops::Activation output_activation() const override { return act_; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
-  void backward_operands(std::vector<Touch>* out) const override;
+  void backward_operands(std::vector<Touch>* out, bool descending) const override;
+  bool descends_in_backward() const override;
 
  private:
   int64_t units_;
@@ -189,6 +198,7 @@ class Dense : public Layer {
   Buffer z_buf_, y_buf_, dz_buf_, dx_buf_, xhat_buf_, colsum_buf_;
   Tensor z_, y_;
   Tensor pre_activation_grad(const Tensor& dy);
+  void descend(const Tensor& dz, double rate);
 };
 
 // Activation as a layer: activation, leaky_relu (alpha 0.3), elu (alpha 1.0), relu, softmax.

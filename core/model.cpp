@@ -138,12 +138,12 @@ Tensor Model::forward(const Tensor& x, Context& ctx) {
   return h;
 }
 
-void Model::prefetch_backward(int i) {
+void Model::prefetch_backward(int i, bool descending) {
   // Half of a 1 MiB L2: a layer with larger operands runs long products that stream their own
   // operands, and prefetching it all would only evict what the layer above is computing with.
   constexpr int64_t kBudget = int64_t(512) << 10;
   touches_.clear();
-  layers_[size_t(i)]->backward_operands(&touches_);
+  layers_[size_t(i)]->backward_operands(&touches_, descending);
   int64_t bytes = 0;
   for (const Layer::Touch& t : touches_)
     if (t.tensor->defined()) bytes += t.tensor->numel() * dtype_size(t.tensor->dtype());
@@ -178,7 +178,7 @@ void Model::backward(const Tensor& dout, Context& ctx, const std::function<void(
     }
     // The layer below's operands are cold by now (model c holds ~10 MB of weights, gradients and saved
     // activations against a 1 MB L2): fetch them while this layer computes.
-    if (i > first_needed) prefetch_backward(i - 1);
+    if (i > first_needed) prefetch_backward(i - 1, ctx.descent_rate > 0.0);
     g = layers_[size_t(i)]->backward(g, ctx, i > first_needed);
     if (on_layer_done) on_layer_done(i);
   }

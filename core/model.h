@@ -76,7 +76,7 @@ class Model {
  private:
   void allocate();
   // Prefetch what layer i's backward will touch (Layer::backward_operands) unless it is too big to stay.
-  void prefetch_backward(int i);
+  void prefetch_backward(int i, bool descending);
 
   Shape input_shape_;
   std::vector<std::unique_ptr<Layer>> layers_;

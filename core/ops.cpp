@@ -347,7 +347,8 @@ void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbet
 }
 
 void dense_normalized_grads(const Tensor& xhat, const Tensor& dz, const Tensor& w, const Tensor& s,
-                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums) {
+                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums,
+                            double descent_rate) {
   same(w, dw, "dense_normalized_grads");
   same(w, xhat, "dense_normalized_grads");
   same(w, dz, "dense_normalized_grads");
@@ -368,7 +369,8 @@ void dense_normalized_grads(const Tensor& xhat, const Tensor& dz, const Tensor& 
   dispatch(w, [&](auto t, auto be) {
     using T = decltype(t);
     kernels::dense_normalized_grads(be, xhat.data<T>(), dz.data<T>(), xhat.dim(0), w.data<T>(), s.data<T>(),
-                                    opt<T>(gamma), opt<T>(beta), dw.data<T>(), in, out, sums.data<double>());
+                                    opt<T>(gamma), opt<T>(beta), dw.data<T>(), in, out, sums.data<double>(),
+                                    T(descent_rate));
   });
 }
 

@@ -130,9 +130,12 @@ void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbet
 // trainable stack, Model::backward). With g = x̂ᵀ·dz [in, out] and s = Σ_rows dz [out] (given):
 // dw = gamma_c*g + beta_c*s (the product Xᵀ·dz with X = gamma*x̂ + beta), and sums (F64 [2*in])
 // receives the normalisation's Σdy = W·s and Σdy·x̂ = Σ_j W∘g per feature, without dy = dz·Wᵀ ever
-// being formed. gamma/beta may be undefined (scale/center off).
+// being formed. gamma/beta may be undefined (scale/center off). descent_rate > 0: the kernel takes the
+// step w -= descent_rate·dw in place (the sums still see w before it) and dw is only scratch, its
+// content unspecified afterwards.
 void dense_normalized_grads(const Tensor& xhat, const Tensor& dz, const Tensor& w, const Tensor& s,
-                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums);
+                            const Tensor& gamma, const Tensor& beta, const Tensor& dw, const Tensor& sums,
+                            double descent_rate = 0.0);
 
 // ---- losses (per-sample losses written to `loss` [B]; gradients scaled by `grad_scale`) -----------
 // Sparse softmax cross-entropy from logits z[B,K] and integer labels y[B] (stored as floats).

@@ -31,6 +31,7 @@ class SGD final : public Optimizer {
     if (mu_ > 0.0) return {{"momentum", 0.0}};
     return {};
   }
+  bool plain_descent() const override { return mu_ == 0.0; }
   void update(const Tensor& w, const Tensor& g, const std::vector<Tensor>& s) override {
     if (s.empty()) ops::sgd_update(w, g, step_lr_);
     else ops::momentum_update(w, g, s[0], step_lr_, mu_, nesterov_);
@@ -292,9 +293,17 @@ void Optimizer::clip_gradients(const std::vector<WeightRef>& refs, bool whole, c
   }
 }
 
-double Optimizer::apply(Model& model) {
+double Optimizer::plain_descent_rate() const {
+  if (!plain_descent() || clip_.clipvalue > 0.0 || clip_.clipnorm > 0.0 || clip_.global_clipnorm > 0.0) return 0.0;
+  return effective_learning_rate();
+}
+
+double Optimizer::apply(Model& model, bool descended) {
   LS_CHECK(model_ == &model, "Optimizer::apply: bind() the optimizer to this model first");
-  const std::vector<WeightRef> refs = model.trainable_weights();
+  LS_CHECK(!descended || plain_descent_rate() > 0.0, "Optimizer::apply: ", name_, " is not plain gradient descent");
+  std::vector<WeightRef> refs = model.trainable_weights();
+  if (descended)
+    std::erase_if(refs, [&](const WeightRef& r) { return model.layers()[size_t(r.layer)]->descends_in_backward(); });
   size_t grad_carrying = 0;
   for (const WeightRef& r : model.weight_refs()) grad_carrying += r.grad_offset >= 0;
   // Every gradient-carrying weight trainable: one fused pass over the arenas.

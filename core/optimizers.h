@@ -46,7 +46,13 @@ class Optimizer {
   void bind(const Model& model);
   // Clip the trainable gradients, then update the trainable weights. Returns the global L2 norm of the
   // gradients before clipping when global_clipnorm is set (NaN otherwise).
-  double apply(Model& model);
+  // `descended`: the backward pass ran with Context::descent_rate = plain_descent_rate() and layers
+  // that descend_in_backward() have already taken their step; their weights are skipped.
+  double apply(Model& model, bool descended = false);
+
+  // The rate of the next update when it is plain gradient descent, w -= rate·g (SGD without momentum
+  // or clipping), which a layer can then fold into its own products; 0 otherwise.
+  double plain_descent_rate() const;
 
   // The base rate (set by a schedule or a callback before the step); `decay` applies on top.
   double learning_rate() const { return lr_; }
@@ -84,6 +90,8 @@ class Optimizer {
   virtual std::vector<std::pair<std::string, double*>> scalars() { return {}; }
   // Called once per step before the updates, with t = iterations + 1 and the step's rate.
   virtual void begin_step(int64_t /*t*/, double /*lr*/) {}
+  // Whether update() is w -= lr·g whatever the state (before clipping).
+  virtual bool plain_descent() const { return false; }
   // Update w (flat) from g with the slots' matching views.
   virtual void update(const Tensor& w, const Tensor& g, const std::vector<Tensor>& slots) = 0;
 

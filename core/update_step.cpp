@@ -23,6 +23,11 @@ void UpdateStep::rebuild() {
 }
 
 void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
+  // In one process, a plain gradient-descent step is taken inside the backward pass by the layers that
+  // can fold it into their products (Layer::descends_in_backward): no gradient to write and read back.
+  // Under N ranks the gradients must be averaged first.
+  const double rate = comm_.size() == 1 ? opt.plain_descent_rate() : 0.0;
+  ctx.descent_rate = rate;
   if (bucketer_) {
     model_.backward(dout, ctx, [&](int layer) {
       const auto [first, count] = of_layer_[size_t(layer)];
@@ -32,9 +37,10 @@ void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
   } else {
     model_.backward(dout, ctx);
   }
+  ctx.descent_rate = 0.0;
   // Identical on every rank from here: the same averaged gradients and the same weights.
   model_.add_regularization_grads();
-  opt.apply(model_);
+  opt.apply(model_, rate > 0.0);
   model_.apply_constraints();
 }
 

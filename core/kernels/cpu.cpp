@@ -672,30 +672,43 @@ template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T*
 }
 
 template <typename T>
-void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, const T* w, const T* s, const T* gamma,
-                            const T* beta, T* dw, int64_t in, int64_t out, double* sums) {
+void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, T* w, const T* s, const T* gamma,
+                            const T* beta, T* dw, int64_t in, int64_t out, double* sums, T rate) {
   // Row c of the kernel belongs to input feature c. g = x̂ᵀ·dz is formed a block of rows at a time and
-  // folded while the block is still in cache.
+  // folded while the block is still in cache. Descending, the fold takes the step and every block's g
+  // goes to the same first block of dw.
   constexpr int64_t block = 64;
   for (int64_t c0 = 0; c0 < in; c0 += block) {
     const int64_t nc = std::min(block, in - c0);
-    gemm<T>(Cpu{}, true, false, nc, out, rows, T(1), xhat + c0, in, dz, out, T(0), dw + c0 * out, out);
+    T* const g0 = rate != T(0) ? dw : dw + c0 * out;
+    gemm<T>(Cpu{}, true, false, nc, out, rows, T(1), xhat + c0, in, dz, out, T(0), g0, out);
     rowwise(nc, nc * out, [=](int64_t r) {
       // Locals, not the closure's members: a store through gr could alias those, and the compiler then
       // reloads s on every iteration (as a gather) and keeps the sums in memory.
       const int64_t c = c0 + r, n = out;
-      const T* __restrict wr = w + c * out;
+      T* __restrict wr = w + c * out;
       const T* __restrict sr = s;
-      T* __restrict gr = dw + c * out;
+      T* __restrict gr = g0 + r * out;
       const T gc = gamma ? gamma[c] : T(1);
       const T bc = beta ? beta[c] : T(0);
+      const T step = -rate;
       T sdy = 0, sdyx = 0;
+      if (rate == T(0)) {
 #pragma omp simd reduction(+ : sdy, sdyx)
-      for (int64_t j = 0; j < n; ++j) {
-        const T g = gr[j];
-        sdy += wr[j] * sr[j];
-        sdyx += wr[j] * g;
-        gr[j] = gc * g + bc * sr[j];
+        for (int64_t j = 0; j < n; ++j) {
+          const T g = gr[j];
+          sdy += wr[j] * sr[j];
+          sdyx += wr[j] * g;
+          gr[j] = gc * g + bc * sr[j];
+        }
+      } else {
+#pragma omp simd reduction(+ : sdy, sdyx)
+        for (int64_t j = 0; j < n; ++j) {
+          const T g = gr[j], wj = wr[j];
+          sdy += wj * sr[j];
+          sdyx += wj * g;
+          wr[j] = wj + step * (gc * g + bc * sr[j]);
+        }
       }
       sums[c] = sdy;
       sums[in + c] = sdyx;
@@ -1011,8 +1024,8 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
                                      T, const double*, double, T*);                                            \
   template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*);          \
   template void bn_param_grads<T>(Cpu, const double*, int64_t, T*, T*);                                        \
-  template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, const T*, const T*, const T*,      \
-                                          const T*, T*, int64_t, int64_t, double*);                            \
+  template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, T*, const T*, const T*, const T*, \
+                                          T*, int64_t, int64_t, double*, T);                                   \
   template void softmax_xent_sparse<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                  \
   template void softmax_xent_dense<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                   \
   template void sigmoid_xent<T>(Cpu, const T*, const T*, T*, T*, int64_t, int64_t, T);                         \

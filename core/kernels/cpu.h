@@ -66,8 +66,8 @@ template <typename T>
 void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx);
 template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T* dgamma, T* dbeta);
 template <typename T>
-void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, const T* w, const T* s, const T* gamma,
-                            const T* beta, T* dw, int64_t in, int64_t out, double* sums);
+void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, T* w, const T* s, const T* gamma,
+                            const T* beta, T* dw, int64_t in, int64_t out, double* sums, T rate);
 
 template <typename T>
 void softmax_xent_sparse(Cpu, const T* z, const T* y, T* loss, T* dz, int64_t rows, int64_t k, T scale);

@@ -826,22 +826,28 @@ void bn_param_grads(Cuda, const double* sums, int64_t c, float* dgamma, float* d
       "bn_param_grads");
 }
 
-void dense_normalized_grads(Cuda, const float* xhat, const float* dz, int64_t rows, const float* w, const float* s,
-                            const float* gamma, const float* beta, float* dw, int64_t in, int64_t out, double* sums) {
+void dense_normalized_grads(Cuda, const float* xhat, const float* dz, int64_t rows, float* w, const float* s,
+                            const float* gamma, const float* beta, float* dw, int64_t in, int64_t out, double* sums,
+                            float rate) {
   gemm(Cuda{}, true, false, in, out, rows, 1.0f, xhat, in, dz, out, 0.0f, dw, out);
   // One thread per input feature (kernel row), the row's columns in order: the CPU's summation order.
+  // rate != 0: the step w -= rate·dw is taken in place of writing dw.
   each(
       in,
       [=] __device__(int64_t c) {
-        const float* wr = w + c * out;
+        float* wr = w + c * out;
         float* gr = dw + c * out;
         const float gc = gamma ? gamma[c] : 1.0f;
         const float bc = beta ? beta[c] : 0.0f;
         double sdy = 0, sdyx = 0;
         for (int64_t j = 0; j < out; ++j) {
-          sdy += double(wr[j]) * double(s[j]);
-          sdyx += double(wr[j]) * double(gr[j]);
-          gr[j] = gc * gr[j] + bc * s[j];
+          const float wj = wr[j], g = gr[j];
+          sdy += double(wj) * double(s[j]);
+          sdyx += double(wj) * double(g);
+          if (rate != 0.0f)
+            wr[j] = wj + (-rate) * (gc * g + bc * s[j]);
+          else
+            gr[j] = gc * g + bc * s[j];
         }
         sums[c] = sdy;
         sums[in + c] = sdyx;

@@ -63,8 +63,9 @@ void bn_backward_apply(Cuda, const float* dy, const float* x, ops::FeatureView v
 void bn_backward_inference(Cuda, const float* dy, ops::FeatureView v, const float* var, const float* gamma,
                            float eps, float* dx);
 void bn_param_grads(Cuda, const double* sums, int64_t c, float* dgamma, float* dbeta);
-void dense_normalized_grads(Cuda, const float* xhat, const float* dz, int64_t rows, const float* w, const float* s,
-                            const float* gamma, const float* beta, float* dw, int64_t in, int64_t out, double* sums);
+void dense_normalized_grads(Cuda, const float* xhat, const float* dz, int64_t rows, float* w, const float* s,
+                            const float* gamma, const float* beta, float* dw, int64_t in, int64_t out, double* sums,
+                            float rate);
 
 void softmax_xent_sparse(Cuda, const float* z, const float* y, float* loss, float* dz, int64_t rows, int64_t k,
                          float scale);

@@ -341,8 +341,9 @@ TEST(LossForward, LabelsOutsideTheClassRangeThrow) {
 
 }  // namespace
 // What Model::backward prefetches for a Dense before its turn: the weights (read), their gradients
-// (written, only while trainable), the input and pre-activation saved by forward, and the buffers its
-// backward writes. The saved input is the layer below's output itself.
+// (written, only while trainable and not descending in the backward pass), the input and
+// pre-activation saved by forward, and the buffers its backward writes. The saved input is the layer
+// below's output itself.
 TEST(DenseBackward, ListsTheOperandsItsBackwardTouches) {
   auto m = model_from_yaml("model:\n  input_shape: [4]\n  layers:\n    - dense: {units: 5, activation: elu}\n"
                            "    - dense: {units: 3, activation: selu}\n");
@@ -351,10 +352,10 @@ TEST(DenseBackward, ListsTheOperandsItsBackwardTouches) {
   const Tensor h = m->layer(0).forward(x, ctx);
   const Tensor y = m->layer(1).forward(h, ctx);
   m->layer(1).backward(randn({6, 3}, 2), ctx, true);
-  auto listed = [&](bool trainable) {
+  auto listed = [&](bool trainable, bool descending) {
     m->layer(1).set_trainable(trainable);
     std::vector<Layer::Touch> t;
-    m->layer(1).backward_operands(&t);
+    m->layer(1).backward_operands(&t, descending);
     std::map<const void*, bool> by_memory;  // start of the memory -> written
     for (const Layer::Touch& k : t) {
       EXPECT_TRUE(k.tensor->defined());
@@ -362,23 +363,25 @@ TEST(DenseBackward, ListsTheOperandsItsBackwardTouches) {
     }
     return by_memory;
   };
-  for (bool trainable : {true, false}) {
-    SCOPED_TRACE(trainable ? "trainable" : "frozen");
-    auto got = listed(trainable);
-    const auto& w = m->layer(1).weights();
-    EXPECT_EQ(got.count(w[0].value.raw()), 1u);
-    EXPECT_FALSE(got[w[0].value.raw()]);
-    EXPECT_EQ(got.count(w[1].value.raw()), 1u);
-    EXPECT_EQ(got.count(w[0].grad.raw()), trainable ? 1u : 0u);
-    if (trainable) {
-      EXPECT_TRUE(got[w[0].grad.raw()]);
+  for (bool trainable : {true, false})
+    for (bool descending : {false, true}) {
+      SCOPED_TRACE(str_cat(trainable ? "trainable" : "frozen", descending ? ", descending" : ""));
+      auto got = listed(trainable, descending);
+      const bool grads = trainable && !descending;
+      const auto& w = m->layer(1).weights();
+      EXPECT_EQ(got.count(w[0].value.raw()), 1u);
+      EXPECT_FALSE(got[w[0].value.raw()]);
+      EXPECT_EQ(got.count(w[1].value.raw()), 1u);
+      EXPECT_EQ(got.count(w[0].grad.raw()), grads ? 1u : 0u);
+      if (grads) {
+        EXPECT_TRUE(got[w[0].grad.raw()]);
+      }
+      EXPECT_EQ(got.count(h.raw()), 1u) << "the saved input";
+      EXPECT_FALSE(got[h.raw()]);
+      EXPECT_EQ(got.count(y.raw()), 1u) << "the saved activation (written over its pre-activation)";
+      // kernel, bias, input, activation, dz and dx buffers (+ 2 gradients when written)
+      EXPECT_EQ(got.size(), grads ? 8u : 6u);
     }
-    EXPECT_EQ(got.count(h.raw()), 1u) << "the saved input";
-    EXPECT_FALSE(got[h.raw()]);
-    EXPECT_EQ(got.count(y.raw()), 1u) << "the saved activation (written over its pre-activation)";
-    // kernel, bias, input, activation, dz and dx buffers (+ 2 gradients when trainable)
-    EXPECT_EQ(got.size(), trainable ? 8u : 6u);
-  }
 }
 
 }  // namespace lockstep::test

@@ -279,6 +279,13 @@ TEST(InputBnGrad, DenseNormalizedGradsOpAgainstTheFormedInputGradient) {
       EXPECT_NEAR(dw.at(c * out + j), ref, 1e-12);
     }
   }
+  // Descending (rate 0.3): the same sums from the kernel before the step, and the kernel after it.
+  Tensor w2 = w.clone(), dw2 = dw.empty_like(dw.shape()), sums2 = sums.empty_like(sums.shape());
+  ops::fill(dw2, 5.0);
+  ops::dense_normalized_grads(xhat, dz, w2, s, gamma, beta, dw2, sums2, 0.3);
+  EXPECT_EQ(ops::max_abs_diff(sums, sums2), 0.0);
+  ops::axpy(-0.3, dw, w);
+  EXPECT_LT(ops::max_abs_diff(w, w2), 1e-14);
 }
 
 // ---- losses -----------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@
 #include <functional>
 #include <limits>
 
+#include "comm/local_communicator.h"
 #include "core/error.h"
 #include "core/optimizers.h"
+#include "core/update_step.h"
 #include "tests/core/test_util.h"
 
 namespace lockstep::test {
@@ -652,6 +654,111 @@ TEST(FusedPath, BitIdenticalToPerWeightPath) {
       }
       EXPECT_EQ(oa->scalar_state(), ob->scalar_state());
     }
+}
+
+// ---- plain descent inside the backward pass (UpdateStep in one process) ----------------------------
+TEST(PlainDescentRate, OnlySgdWithoutMomentumOrClipping) {
+  auto m = model_from_yaml("model:\n  input_shape: [3]\n  layers:\n    - dense: {units: 2}\n", DType::F32);
+  auto sgd = opt_from_yaml("{name: sgd, learning_rate: 0.1, decay: 0.5}");
+  sgd->bind(*m);
+  EXPECT_DOUBLE_EQ(sgd->plain_descent_rate(), 0.1);
+  sgd->apply(*m);
+  EXPECT_DOUBLE_EQ(sgd->plain_descent_rate(), 0.1 / 1.5) << "the legacy decay's rate of the next step";
+  for (const char* y : {"{name: sgd, momentum: 0.9}", "{name: sgd, nesterov: true, momentum: 0.5}",
+                        "{name: sgd, clipvalue: 1.0}", "{name: sgd, clipnorm: 1.0}", "{name: sgd, global_clipnorm: 1.0}",
+                        "adam", "adagrad", "rmsprop", "adamax", "nadam"}) {
+    SCOPED_TRACE(y);
+    EXPECT_EQ(opt_from_yaml(y)->plain_descent_rate(), 0.0);
+  }
+  EXPECT_THROW(opt_from_yaml("adam")->apply(*m, true), std::exception) << "apply(descended) needs plain descent";
+}
+
+// SGD without momentum or clipping takes its step inside Dense's backward (the weight-gradient product
+// accumulates into the kernel; never written as a gradient). Against the ordinary path (backward, l2
+// gradients, the optimizer's pass, max-norm) the weights agree to float32 rounding over several steps
+// whose rate changes (legacy decay), while layers that cannot descend take the ordinary path beside
+// them: batch normalization, a Dense with an l2 penalty, a frozen Dense. The BN-first model descends
+// in the Dense that forms the normalisation's sums (backward_to_normalized).
+TEST(DescentInBackward, MatchesTheOptimizersPass) {
+  const char* deep = R"(model:
+  input_shape: [6]
+  layers:
+    - dense: {units: 8, activation: elu, kernel_constraint: {max_norm: {max_value: 0.9}}}
+    - batch_normalization: {}
+    - dense: {units: 5, activation: relu, kernel_regularizer: {l2: 0.01}}
+    - dense: {units: 7, activation: selu}
+    - dense: {units: 4, activation: tanh, use_bias: false}
+    - dense: {units: 3}
+)";
+  const char* bn_first = R"(model:
+  input_shape: [6]
+  layers:
+    - batch_normalization: {}
+    - dense: {units: 5, activation: relu}
+    - dense: {units: 3}
+)";
+  struct Case {
+    const char* yaml;
+    int frozen;  // -1: none
+  };
+  for (const Case& c : {Case{deep, -1}, Case{deep, 3}, Case{bn_first, -1}}) {
+    SCOPED_TRACE(str_cat(c.yaml == deep ? "deep" : "bn first", ", frozen ", c.frozen));
+    auto a = model_from_yaml(c.yaml, DType::F32), b = model_from_yaml(c.yaml, DType::F32);
+    a->init(5);
+    b->init(5);
+    if (c.frozen >= 0) {
+      a->layer(c.frozen).set_trainable(false);
+      b->layer(c.frozen).set_trainable(false);
+    }
+    auto oa = opt_from_yaml("{name: sgd, learning_rate: 0.2, decay: 0.3}");
+    auto ob = opt_from_yaml("{name: sgd, learning_rate: 0.2, decay: 0.3}");
+    oa->bind(*a);
+    ob->bind(*b);
+    comm::LocalCommunicator local;
+    UpdateStep step(*a, local);
+    for (int k = 0; k < 4; ++k) {
+      SCOPED_TRACE(str_cat("step ", k));
+      const Tensor x = randn({9, 6}, 100 + uint64_t(k), 1.0, 0.0, DType::F32);
+      const Tensor dout = randn({9, 3}, 200 + uint64_t(k), 1.0, 0.0, DType::F32);
+      const std::vector<float> dout_before = dout.to_vector();
+      // Poison the gradients of the layers that descend: read by anything, they would spoil the weights.
+      std::vector<int> descending;
+      for (int l = 0; l < int(a->layers().size()); ++l)
+        if (a->layer(l).descends_in_backward()) {
+          descending.push_back(l);
+          for (Weight& w : a->layer(l).weights()) ops::fill(w.grad, std::numeric_limits<double>::quiet_NaN());
+        }
+      EXPECT_EQ(descending.size(), c.yaml == deep ? (c.frozen >= 0 ? 3u : 4u) : 2u);
+      Context ca = training_ctx(1, k), cb = training_ctx(1, k);
+      a->forward(x, ca);
+      step.run(dout, ca, *oa);
+      EXPECT_EQ(ca.descent_rate, 0.0) << "reset after the backward pass";
+      b->forward(x, cb);
+      b->backward(dout, cb);
+      b->add_regularization_grads();
+      ob->apply(*b);
+      b->apply_constraints();
+      EXPECT_EQ(dout.to_vector(), dout_before) << "the output gradient is left as given";
+      EXPECT_EQ(oa->iterations(), ob->iterations());
+      if (c.yaml == deep) {
+        for (int l : descending)
+          for (const Weight& w : a->layer(l).weights())
+            EXPECT_FALSE(ops::all_finite(w.grad)) << "layer " << l << " wrote its gradient";
+      }
+      for (size_t l = 0; l < a->layers().size(); ++l)
+        for (size_t j = 0; j < a->layers()[l]->weights().size(); ++j) {
+          const std::vector<float> va = a->layers()[l]->weights()[j].value.to_vector();
+          const std::vector<float> vb = b->layers()[l]->weights()[j].value.to_vector();
+          ASSERT_EQ(va.size(), vb.size());
+          for (size_t i = 0; i < va.size(); ++i)
+            ASSERT_NEAR(va[i], vb[i], 2e-6 * std::max(1.0f, std::abs(vb[i]))) << "layer " << l << " weight " << j << "[" << i << "]";
+        }
+    }
+    // The rate really moved the weights (the comparison above is not between two unchanged models).
+    auto fresh = model_from_yaml(c.yaml, DType::F32);
+    fresh->init(5);
+    EXPECT_GT(ops::max_abs_diff(fresh->weights_arena(), a->weights_arena()), 1e-2);
+  }
 }
 
 // ---- state round trip -----------------------------------------------------------------------------

@@ -313,6 +313,13 @@ TEST_F(Gpu, DenseNormalizedGrads) {
                                 affine ? on_gpu(beta) : Tensor(), gdw, gsums);
     EXPECT_GPU_NEAR(gdw, dw, 1e-5);
     EXPECT_GPU_NEAR(gsums, sums, 1e-5);
+    // Descending: the step w -= 0.25·dw taken in the fold, the sums from the kernel before it.
+    Tensor w2 = w.clone(), gw2 = on_gpu(w);
+    ops::dense_normalized_grads(xhat, dz, w2, s, affine ? gamma : Tensor(), affine ? beta : Tensor(), dw, sums, 0.25);
+    ops::dense_normalized_grads(on_gpu(xhat), on_gpu(dz), gw2, on_gpu(s), affine ? on_gpu(gamma) : Tensor(),
+                                affine ? on_gpu(beta) : Tensor(), gdw, gsums, 0.25);
+    EXPECT_GPU_NEAR(gw2, w2, 1e-5);
+    EXPECT_GPU_NEAR(gsums, sums, 1e-5);
   }
 }
 
