@@ -27,6 +27,10 @@ void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
   // can fold it into their products (Layer::descends_in_backward): no gradient to write and read back.
   // Under N ranks the gradients must be averaged first.
   const double rate = comm_.size() == 1 ? opt.plain_descent_rate() : 0.0;
+  struct Scope {  // for the backward pass only, even when it throws
+    Context& ctx;
+    ~Scope() { ctx.descent_rate = 0.0; }
+  } scope{ctx};
   ctx.descent_rate = rate;
   if (bucketer_) {
     model_.backward(dout, ctx, [&](int layer) {
