@@ -239,8 +239,8 @@ bool Dense::descends_in_backward() const {
 }
 
 // w -= rate·g without forming g: the weight-gradient product accumulates (beta 1) into the kernel
-// itself from dz scaled by -rate. The gradients, written and then read back by a separate update pass,
-// were a third of model c's memory traffic.
+// itself from dz scaled by -rate. Writing the gradients and reading them back in a separate update pass
+// took 8% of model c's step at batch 32 (1.26M weights: 15 MB through the L3 per step).
 void Dense::descend(const Tensor& dz, double rate) {
   Tensor step = dz_buf_.get(dz.shape(), dz);  // dz itself, or dy when there is no activation
   ops::axpby(-rate, dz, 0.0, step);
