@@ -250,8 +250,8 @@ void Dense::descend(const Tensor& dz, double rate) {
 
 Tensor Dense::backward(const Tensor& dy_in, Context& ctx, bool need_dx) {
   Tensor dz = pre_activation_grad(dy_in);
-  const bool descending = ctx.descent_rate > 0.0 && descends_in_backward();
-  if (trainable_ && !descending) {
+  const double rate = descent_rate(ctx);
+  if (trainable_ && rate == 0.0) {
     ops::gemm(true, false, 1.0, x_, dz, 0.0, weights_[0].grad);
     if (use_bias_) ops::bias_grad(dz, weights_[1].grad);
   }
@@ -261,7 +261,7 @@ Tensor Dense::backward(const Tensor& dy_in, Context& ctx, bool need_dx) {
     ops::gemm(false, true, 1.0, dz, weights_[0].value, 0.0, dx);  // with the kernel before the step
     dx = dx.reshape(with_batch(dy_in.dim(0), input_shape_));
   }
-  if (descending) descend(dz, ctx.descent_rate);
+  if (rate > 0.0) descend(dz, rate);
   return dx;
 }
 
@@ -280,7 +280,7 @@ bool Dense::backward_to_normalized(const Tensor& dy_in, Context& ctx, const Norm
   ops::bias_grad(dz, s);
   // Descending, the kernel's step is taken inside the fold (the gradient is never written) and the bias's
   // from its sums.
-  const double rate = ctx.descent_rate > 0.0 && descends_in_backward() ? ctx.descent_rate : 0.0;
+  const double rate = descent_rate(ctx);
   ops::dense_normalized_grads(xhat, dz, weights_[0].value, s, in.gamma, in.beta, weights_[0].grad, in.sums, rate);
   if (rate > 0.0 && use_bias_) ops::axpy(-rate, s, weights_[1].value);
   return true;

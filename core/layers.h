@@ -141,6 +141,10 @@ class Layer {
   Weight& declare(const std::string& name, Shape shape, const Initializer& init, bool trainable = true);
   // Whether this forward should compute batch statistics / random masks.
   bool training(const Context& ctx) const { return ctx.training && trainable_; }
+  // The rate at which this backward takes the step itself (descends_in_backward); 0: write gradients.
+  double descent_rate(const Context& ctx) const {
+    return ctx.descent_rate > 0.0 && descends_in_backward() ? ctx.descent_rate : 0.0;
+  }
 
   std::string name_;
   int index_ = 0;

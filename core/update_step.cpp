@@ -27,21 +27,22 @@ void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
   // can fold it into their products (Layer::descends_in_backward): no gradient to write and read back.
   // Under N ranks the gradients must be averaged first.
   const double rate = comm_.size() == 1 ? opt.plain_descent_rate() : 0.0;
-  struct Scope {  // for the backward pass only, even when it throws
-    Context& ctx;
-    ~Scope() { ctx.descent_rate = 0.0; }
-  } scope{ctx};
-  ctx.descent_rate = rate;
-  if (bucketer_) {
-    model_.backward(dout, ctx, [&](int layer) {
-      const auto [first, count] = of_layer_[size_t(layer)];
-      for (int s = first; s < first + count; ++s) bucketer_->mark_ready(s);
-    });
-    bucketer_->finish();
-  } else {
-    model_.backward(dout, ctx);
+  {
+    struct Scope {  // the rate holds for the backward pass only, even when it throws
+      Context& ctx;
+      ~Scope() { ctx.descent_rate = 0.0; }
+    } scope{ctx};
+    ctx.descent_rate = rate;
+    if (bucketer_) {
+      model_.backward(dout, ctx, [&](int layer) {
+        const auto [first, count] = of_layer_[size_t(layer)];
+        for (int s = first; s < first + count; ++s) bucketer_->mark_ready(s);
+      });
+      bucketer_->finish();
+    } else {
+      model_.backward(dout, ctx);
+    }
   }
-  ctx.descent_rate = 0.0;
   // Identical on every rank from here: the same averaged gradients and the same weights.
   model_.add_regularization_grads();
   opt.apply(model_, rate > 0.0);
