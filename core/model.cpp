@@ -113,6 +113,18 @@ void Model::allocate() {
   }
 }
 
+void Model::place_gradients(const Tensor& arena) {
+  LS_CHECK(arena.defined() && arena.numel() == grads_.numel() && arena.dtype() == grads_.dtype() &&
+               arena.device() == grads_.device(),
+           "place_gradients: the new arena must match the gradients arena (", grads_.numel(), " x ",
+           dtype_name(grads_.dtype()), " on ", device_name(grads_.device()), ")");
+  Tensor flat = arena.reshape({arena.numel()});
+  flat.copy_from(grads_);
+  grads_ = flat;
+  for (WeightRef& r : refs_)
+    if (r.grad_offset >= 0) r.weight->grad = grads_.view(r.grad_offset, r.weight->shape);
+}
+
 void Model::init(uint64_t seed) {
   for (auto& l : layers_) l->init_weights(seed);
 }

@@ -57,6 +57,10 @@ class Model {
 
   const Tensor& weights_arena() const { return weights_; }
   const Tensor& grads_arena() const { return grads_; }
+  // Move the gradients into `arena` (same numel, dtype and device as grads_arena(); e.g. memory that
+  // the communicator reduces in place, Communicator::allocate_reduction_buffer) and point every
+  // weight's gradient view into it. The current gradients are copied over.
+  void place_gradients(const Tensor& arena);
   const std::vector<WeightRef>& weight_refs() const { return refs_; }
   // Gradient-carrying weights of the layers that are trainable now, in layer order.
   std::vector<WeightRef> trainable_weights() const;

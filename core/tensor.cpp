@@ -35,11 +35,26 @@ int64_t shape_numel(const Shape& s) {
 Storage::Storage(Device device, int64_t bytes) : device_(device), bytes_(bytes) {
   data_ = device_alloc(device, bytes);
 }
-Storage::~Storage() { device_free(device_, data_); }
+Storage::Storage(Device device, int64_t bytes, void* data, std::shared_ptr<void> owner)
+    : device_(device), bytes_(bytes), data_(data), owner_(std::move(owner)) {
+  LS_CHECK(data_ != nullptr && owner_ != nullptr, "external storage needs memory and an owner");
+}
+Storage::~Storage() {
+  if (!owner_) device_free(device_, data_);
+}
 
 Tensor::Tensor(Shape shape, Device device, DType dtype)
     : dtype_(dtype), numel_(shape_numel(shape)), shape_(std::move(shape)) {
   storage_ = std::make_shared<Storage>(device, numel_ * dtype_size(dtype));
+}
+
+Tensor Tensor::wrap(void* data, Shape shape, Device device, DType dtype, std::shared_ptr<void> owner) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.numel_ = shape_numel(shape);
+  t.shape_ = std::move(shape);
+  t.storage_ = std::make_shared<Storage>(device, t.numel_ * dtype_size(dtype), data, std::move(owner));
+  return t;
 }
 
 void Tensor::check_dtype(DType want) const {

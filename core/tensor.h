@@ -31,10 +31,13 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
 
-// A block of device memory. CPU blocks are 64-byte aligned.
+// A block of device memory. CPU blocks are 64-byte aligned. An external block (memory that something
+// else allocated, e.g. a communicator's shared mapping) is not freed here: `owner` keeps it alive
+// until the last tensor using it is gone.
 class Storage {
  public:
   Storage(Device device, int64_t bytes);
+  Storage(Device device, int64_t bytes, void* data, std::shared_ptr<void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -46,6 +49,7 @@ class Storage {
   Device device_;
   int64_t bytes_;
   void* data_ = nullptr;
+  std::shared_ptr<void> owner_;  // external memory: its keeper (null: ours, freed with device_free)
 };
 
 class Tensor {
@@ -57,6 +61,9 @@ class Tensor {
   static Tensor full(Shape shape, double value, Device device = Device::CPU, DType dtype = DType::F32);
   static Tensor from_vector(Shape shape, const std::vector<float>& values, Device device = Device::CPU);
   static Tensor from_vector(Shape shape, const std::vector<double>& values, Device device = Device::CPU);
+  // A tensor over memory allocated elsewhere (at least numel x dtype bytes, suitably aligned), kept
+  // alive by `owner` for as long as any tensor uses it. Contents are left as they are.
+  static Tensor wrap(void* data, Shape shape, Device device, DType dtype, std::shared_ptr<void> owner);
   // A new uninitialised tensor with this one's device and dtype.
   Tensor empty_like(Shape shape) const { return Tensor(std::move(shape), device(), dtype_); }
 

@@ -397,5 +397,40 @@ TEST(Regularization, ModelAddsPenaltyOfTrainableWeightsOnly) {
   EXPECT_NEAR(m->layer(0).weights()[1].grad.at(0), 0.01, 1e-15);
 }
 
+// Model::place_gradients (the communicator's reduction buffer): every weight's gradient view moves
+// into the given memory, the gradients are carried over, and the next backward pass writes there.
+TEST(PlaceGradients, MovesEveryGradientViewIntoTheGivenMemory) {
+  auto m = model_from_yaml(kMlpWithBn);
+  m->init(21);
+  const Tensor x = randn({8, 2, 3}, 34, 1.0, 0.5);
+  Context ctx = training_ctx();
+  Tensor out = m->forward(x, ctx);
+  m->backward(Tensor::full(out.shape(), 0.5, Device::CPU, DType::F64), ctx);
+  const std::vector<double> before = m->grads_arena().to_double_vector();
+
+  const int64_t n = m->grads_arena().numel();
+  auto memory = std::make_shared<std::vector<double>>(size_t(n), -7.0);
+  Tensor outside = Tensor::wrap(memory->data(), {n}, Device::CPU, DType::F64, memory);
+  m->place_gradients(outside);
+  EXPECT_TRUE(m->grads_arena().shares_storage_with(outside));
+  EXPECT_EQ(*memory, before);
+  const char* lo = reinterpret_cast<const char*>(memory->data());
+  for (const WeightRef& r : m->weight_refs()) {
+    if (r.grad_offset < 0) continue;
+    const char* p = static_cast<const char*>(r.weight->grad.raw());
+    EXPECT_TRUE(p >= lo && p < lo + n * 8) << r.weight->name;
+  }
+  std::fill(memory->begin(), memory->end(), 0.0);
+  Context again = training_ctx();
+  m->forward(x, again);
+  m->backward(Tensor::full(out.shape(), 0.5, Device::CPU, DType::F64), again);
+  EXPECT_EQ(*memory, before);  // the same pass, written into the new memory
+
+  auto small = std::make_shared<std::vector<double>>(size_t(n - 1));
+  EXPECT_THROW(m->place_gradients(Tensor::wrap(small->data(), {n - 1}, Device::CPU, DType::F64, small)), Error);
+  Tensor f32({n});
+  EXPECT_THROW(m->place_gradients(f32), Error);
+}
+
 }  // namespace
 }  // namespace lockstep::test
