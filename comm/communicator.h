@@ -133,13 +133,26 @@ class Communicator {
   virtual bool supports(Device device) const = 0;
   // Device communicators: order collectives on this stream (cudaStream_t as void*). No-op on CPU ones.
   virtual void set_stream(void* stream) { (void)stream; }
-  // Whether collectives on `device` launched together run one after another by themselves (NCCL's
-  // stream), so launching early costs nothing. When false (MPI), collectives in flight at once share
-  // the memory bandwidth and advance only inside test() calls, so callers do better to keep one in
-  // flight (GradientBucketer: BucketOptions::one_in_flight).
-  virtual bool queues_collectives(Device device) const {
-    (void)device;
+  // Whether all-reduces of `buf` launched together run one after another by themselves (NCCL's
+  // stream; MPI's shared-memory reductions, done in launch order), so launching early costs nothing.
+  // When false (MPI's transport), collectives in flight at once share the memory bandwidth and
+  // advance only inside test() calls, so callers do better to keep one in flight
+  // (GradientBucketer: BucketOptions::one_in_flight).
+  virtual bool queues_collectives(const Buffer& buf) const {
+    (void)buf;
     return false;
+  }
+
+  // Memory for a buffer that is all-reduced in place again and again (the gradient arena): `numel`
+  // zeroed elements of `dtype` on `device`. COLLECTIVE: every rank calls it at the same point with the
+  // same arguments. An implementation that can reduce such memory more cheaply than ordinary memory
+  // returns it (MPI with every rank on one node: a shared mapping that the ranks reduce directly, no
+  // copy through the transport); otherwise an undefined Tensor, and the caller keeps its own memory.
+  // all_reduce of a slice of it is matched across ranks by the slice's offset and count, which must
+  // then be the same on every rank (a mismatch is a CommError, not a wrong sum).
+  virtual Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) {
+    (void)numel, (void)dtype, (void)device;
+    return {};
   }
 
   // Non-blocking collectives (the primitives; the blocking forms below wait on these).

@@ -17,7 +17,7 @@ GradientBucketer::GradientBucketer(Communicator& comm, const Tensor& arena, std:
   LS_REQUIRE(options_.first_bucket_bytes > 0 && options_.bucket_cap_bytes > 0, UserError,
              "GradientBucketer: bucket sizes must be positive (first_bucket_bytes=", options_.first_bucket_bytes,
              ", bucket_cap_bytes=", options_.bucket_cap_bytes, ")");
-  one_in_flight_ = options_.one_in_flight && !comm_.queues_collectives(arena_.device());
+  one_in_flight_ = options_.one_in_flight && !comm_.queues_collectives(make_buffer(arena_));
   const int64_t n = arena_.numel();
   const int num = static_cast<int>(segments_.size());
   for (int i = 0; i < num; ++i) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "comm/launch_env.h"
+#include "comm/shared_reduction.h"
 
 namespace lockstep::comm {
 namespace detail {
@@ -74,30 +75,7 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_OP_NULL;
 }
 
-// dst[i] = op(dst[i], src[i]); plain loops that -O3 vectorises.
-template <typename T>
-void reduce_into(T* __restrict dst, const T* __restrict src, int64_t n, ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum:
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(dst[i] + src[i]);
-      break;
-    case ReduceOp::Max:
-      for (int64_t i = 0; i < n; ++i) dst[i] = src[i] > dst[i] ? src[i] : dst[i];
-      break;
-    case ReduceOp::Min:
-      for (int64_t i = 0; i < n; ++i) dst[i] = src[i] < dst[i] ? src[i] : dst[i];
-      break;
-  }
-}
-
-void reduce_into(void* dst, const void* src, int64_t n, ElemType t, ReduceOp op) {
-  switch (t) {
-    case ElemType::F32: reduce_into(static_cast<float*>(dst), static_cast<const float*>(src), n, op); break;
-    case ElemType::F64: reduce_into(static_cast<double*>(dst), static_cast<const double*>(src), n, op); break;
-    case ElemType::I64: reduce_into(static_cast<int64_t*>(dst), static_cast<const int64_t*>(src), n, op); break;
-    case ElemType::U8: reduce_into(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), n, op); break;
-  }
-}
+using detail::reduce_into;
 
 std::string seconds_str(std::chrono::milliseconds ms) {
   char s[32];
@@ -151,6 +129,21 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> all_gather_async(Buffer send, Buffer recv) override;
   std::unique_ptr<Work> barrier_async() override;
   [[noreturn]] void abort(int code, const std::string& message) override;
+  bool queues_collectives(const Buffer& buf) const override { return shared_for(buf) != nullptr; }
+  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) override;
+
+  // The shared mapping `buf` lies in (allocate_reduction_buffer), or null.
+  std::shared_ptr<SharedReduction> shared_for(const Buffer& buf) const {
+    for (const auto& w : shared_)
+      if (auto s = w.lock(); s && s->contains(buf)) return s;
+    return nullptr;
+  }
+  // This rank's share of every shared-memory reduction that every rank has made ready. Every test()
+  // calls it, so that a rank waiting on any collective still does its part of those.
+  void drive_shared() {
+    for (const auto& w : shared_)
+      if (auto s = w.lock()) s->progress();
+  }
 
   MPI_Comm comm() const { return comm_; }
   void mark_failed() { poison(); }
@@ -193,6 +186,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   int tag_ub_ = 32767;
   int64_t ring_tags_ = 0;
+  std::vector<std::weak_ptr<SharedReduction>> shared_;  // alive while their buffers are
   static constexpr size_t kMaxScratch = 16;
   std::vector<std::vector<char>> scratch_;
 };
@@ -204,6 +198,7 @@ bool MpiWork::test() {
   if (done_) return true;
   LS_REQUIRE(!failed_, CommError, "rank ", comm_.rank(), ": ", description_, " already failed");
   try {
+    comm_.drive_shared();
     done_ = progress();
   } catch (...) {
     failed_ = true;
@@ -345,6 +340,25 @@ class RingAllReduceWork final : public MpiWork {
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
 };
 
+// An all-reduce of a slice of the shared reduction buffer (comm/shared_reduction.h): launched by
+// the constructor, advanced by every test() (MpiWork::test drives all shared reductions).
+class SharedAllReduceWork final : public MpiWork {
+ public:
+  SharedAllReduceWork(MpiCommunicator& comm, std::string description, std::shared_ptr<SharedReduction> shared,
+                      const Buffer& buf, ReduceOp op)
+      : MpiWork(comm, std::move(description)), shared_(std::move(shared)) {
+    seq_ = shared_->launch(buf, op, description_, comm.timeout());
+  }
+  ~SharedAllReduceWork() override { settle(); }
+
+ protected:
+  bool progress() override { return shared_->done(seq_); }
+
+ private:
+  std::shared_ptr<SharedReduction> shared_;
+  int64_t seq_ = 0;
+};
+
 // ---- MpiCommunicator ------------------------------------------------------------------------------
 MpiCommunicator::MpiCommunicator() {
   int finalized = 0, initialized = 0;
@@ -398,6 +412,11 @@ MpiCommunicator::~MpiCommunicator() {
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op) {
   check_buffer("all_reduce", buf);
+  if (auto shared = size_ > 1 ? shared_for(buf) : nullptr) {
+    std::string what =
+        describe_launch(str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), ", shared memory)"));
+    return std::make_unique<SharedAllReduceWork>(*this, std::move(what), std::move(shared), buf, op);
+  }
   std::string what = describe_launch(str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), ")"));
   if (size_ > 1 && buf.bytes() >= kRingMinBytes && buf.count >= size_) {
     LS_REQUIRE(buf.count / size_ < INT_MAX, CommError, where("all_reduce"), " of ", buf.describe(),
@@ -410,6 +429,38 @@ std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op)
                                  comm_, w->request()),
                   what);
   return w;
+}
+
+Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, Device device) {
+  // Whether to try is decided together (the environment could differ between ranks); every rank then
+  // takes part in create_shared_reduction's two collectives or none does.
+  const char* env = std::getenv("LOCKSTEP_SHARED_ALLREDUCE");
+  int want = device == Device::CPU && size_ > 1 && local_size_ == size_ && numel > 0 &&
+             !(env != nullptr && std::strcmp(env, "0") == 0);
+  LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &want, 1, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
+  if (!want) return {};
+  auto share_name = [&](std::string name) {
+    char buf[256] = {0};
+    std::snprintf(buf, sizeof buf, "%s", name.c_str());
+    LS_MPI_CHECK_IN(MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, comm_), "allocate_reduction_buffer");
+    return std::string(buf);
+  };
+  auto all_ok = [&](bool ok) {
+    int v = ok ? 1 : 0;
+    LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
+    return v != 0;
+  };
+  std::string why;
+  auto shared = create_shared_reduction(size_, rank_, numel * dtype_size(dtype), share_name, all_ok, &why);
+  if (!shared) {
+    if (!why.empty())
+      std::fprintf(stderr, "lockstep: rank %d: no all-reduce through shared memory (%s); reducing over MPI instead\n",
+                   rank_, why.c_str());
+    return {};
+  }
+  std::erase_if(shared_, [](const auto& w) { return w.expired(); });
+  shared_.push_back(shared);
+  return Tensor::wrap(shared->data(), {numel}, Device::CPU, dtype, shared);
 }
 
 std::unique_ptr<Work> MpiCommunicator::broadcast_async(Buffer buf, int root) {

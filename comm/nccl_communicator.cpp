@@ -175,7 +175,13 @@ class NcclCommunicator final : public Communicator {
   int local_size() const override { return boot_->local_size(); }
   std::string name() const override { return "nccl"; }
   bool supports(Device d) const override { return d == Device::CUDA || boot_->supports(d); }
-  bool queues_collectives(Device d) const override { return d == Device::CUDA; }
+  bool queues_collectives(const Buffer& b) const override {
+    return b.device == Device::CUDA || boot_->queues_collectives(b);
+  }
+  // Host buffers are reduced by the MPI communicator underneath, so it is the one to place them.
+  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) override {
+    return device == Device::CPU ? boot_->allocate_reduction_buffer(numel, dtype, device) : Tensor{};
+  }
   void set_stream(void* stream) override {
     compute_ = stream ? static_cast<cudaStream_t>(stream) : static_cast<cudaStream_t>(lockstep::cuda::compute_stream());
   }

@@ -763,8 +763,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
               << (dataset_.validation ? str_cat(", validate on ", dataset_.validation->size(), " samples") : "")
               << "; " << comm_.size() << " rank(s) x "
               << (device_ == Device::CUDA ? std::string("1 GPU") : str_cat(ops::num_threads(), " thread(s)"))
-              << ", global batch "
-              << batch_size_ << ", " << steps << " steps per epoch\n";
+              << (update_->gradients_in_reduction_buffer() ? " (gradients reduced in shared memory)" : "")
+              << ", global batch " << batch_size_ << ", " << steps << " steps per epoch\n";
 
   const size_t nsums = 2 + metrics_.size();
   std::vector<double> step_sums(nsums + 1, 0.0);  // + the stop flag

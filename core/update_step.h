@@ -28,6 +28,8 @@ class UpdateStep {
   void run(const Tensor& dout, Context& ctx, Optimizer& opt);
   // Seconds spent blocked waiting for all-reduces, summed over the steps run.
   double comm_wait_seconds() const { return bucketer_ ? bucketer_->wait_seconds() : 0.0; }
+  // Whether the gradients live in the communicator's reduction buffer (shared memory on one node).
+  bool gradients_in_reduction_buffer() const { return in_reduction_buffer_; }
 
  private:
   Model& model_;
@@ -35,6 +37,7 @@ class UpdateStep {
   comm::BucketOptions options_;
   std::vector<std::pair<int, int>> of_layer_;         // layer -> (first, count) of its bucketer segments
   std::unique_ptr<comm::GradientBucketer> bucketer_;  // under N ranks
+  bool in_reduction_buffer_ = false;
 };
 
 }  // namespace lockstep

@@ -349,7 +349,7 @@ class HeldCommunicator : public Communicator {
   int local_size() const override { return 2; }
   std::string name() const override { return "held"; }
   bool supports(Device) const override { return true; }
-  bool queues_collectives(Device) const override { return queues_; }
+  bool queues_collectives(const Buffer&) const override { return queues_; }
   std::unique_ptr<Work> all_reduce_async(Buffer b, ReduceOp) override {
     log.push_back(str_cat("ar", b.count));
     return hold();

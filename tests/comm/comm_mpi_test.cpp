@@ -4,8 +4,9 @@
 // exactly) and all-reduces its verdict, so every rank passes or fails together. There is no skip:
 // if MPI does not start, the binary fails.
 //
-// DISABLED_Watchdog.* are run separately (their own CTest entries): a rank deliberately stalls, the
-// others must get a CommError within the timeout and abort the job.
+// DISABLED_Watchdog.* and DISABLED_SharedMismatch.* are run separately (their own CTest entries): a
+// rank deliberately stalls (or reduces another slice), the others must get a CommError within the
+// timeout and abort the job.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -14,6 +15,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -193,15 +196,125 @@ TEST(Communicator, RefusesCudaBuffers) {
   comm().barrier();
 }
 
+// ---- all-reduce in the reduction buffer (shared memory when every rank is on this node) -----------
+// CTest runs every rank on one machine, so the MPI communicator must hand out shared memory.
+TEST(ReductionBuffer, SharedOnOneNodeAndZeroed) {
+  Tensor t = comm().allocate_reduction_buffer(266610, DType::F32, Device::CPU);
+  ASSERT_TRUE(t.defined()) << "no shared reduction buffer with every rank on one node";
+  EXPECT_EQ(t.numel(), 266610);
+  EXPECT_EQ(t.shape(), (Shape{266610}));
+  bool zero = true;
+  for (int64_t i = 0; i < t.numel(); ++i) zero &= t.data()[i] == 0.f;
+  EXPECT_ALL(zero);
+  EXPECT_TRUE(comm().queues_collectives(make_buffer(t)));
+  EXPECT_TRUE(comm().queues_collectives(make_buffer(t.view(1000, {5000}))));
+  EXPECT_FALSE(comm().queues_collectives(make_buffer(Tensor({1000}))));
+  EXPECT_FALSE(comm().allocate_reduction_buffer(100, DType::F32, Device::CUDA).defined());
+}
+
+// LOCKSTEP_SHARED_ALLREDUCE=0 turns it off; the ranks decide together, so one rank's setting is
+// enough (else some ranks would wait in the mapping's collectives that others skip).
+TEST(ReductionBuffer, TurnedOffByTheEnvironmentOnAnyRank) {
+  for (int who : {-1, comm().size() - 1}) {
+    if (who < 0 || comm().rank() == who) setenv("LOCKSTEP_SHARED_ALLREDUCE", "0", 1);
+    Tensor t = comm().allocate_reduction_buffer(1000, DType::F32, Device::CPU);
+    unsetenv("LOCKSTEP_SHARED_ALLREDUCE");
+    EXPECT_ALL(!t.defined());
+  }
+  EXPECT_ALL(comm().allocate_reduction_buffer(1000, DType::F32, Device::CPU).defined());
+}
+
+template <typename T>
+class ReductionBufferTyped : public ::testing::Test {};
+TYPED_TEST_SUITE(ReductionBufferTyped, ElemTypes);
+
+// Slices of every shape (one element, fewer elements than ranks, unaligned, the whole buffer) with
+// every op; what lies outside the slice is left alone.
+TYPED_TEST(ReductionBufferTyped, EveryOpOnSlices) {
+  using T = TypeParam;
+  const int p = comm().size(), r = comm().rank();
+  const int64_t n = 70001;
+  Tensor buf = comm().allocate_reduction_buffer(n, sizeof(T) == 8 ? DType::F64 : DType::F32, Device::CPU);
+  ASSERT_TRUE(buf.defined());
+  // The communicator reduces raw memory: view the float32/float64 buffer as T (sizes allow it).
+  T* a = static_cast<T*>(buf.raw());
+  const int64_t cap = n * dtype_size(buf.dtype()) / int64_t(sizeof(T));
+  bool ok = true;
+  for (auto [off, count] : {std::pair<int64_t, int64_t>{0, cap}, {5, 1}, {7, 3}, {1001, 40000}, {cap - 2, 2}}) {
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min}) {
+      auto value = [&](int64_t i) {
+        return op == ReduceOp::Sum ? static_cast<T>((r + 1) + i % 7) : static_cast<T>((r + 1) * (1 + i % 3));
+      };
+      for (int64_t i = 0; i < cap; ++i) a[i] = i >= off && i < off + count ? value(i) : static_cast<T>(100 + r);
+      comm().all_reduce(make_buffer(std::span<T>(a + off, size_t(count))), op);
+      for (int64_t i = 0; i < cap && ok; ++i) {
+        T want = static_cast<T>(100 + r);
+        if (i >= off && i < off + count)
+          want = op == ReduceOp::Sum ? static_cast<T>(p * (p + 1) / 2 + p * (i % 7))
+                 : op == ReduceOp::Max ? static_cast<T>(p * (1 + i % 3))
+                                       : static_cast<T>(1 + i % 3);
+        if (a[i] != want) {
+          ADD_FAILURE() << "rank " << r << ": " << reduce_op_name(op) << " slice [" << off << ", +" << count
+                        << ") element " << i << ": got " << +a[i] << " want " << +want;
+          ok = false;
+        }
+      }
+    }
+  }
+  EXPECT_ALL(ok);
+}
+
+// More launches outstanding than the mapping has slots (64), waited on in reverse order; float sums
+// of non-integers are bit-identical on every rank (each share is summed once, in rank order).
+TEST(ReductionBuffer, ManyInFlightWaitedInAnyOrderSameBitsEverywhere) {
+  const int r = comm().rank();
+  const int64_t k = 150, len = 1000;
+  Tensor buf = comm().allocate_reduction_buffer(k * len, DType::F32, Device::CPU);
+  ASSERT_TRUE(buf.defined());
+  float* a = buf.data();
+  for (int64_t i = 0; i < k * len; ++i) a[i] = static_cast<float>(seeded(7, r, i)) * 0.1f + 1e-3f * float(r);
+  std::vector<std::unique_ptr<Work>> work;
+  for (int64_t j = 0; j < k; ++j) work.push_back(comm().all_reduce_async(make_buffer(buf.view(j * len, {len})), ReduceOp::Sum));
+  for (int64_t j = k - 1; j >= 0; --j) work[size_t(j)]->wait();
+  std::vector<float> mine(a, a + k * len), root = mine;
+  comm().broadcast(std::span<float>(root), 0);
+  bool same = std::memcmp(mine.data(), root.data(), mine.size() * sizeof(float)) == 0;
+  bool sums = true;
+  for (int64_t i = 0; i < k * len && sums; ++i) {
+    double want = 0;
+    for (int q = 0; q < comm().size(); ++q) want += seeded(7, q, i) * 0.1 + 1e-3 * q;
+    sums = std::fabs(mine[size_t(i)] - want) <= 1e-4 * (1 + std::fabs(want));
+    if (!sums) ADD_FAILURE() << "rank " << r << " element " << i << ": " << mine[size_t(i)] << " want " << want;
+  }
+  EXPECT_ALL(same);
+  EXPECT_ALL(sums);
+}
+
+// A rank waiting on another collective still does its share of a reduction launched before it (the
+// others may be waiting for that share before they join the second collective).
+TEST(ReductionBuffer, ShareIsDoneWhileWaitingOnAnotherCollective) {
+  const int p = comm().size(), r = comm().rank();
+  Tensor buf = comm().allocate_reduction_buffer(4096, DType::F32, Device::CPU);
+  ASSERT_TRUE(buf.defined());
+  for (int64_t i = 0; i < buf.numel(); ++i) buf.data()[i] = float(r + 1);
+  auto w = comm().all_reduce_async(buf);
+  if (r == 0) w->wait();  // rank 0 joins the barrier only after the all-reduce completes
+  comm().barrier();       // the others wait here without ever calling w->test()
+  w->wait();
+  bool ok = true;
+  for (int64_t i = 0; i < buf.numel(); ++i) ok &= buf.data()[i] == float(p * (p + 1) / 2);
+  EXPECT_ALL(ok);
+}
+
 // ---- bucketer -------------------------------------------------------------------------------------
 // Arena of 20,000 floats; listed segments get (r+1)*(1 + i%5) at element i; frozen ones a per-rank
 // sentinel that must survive untouched. Small caps so segments cross bucket boundaries; one segment
 // is larger than the cap.
-TEST(GradientBucketer, SumsBucketsInAnyMarkOrder) {
+void bucketer_sums_in_any_mark_order(const Tensor& arena) {
   const int p = comm().size(), r = comm().rank();
   const std::vector<GradientSegment> segs = {{0, 100},     {100, 250},  {350, 4000},   /* frozen [4350,5000) */
                                              {5000, 300},  {5300, 7000}, {12300, 50},  {12350, 7650}};
-  Tensor arena({20000});
+  ASSERT_EQ(arena.numel(), 20000);
   BucketOptions o;
   o.first_bucket_bytes = 1200;  // 300 floats
   o.bucket_cap_bytes = 8000;    // 2000 floats
@@ -232,6 +345,15 @@ TEST(GradientBucketer, SumsBucketsInAnyMarkOrder) {
     }
   }
   EXPECT_ALL(ok);
+}
+TEST(GradientBucketer, SumsBucketsInAnyMarkOrder) { bucketer_sums_in_any_mark_order(Tensor({20000})); }
+// The same over the communicator's reduction buffer (shared memory on one node), where every ready
+// bucket is launched at once (queues_collectives) and reduced in launch order.
+TEST(GradientBucketer, SumsBucketsInAnyMarkOrderInTheReductionBuffer) {
+  Tensor arena = comm().allocate_reduction_buffer(20000, DType::F32, Device::CPU);
+  ASSERT_TRUE(arena.defined());
+  EXPECT_TRUE(comm().queues_collectives(make_buffer(arena)));
+  bucketer_sums_in_any_mark_order(arena);
 }
 
 TEST(GradientBucketer, DefaultBucketsAndPostScaleGiveMean) {
@@ -322,6 +444,56 @@ TEST(DISABLED_Watchdog, StalledRankIsReportedNotHung) {
     EXPECT_TRUE(comm().poisoned());
     EXPECT_THROW(comm().barrier(), CommError);
     if (named && s >= 1.9 && s < 3.5) std::printf("WATCHDOG_OK rank %d after %.2f s: %s\n", r, s, m.c_str());
+    std::fflush(stdout);
+    comm().abort(3, m);
+  }
+}
+
+// The same over the shared reduction buffer: the others wait in shared memory, not in MPI.
+TEST(DISABLED_Watchdog, StalledRankInSharedMemoryIsReportedNotHung) {
+  const int p = comm().size(), r = comm().rank();
+  ASSERT_GE(p, 2);
+  Tensor grad = comm().allocate_reduction_buffer(266610, DType::F32, Device::CPU);
+  ASSERT_TRUE(grad.defined());
+  comm().barrier();
+  comm().set_timeout(std::chrono::seconds(2));
+  comm().set_step(42);
+  if (r == p - 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(40));  // stuck; mpirun --timeout is the backstop
+    std::_Exit(99);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    comm().all_reduce(grad);
+    FAIL() << "rank " << r << ": no CommError";
+  } catch (const CommError& e) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const std::string m = e.what();
+    const bool named = m.find("all_reduce(SUM, 266610 x float32 (1.07 MB, cpu), shared memory)") != std::string::npos &&
+                       m.find("[step 42]") != std::string::npos && m.find("timed out after 2.0 s") != std::string::npos;
+    EXPECT_TRUE(named) << m;
+    EXPECT_GE(s, 1.9);
+    EXPECT_LT(s, 3.5);
+    if (named && s >= 1.9 && s < 3.5) std::printf("WATCHDOG_OK rank %d after %.2f s: %s\n", r, s, m.c_str());
+    std::fflush(stdout);
+    comm().abort(3, m);
+  }
+}
+
+// Ranks that reduce different slices of the shared buffer at the same place in the sequence get a
+// CommError naming both slices, instead of a wrong sum.
+TEST(DISABLED_SharedMismatch, DifferentSlicesAreReported) {
+  const int r = comm().rank();
+  Tensor buf = comm().allocate_reduction_buffer(1000, DType::F32, Device::CPU);
+  ASSERT_TRUE(buf.defined());
+  comm().set_timeout(std::chrono::seconds(5));
+  try {
+    comm().all_reduce(buf.view(r == 0 ? 0 : 100, {100}));
+    FAIL() << "rank " << r << ": no CommError";
+  } catch (const CommError& e) {
+    const std::string m = e.what();
+    if (m.find("launched a different all-reduce") != std::string::npos)
+      std::printf("MISMATCH_OK rank %d: %s\n", r, m.c_str());
     std::fflush(stdout);
     comm().abort(3, m);
   }
