@@ -11,6 +11,10 @@
 //   ls-spin   ls-bucket with a pure-spin wait policy (to price the sleep/yield back-off)
 //   ls-concur ls-bucket with every ready bucket in flight at once (BucketOptions::one_in_flight off)
 //   mpi-bucket MPI_Allreduce over ls-bucket's buckets, one after another (the reference for ls-bucket)
+//   sh-one    Communicator::all_reduce of the whole buffer in the communicator's reduction buffer
+//             (allocate_reduction_buffer: shared memory with every rank on one node)
+//   sh-bucket ls-bucket over the reduction buffer: the trainer's path on one node (UpdateStep places the
+//             gradients there); every ready bucket is launched at once and reduced in launch order
 //   skew      rank 0 busy for 1/5/20 ms before ls-bucket: back-off vs pure spin when waits are long
 // Methodology as in BASELINE.md §8: 2 warm-up calls; each repetition is barrier + k calls lasting
 // >= --min-ms, timed by the slowest rank; median and best over --reps, the paths interleaved. busbw = bytes/t * 2(p-1)/p.
@@ -22,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -131,16 +136,31 @@ int main(int argc, char** argv) {
       for (const auto& b : bucketer.buckets())
         MPI_Allreduce(MPI_IN_PLACE, a + b.offset, static_cast<int>(b.count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     };
-    const std::vector<Timing> t = time_interleaved(
-        {[&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); },
-         [&] { comm->all_reduce(arena); }, bucketed, with_spin, mpi_buckets, [&] { run_buckets(concurrent); }},
-        reps, min_ms);
+    // The reduction buffer (collective; undefined with LOCKSTEP_SHARED_ALLREDUCE=0 or over several nodes).
+    Tensor shared = comm->allocate_reduction_buffer(n, DType::F32, Device::CPU);
+    std::unique_ptr<GradientBucketer> shared_bucketer;
+    std::vector<std::function<void()>> paths = {
+        [&] { MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); },
+        [&] { comm->all_reduce(arena); }, bucketed, with_spin, mpi_buckets, [&] { run_buckets(concurrent); }};
+    if (shared.defined()) {
+      shared.copy_from(arena);
+      shared_bucketer = std::make_unique<GradientBucketer>(*comm, shared, layer_segments(n));
+      paths.push_back([&] { comm->all_reduce(shared); });
+      paths.push_back([&] { run_buckets(*shared_bucketer); });
+    }
+    const std::vector<Timing> t = time_interleaved(paths, reps, min_ms);
     report("mpi", t[0], t[0]);
     report("ls-one", t[1], t[0]);
     report("ls-bucket", t[2], t[0]);
     report("ls-spin", t[3], t[0]);
     report("mpi-bucket", t[4], t[0]);
     report("ls-concur", t[5], t[0]);
+    if (shared.defined()) {
+      report("sh-one", t[6], t[0]);
+      report("sh-bucket", t[7], t[0]);
+    } else if (rank == 0) {
+      std::printf("  (no reduction buffer in shared memory here: sh-one and sh-bucket not measured)\n");
+    }
     if (rank == 0)
       std::printf("  (%zu buckets; ls-bucket against mpi-bucket: median %.2f, best %.2f)\n", bucketer.buckets().size(),
                   t[4].median / t[2].median, t[4].best / t[2].best);

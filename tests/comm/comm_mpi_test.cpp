@@ -416,45 +416,12 @@ TEST(Consistency, ReplicaDesyncNamesStepAndRank) {
 }
 
 // ---- watchdog (run on its own: the job is aborted) --------------------------------------------------
-// The last rank stalls instead of joining an all-reduce; every other rank must get a CommError
-// naming the collective, its size and the step within the 2 s timeout, then abort the job (exit 3).
-TEST(DISABLED_Watchdog, StalledRankIsReportedNotHung) {
+// The last rank stalls instead of joining an all-reduce of `grad` (266,610 floats); every other rank
+// must get a CommError naming the collective (`expect`), its size and the step within the 2 s
+// timeout, then abort the job (exit 3).
+void stalled_rank_is_reported(const Tensor& grad, const std::string& expect) {
   const int p = comm().size(), r = comm().rank();
   ASSERT_GE(p, 2);
-  comm().barrier();
-  comm().set_timeout(std::chrono::seconds(2));
-  comm().set_step(42);
-  if (r == p - 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(40));  // stuck; mpirun --timeout is the backstop
-    std::_Exit(99);
-  }
-  std::vector<float> grad(266610, 1.f);
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
-    comm().all_reduce(std::span<float>(grad));
-    FAIL() << "rank " << r << ": no CommError";
-  } catch (const CommError& e) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const std::string m = e.what();
-    const bool named = m.find("all_reduce(SUM, 266610 x float32") != std::string::npos &&
-                       m.find("[step 42]") != std::string::npos && m.find("timed out after 2.0 s") != std::string::npos;
-    EXPECT_TRUE(named) << m;
-    EXPECT_GE(s, 1.9);
-    EXPECT_LT(s, 3.5);
-    EXPECT_TRUE(comm().poisoned());
-    EXPECT_THROW(comm().barrier(), CommError);
-    if (named && s >= 1.9 && s < 3.5) std::printf("WATCHDOG_OK rank %d after %.2f s: %s\n", r, s, m.c_str());
-    std::fflush(stdout);
-    comm().abort(3, m);
-  }
-}
-
-// The same over the shared reduction buffer: the others wait in shared memory, not in MPI.
-TEST(DISABLED_Watchdog, StalledRankInSharedMemoryIsReportedNotHung) {
-  const int p = comm().size(), r = comm().rank();
-  ASSERT_GE(p, 2);
-  Tensor grad = comm().allocate_reduction_buffer(266610, DType::F32, Device::CPU);
-  ASSERT_TRUE(grad.defined());
   comm().barrier();
   comm().set_timeout(std::chrono::seconds(2));
   comm().set_step(42);
@@ -469,15 +436,28 @@ TEST(DISABLED_Watchdog, StalledRankInSharedMemoryIsReportedNotHung) {
   } catch (const CommError& e) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const std::string m = e.what();
-    const bool named = m.find("all_reduce(SUM, 266610 x float32 (1.07 MB, cpu), shared memory)") != std::string::npos &&
-                       m.find("[step 42]") != std::string::npos && m.find("timed out after 2.0 s") != std::string::npos;
+    const bool named = m.find(expect) != std::string::npos && m.find("[step 42]") != std::string::npos &&
+                       m.find("timed out after 2.0 s") != std::string::npos;
     EXPECT_TRUE(named) << m;
     EXPECT_GE(s, 1.9);
     EXPECT_LT(s, 3.5);
+    EXPECT_TRUE(comm().poisoned());
+    EXPECT_THROW(comm().barrier(), CommError);
     if (named && s >= 1.9 && s < 3.5) std::printf("WATCHDOG_OK rank %d after %.2f s: %s\n", r, s, m.c_str());
     std::fflush(stdout);
     comm().abort(3, m);
   }
+}
+
+TEST(DISABLED_Watchdog, StalledRankIsReportedNotHung) {
+  stalled_rank_is_reported(Tensor::full({266610}, 1.0), "all_reduce(SUM, 266610 x float32 (1.07 MB, cpu)) #");
+}
+
+// The same in the reduction buffer: the others wait in shared memory, not in MPI.
+TEST(DISABLED_Watchdog, StalledRankInSharedMemoryIsReportedNotHung) {
+  Tensor grad = comm().allocate_reduction_buffer(266610, DType::F32, Device::CPU);
+  ASSERT_TRUE(grad.defined());
+  stalled_rank_is_reported(grad, "all_reduce(SUM, 266610 x float32 (1.07 MB, cpu), shared memory) #");
 }
 
 // Ranks that reduce different slices of the shared buffer at the same place in the sequence get a
