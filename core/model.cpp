@@ -107,10 +107,13 @@ void Model::allocate() {
   });
   weights_ = Tensor::zeros({std::max<int64_t>(wn, 1)}, device_, dtype_);
   grads_ = Tensor::zeros({std::max<int64_t>(gn, 1)}, device_, dtype_);
-  for (WeightRef& r : refs_) {
-    r.weight->value = weights_.view(r.offset, r.weight->shape);
+  for (WeightRef& r : refs_) r.weight->value = weights_.view(r.offset, r.weight->shape);
+  bind_gradients();
+}
+
+void Model::bind_gradients() {
+  for (WeightRef& r : refs_)
     if (r.grad_offset >= 0) r.weight->grad = grads_.view(r.grad_offset, r.weight->shape);
-  }
 }
 
 void Model::place_gradients(const Tensor& arena) {
@@ -121,8 +124,7 @@ void Model::place_gradients(const Tensor& arena) {
   Tensor flat = arena.reshape({arena.numel()});
   flat.copy_from(grads_);
   grads_ = flat;
-  for (WeightRef& r : refs_)
-    if (r.grad_offset >= 0) r.weight->grad = grads_.view(r.grad_offset, r.weight->shape);
+  bind_gradients();
 }
 
 void Model::init(uint64_t seed) {

@@ -79,6 +79,8 @@ class Model {
 
  private:
   void allocate();
+  // Point every gradient-carrying weight's `grad` at its slice of grads_.
+  void bind_gradients();
   // Prefetch what layer i's backward will touch (Layer::backward_operands) unless it is too big to stay.
   void prefetch_backward(int i, bool descending);
 
