@@ -412,12 +412,10 @@ MpiCommunicator::~MpiCommunicator() {
 
 std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op) {
   check_buffer("all_reduce", buf);
-  if (auto shared = size_ > 1 ? shared_for(buf) : nullptr) {
-    std::string what =
-        describe_launch(str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), ", shared memory)"));
-    return std::make_unique<SharedAllReduceWork>(*this, std::move(what), std::move(shared), buf, op);
-  }
-  std::string what = describe_launch(str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), ")"));
+  auto shared = shared_for(buf);  // only ever set under several ranks
+  std::string what = describe_launch(
+      str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), shared ? ", shared memory)" : ")"));
+  if (shared) return std::make_unique<SharedAllReduceWork>(*this, std::move(what), std::move(shared), buf, op);
   if (size_ > 1 && buf.bytes() >= kRingMinBytes && buf.count >= size_) {
     LS_REQUIRE(buf.count / size_ < INT_MAX, CommError, where("all_reduce"), " of ", buf.describe(),
                ": chunks over 2^31-1 elements");

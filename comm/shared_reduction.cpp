@@ -52,8 +52,10 @@ struct SharedReduction::Control {
   alignas(64) Slot slots[kSlots];
 };
 
+int64_t SharedReduction::control_bytes() { return round_up(int64_t(sizeof(Control)), kPage); }
+
 int64_t SharedReduction::mapping_bytes(int ranks, int64_t data_bytes) {
-  return int64_t(ranks) * (round_up(int64_t(sizeof(Control)), kPage) + round_up(std::max<int64_t>(data_bytes, 1), kPage));
+  return int64_t(ranks) * (control_bytes() + round_up(std::max<int64_t>(data_bytes, 1), kPage));
 }
 
 SharedReduction::SharedReduction(void* base, int ranks, int rank, int64_t data_bytes, std::shared_ptr<void> keep)
@@ -64,7 +66,7 @@ SharedReduction::Control& SharedReduction::control(int q) const {
   return *reinterpret_cast<Control*>(base_ + int64_t(q) * stride_);
 }
 char* SharedReduction::data_of(int q) const {
-  return base_ + int64_t(q) * stride_ + round_up(int64_t(sizeof(Control)), kPage);
+  return base_ + int64_t(q) * stride_ + control_bytes();
 }
 
 bool SharedReduction::contains(const Buffer& b) const {

@@ -60,10 +60,7 @@ class SharedReduction {
   // stays mapped while `keep` lives.
   SharedReduction(void* base, int ranks, int rank, int64_t data_bytes, std::shared_ptr<void> keep);
 
-  int rank() const { return rank_; }
-  int ranks() const { return ranks_; }
   void* data() const { return data_of(rank_); }  // this rank's region
-  int64_t data_bytes() const { return data_bytes_; }
   // Whether `b` lies inside this rank's region.
   bool contains(const Buffer& b) const;
 
@@ -89,6 +86,7 @@ class SharedReduction {
     ReduceOp op;
     std::string what;
   };
+  static int64_t control_bytes();  // a control block, rounded up to whole pages
   Control& control(int q) const;
   char* data_of(int q) const;
   int64_t min_reduced() const;
