@@ -126,6 +126,48 @@ void prefetch(const Tensor& x, bool for_write) {
   kernels::prefetch(kernels::Cpu{}, x.raw(), x.numel() * dtype_size(x.dtype()), for_write);
 }
 
+// ---- merges --------------------------------------------------------------------------------------
+void concat_block(const Tensor& part, const Tensor& whole, int64_t outer, int64_t offset, bool into_whole) {
+  same(part, whole, "concat_block");
+  LS_CHECK(outer > 0 && whole.numel() % outer == 0 && part.numel() % outer == 0, "concat_block: ", outer,
+           " rows do not divide part ", shape_str(part.shape()), " and whole ", shape_str(whole.shape()));
+  const int64_t part_cols = part.numel() / outer, whole_cols = whole.numel() / outer;
+  LS_CHECK(offset >= 0 && offset + part_cols <= whole_cols, "concat_block: columns [", offset, ", ",
+           offset + part_cols, ") of rows of ", whole_cols);
+  dispatch(whole, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::concat_block(be, part.data<T>(), whole.data<T>(), outer, part_cols, whole_cols, offset, into_whole);
+  });
+}
+void extremum(bool is_max, const Tensor& a, const Tensor& b, const Tensor& out) {
+  same_numel(a, b, "extremum");
+  same_numel(a, out, "extremum");
+  dispatch(a, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::extremum(be, is_max, a.data<T>(), b.data<T>(), out.data<T>(), a.numel());
+  });
+}
+void extremum_backward(bool is_max, const Tensor& a, const Tensor& b, const Tensor& dy, const Tensor& da,
+                       const Tensor& db) {
+  same_numel(a, b, "extremum_backward");
+  same_numel(a, dy, "extremum_backward");
+  // Cheap aliasing checks (same first element), where there is memory to alias.
+  const bool any = a.numel() > 0;
+  for (const Tensor* g : {&da, &db}) {
+    if (!g->defined()) continue;
+    same_numel(a, *g, "extremum_backward");
+    LS_CHECK(!any || (g->raw() != dy.raw() && g->raw() != a.raw() && g->raw() != b.raw()),
+             "extremum_backward: a gradient aliases dy, a or b");
+  }
+  LS_CHECK(!any || !da.defined() || !db.defined() || da.raw() != db.raw(), "extremum_backward: da aliases db");
+  if (!da.defined() && !db.defined()) return;
+  dispatch(a, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::extremum_backward(be, is_max, a.data<T>(), b.data<T>(), dy.data<T>(), opt<T>(da), opt<T>(db),
+                               a.numel());
+  });
+}
+
 // ---- products ------------------------------------------------------------------------------------
 void gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta, const Tensor& c) {
   same(a, b, "gemm");

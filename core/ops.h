@@ -49,6 +49,21 @@ bool all_finite(const Tensor& x);
 // prefetch per cache line; CUDA: nothing). A hint: it changes no value; an undefined x is ignored.
 void prefetch(const Tensor& x, bool for_write);
 
+// ---- merges (Keras Concatenate, Maximum, Minimum) ----------------------------------------------
+// Concatenation along an axis as copies of column blocks: `whole` viewed as [outer, whole.numel()/outer] and
+// `part` as [outer, part.numel()/outer]; the part's row r is columns [offset, offset + part_cols) of the whole's
+// row r. into_whole: whole <- part (forward); else part <- whole (the backward's slice).
+void concat_block(const Tensor& part, const Tensor& whole, int64_t outer, int64_t offset, bool into_whole);
+// out = max(a, b) elementwise (is_max) or min(a, b). out may alias a or b.
+// Computed as out = pick_a ? a : b with extremum_backward's pick_a, so the output is the operand its gradient
+// goes to; NaNs follow the comparison literally (a NaN in b gives NaN, a NaN in a alone gives b), on every device.
+void extremum(bool is_max, const Tensor& a, const Tensor& b, const Tensor& out);
+// The gradient of extremum, ties going to `a` as TensorFlow's Maximum/Minimum gradients do: with
+// pick_a = is_max ? a >= b : a <= b, da = pick_a ? dy : 0 and db = pick_a ? 0 : dy. da or db may be undefined
+// (not needed). Neither may alias dy, a or b.
+void extremum_backward(bool is_max, const Tensor& a, const Tensor& b, const Tensor& dy, const Tensor& da,
+                       const Tensor& db);
+
 // ---- products ----------------------------------------------------------------------------------
 // C = alpha * op(A) * op(B) + beta * C, with op(X) = X or Xᵀ; A, B, C are 2-D row-major.
 void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b, double beta,

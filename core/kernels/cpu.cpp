@@ -183,6 +183,67 @@ void prefetch(Cpu, const void* p, int64_t bytes, bool for_write) {
   }
 }
 
+// ---- merges ----------------------------------------------------------------------------------------
+template <typename T>
+void concat_block(Cpu, T* part, T* whole, int64_t outer, int64_t part_cols, int64_t whole_cols, int64_t offset,
+                  bool into_whole) {
+  if (outer == 1 || part_cols == whole_cols) {  // one contiguous block
+    T* w = whole + offset;
+    const int64_t n = outer * part_cols;
+    if (into_whole)
+      elementwise(n, [=](int64_t i) { w[i] = part[i]; });
+    else
+      elementwise(n, [=](int64_t i) { part[i] = w[i]; });
+    return;
+  }
+  rowwise(outer, outer * part_cols, [=](int64_t r) {
+    T* p = part + r * part_cols;
+    T* w = whole + r * whole_cols + offset;
+    if (into_whole)
+      std::copy(p, p + part_cols, w);
+    else
+      std::copy(w, w + part_cols, p);
+  });
+}
+namespace {
+// Whether the gradient of max/min(a, b) goes to a (ties to a, TensorFlow's rule); a NaN operand picks b.
+template <bool kMax, typename T> inline bool picks_a(T a, T b) { return kMax ? a >= b : a <= b; }
+template <bool kMax, typename T> void extremum_impl(const T* a, const T* b, T* out, int64_t n) {
+  elementwise(n, [=](int64_t i) {
+    const T x = a[i], y = b[i];
+    out[i] = picks_a<kMax>(x, y) ? x : y;
+  });
+}
+template <bool kMax, typename T>
+void extremum_backward_impl(const T* a, const T* b, const T* dy, T* da, T* db, int64_t n) {
+  if (da && db) {
+    elementwise(n, [=](int64_t i) {
+      const bool p = picks_a<kMax>(a[i], b[i]);
+      const T g = dy[i];
+      da[i] = p ? g : T(0);
+      db[i] = p ? T(0) : g;
+    });
+  } else if (da) {
+    elementwise(n, [=](int64_t i) { da[i] = picks_a<kMax>(a[i], b[i]) ? dy[i] : T(0); });
+  } else if (db) {
+    elementwise(n, [=](int64_t i) { db[i] = picks_a<kMax>(a[i], b[i]) ? T(0) : dy[i]; });
+  }
+}
+}  // namespace
+template <typename T> void extremum(Cpu, bool is_max, const T* a, const T* b, T* out, int64_t n) {
+  if (is_max)
+    extremum_impl<true>(a, b, out, n);
+  else
+    extremum_impl<false>(a, b, out, n);
+}
+template <typename T>
+void extremum_backward(Cpu, bool is_max, const T* a, const T* b, const T* dy, T* da, T* db, int64_t n) {
+  if (is_max)
+    extremum_backward_impl<true>(a, b, dy, da, db, n);
+  else
+    extremum_backward_impl<false>(a, b, dy, da, db, n);
+}
+
 // ---- products ----------------------------------------------------------------------------------------
 // Float products of the sizes the chapter's models have go to libxsmm's JIT kernels. OpenBLAS packs
 // both operands and zeroes C before every beta = 0 product, which at these sizes cost 12-19% of a
@@ -1003,6 +1064,9 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
   template double sum_abs<T>(Cpu, const T*, int64_t);                                                          \
   template double max_abs_diff<T>(Cpu, const T*, const T*, int64_t);                                           \
   template bool all_finite<T>(Cpu, const T*, int64_t);                                                         \
+  template void concat_block<T>(Cpu, T*, T*, int64_t, int64_t, int64_t, int64_t, bool);                         \
+  template void extremum<T>(Cpu, bool, const T*, const T*, T*, int64_t);                                        \
+  template void extremum_backward<T>(Cpu, bool, const T*, const T*, const T*, T*, T*, int64_t);                 \
   template void bias_add<T>(Cpu, T*, const T*, int64_t, int64_t);                                              \
   template void bias_grad<T>(Cpu, const T*, T*, int64_t, int64_t, T);                                          \
   template void activation_forward<T>(Cpu, ops::Activation, T, const T*, T*, int64_t, int64_t);                \

@@ -27,6 +27,14 @@ template <typename T> double max_abs_diff(Cpu, const T* a, const T* b, int64_t n
 template <typename T> bool all_finite(Cpu, const T* x, int64_t n);
 void prefetch(Cpu, const void* p, int64_t bytes, bool for_write);
 
+// Merges: part [outer, part_cols] <-> columns [offset, offset + part_cols) of whole [outer, whole_cols].
+template <typename T>
+void concat_block(Cpu, T* part, T* whole, int64_t outer, int64_t part_cols, int64_t whole_cols, int64_t offset,
+                  bool into_whole);
+template <typename T> void extremum(Cpu, bool is_max, const T* a, const T* b, T* out, int64_t n);
+template <typename T>
+void extremum_backward(Cpu, bool is_max, const T* a, const T* b, const T* dy, T* da, T* db, int64_t n);
+
 template <typename T>
 void gemm(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
           int64_t ldb, T beta, T* c, int64_t ldc);

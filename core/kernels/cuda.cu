@@ -406,6 +406,63 @@ bool all_finite(Cuda, const float* x, int64_t n) {
   return reduce(n, true, [=] __device__(int64_t i) { return isfinite(x[i]) ? 0.0 : 1.0; }, "all_finite") == 0.0;
 }
 
+// ---- merges ----------------------------------------------------------------------------------------
+void concat_block(Cuda, float* part, float* whole, int64_t outer, int64_t part_cols, int64_t whole_cols,
+                  int64_t offset, bool into_whole) {
+  if (outer <= 0 || part_cols <= 0) return;
+  if (outer == 1 || part_cols == whole_cols) {  // one contiguous block
+    float* w = whole + offset;
+    if (into_whole)
+      copy(Cuda{}, part, w, outer * part_cols);
+    else
+      copy(Cuda{}, w, part, outer * part_cols);
+    return;
+  }
+  // One thread per element of the part.
+  if (into_whole)
+    each(
+        outer * part_cols,
+        [=] __device__(int64_t i) {
+          const int64_t r = i / part_cols, c = i - r * part_cols;
+          whole[r * whole_cols + offset + c] = part[i];
+        },
+        "concat_block");
+  else
+    each(
+        outer * part_cols,
+        [=] __device__(int64_t i) {
+          const int64_t r = i / part_cols, c = i - r * part_cols;
+          part[i] = whole[r * whole_cols + offset + c];
+        },
+        "concat_block");
+}
+namespace {
+// cpu.cpp's picks_a: ties go to a; a NaN operand picks b.
+__device__ __forceinline__ bool picks_a(bool is_max, float a, float b) { return is_max ? a >= b : a <= b; }
+}  // namespace
+void extremum(Cuda, bool is_max, const float* a, const float* b, float* out, int64_t n) {
+  each(
+      n,
+      [=] __device__(int64_t i) {
+        const float x = a[i], y = b[i];
+        out[i] = picks_a(is_max, x, y) ? x : y;
+      },
+      "extremum");
+}
+void extremum_backward(Cuda, bool is_max, const float* a, const float* b, const float* dy, float* da, float* db,
+                       int64_t n) {
+  if (!da && !db) return;
+  each(
+      n,
+      [=] __device__(int64_t i) {
+        const bool p = picks_a(is_max, a[i], b[i]);
+        const float g = dy[i];
+        if (da) da[i] = p ? g : 0.0f;
+        if (db) db[i] = p ? 0.0f : g;
+      },
+      "extremum_backward");
+}
+
 // ---- products --------------------------------------------------------------------------------------
 // Row-major C[m,n] = op(A) op(B) is column-major Cᵀ[n,m] = op(B)ᵀ op(A)ᵀ, and a row-major matrix with
 // leading dimension ld is, read column-major, its transpose with the same ld: so call column-major

@@ -34,6 +34,12 @@ double sum_abs(Cuda, const float* x, int64_t n);
 double max_abs_diff(Cuda, const float* a, const float* b, int64_t n);
 bool all_finite(Cuda, const float* x, int64_t n);
 
+void concat_block(Cuda, float* part, float* whole, int64_t outer, int64_t part_cols, int64_t whole_cols,
+                  int64_t offset, bool into_whole);
+void extremum(Cuda, bool is_max, const float* a, const float* b, float* out, int64_t n);
+void extremum_backward(Cuda, bool is_max, const float* a, const float* b, const float* dy, float* da, float* db,
+                       int64_t n);
+
 void gemm(Cuda, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void bias_add(Cuda, float* y, const float* b, int64_t rows, int64_t cols);

@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <vector>
 
+#include "core/error.h"
 #include "core/ops.h"
 #include "core/tensor.h"
 
@@ -149,6 +152,210 @@ TEST(KernelPrefetch, ChangesNothing) {
   }
   EXPECT_EQ(f.to_vector(), f0);
   EXPECT_EQ(d.to_double_vector(), d0);
+}
+
+
+// ---- merges: concat_block, extremum, extremum_backward against plain loops, float and double ------------
+namespace {
+
+Tensor make(const Shape& shape, const std::vector<double>& v, DType dt) {
+  if (dt == DType::F64) return Tensor::from_vector(shape, v);
+  return Tensor::from_vector(shape, std::vector<float>(v.begin(), v.end()));
+}
+std::vector<double> normal_values(int64_t n, uint64_t seed, DType dt) {
+  Tensor t({n}, Device::CPU, dt);
+  ops::random_normal(t, 0.0, 1.0, rng::Stream{seed, 0xC0C});
+  return t.to_double_vector();
+}
+// Equal values, or NaN in both (the values were computed in T, so comparing as doubles is exact).
+int64_t count_mismatches(const std::vector<double>& got, const std::vector<double>& want) {
+  int64_t bad = std::abs(int64_t(got.size()) - int64_t(want.size()));
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i)
+    if (!(got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i])))) ++bad;
+  return bad;
+}
+
+struct ConcatCase {
+  int64_t outer;
+  std::vector<int64_t> widths;  // the parts' columns, concatenated in order
+  int64_t inner;                // trailing axis of the parts' shapes [outer, width, inner]
+};
+
+}  // namespace
+
+TEST(KernelMerges, ConcatBlockMatchesALoopBothDirections) {
+  const ConcatCase cases[] = {
+      {1, {3, 5, 1}, 1},          // outer 1: contiguous blocks at offsets 0, 3, 8
+      {1, {70001, 3}, 1},         // outer 1, above the parallel threshold
+      {7, {3, 1, 5}, 1},          // odd sizes
+      {5, {2, 3}, 3},             // concatenation along a middle axis of [5, w, 3]
+      {13, {9}, 1},               // one part: the whole (contiguous, outer > 1)
+      {4, {0, 6, 0, 1}, 1},       // empty parts
+      {301, {150, 1, 270}, 1},    // rows over threads (301*421 elements)
+  };
+  for (int threads : {1, 2}) {
+    ops::set_num_threads(threads);
+    for (DType dt : {DType::F32, DType::F64})
+      for (const ConcatCase& c : cases) {
+        int64_t wc = 0;
+        for (int64_t w : c.widths) wc += w * c.inner;
+        SCOPED_TRACE(testing::Message() << "outer " << c.outer << " whole_cols " << wc << " "
+                                        << dtype_name(dt) << " threads " << threads);
+        const Shape whole_shape{c.outer, wc / c.inner, c.inner};
+        // Forward: each part into a whole filled with a sentinel; columns not yet written keep it.
+        Tensor whole = Tensor::full(whole_shape, -77.0, Device::CPU, dt);
+        std::vector<double> want(size_t(c.outer * wc), -77.0);
+        std::vector<Tensor> parts;
+        int64_t off = 0;
+        uint64_t seed = 100;
+        for (int64_t w : c.widths) {
+          const int64_t pc = w * c.inner;
+          const std::vector<double> pv = normal_values(c.outer * pc, seed++, dt);
+          parts.push_back(make({c.outer, w, c.inner}, pv, dt));
+          ops::concat_block(parts.back(), whole, c.outer, off, true);
+          for (int64_t r = 0; r < c.outer; ++r)
+            for (int64_t j = 0; j < pc; ++j) want[size_t(r * wc + off + j)] = pv[size_t(r * pc + j)];
+          EXPECT_EQ(count_mismatches(whole.to_double_vector(), want), 0) << "after the part at " << off;
+          off += pc;
+        }
+        // Backward: slice each part back out of a fresh whole.
+        const std::vector<double> wv = normal_values(c.outer * wc, 999, dt);
+        const Tensor src = make(whole_shape, wv, dt);
+        off = 0;
+        for (const Tensor& p : parts) {
+          const int64_t pc = p.numel() / c.outer;
+          Tensor got = Tensor::full(p.shape(), -77.0, Device::CPU, dt);
+          ops::concat_block(got, src, c.outer, off, false);
+          std::vector<double> ref(size_t(p.numel()));
+          for (int64_t r = 0; r < c.outer; ++r)
+            for (int64_t j = 0; j < pc; ++j) ref[size_t(r * pc + j)] = wv[size_t(r * wc + off + j)];
+          EXPECT_EQ(count_mismatches(got.to_double_vector(), ref), 0) << "slice at " << off;
+          EXPECT_EQ(count_mismatches(src.to_double_vector(), wv), 0) << "the whole must stay unchanged";
+          off += pc;
+        }
+      }
+  }
+  ops::set_num_threads(1);
+}
+
+TEST(KernelMerges, ConcatBlockRejectsBadViews) {
+  Tensor whole({4, 6}), part({4, 2}), part_d({4, 2}, Device::CPU, DType::F64);
+  EXPECT_NO_THROW(ops::concat_block(part, whole, 4, 4, true));    // the last two columns
+  EXPECT_THROW(ops::concat_block(part, whole, 4, 5, true), Error);   // past the row's end
+  EXPECT_THROW(ops::concat_block(part, whole, 4, -1, false), Error);
+  EXPECT_THROW(ops::concat_block(part, whole, 0, 0, true), Error);   // no rows
+  EXPECT_THROW(ops::concat_block(part, whole, 3, 0, true), Error);   // 3 does not divide 24 or 8
+  EXPECT_THROW(ops::concat_block(Tensor({5}), whole, 4, 0, true), Error);
+  EXPECT_THROW(ops::concat_block(part_d, whole, 4, 0, true), Error);  // dtypes differ
+  EXPECT_THROW(ops::concat_block(Tensor(), whole, 4, 0, true), Error);
+}
+
+TEST(KernelMerges, ExtremumMatchesALoop) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  for (int threads : {1, 2})
+    for (int64_t n : {int64_t(1), int64_t(1001), int64_t(1 << 17) + 3}) {
+      ops::set_num_threads(threads);
+      for (DType dt : {DType::F32, DType::F64})
+        for (bool is_max : {true, false}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(dt) << (is_max ? " max" : " min")
+                                          << " threads " << threads);
+          std::vector<double> av = normal_values(n, 1, dt), bv = normal_values(n, 2, dt);
+          for (int64_t i = 0; i < n; i += 5) bv[size_t(i)] = av[size_t(i)];  // ties
+          if (n > 20) {  // NaNs and infinities on either side, and both
+            av[3] = nan;
+            bv[4] = nan;
+            av[6] = bv[6] = nan;
+            av[7] = inf;
+            bv[8] = -inf;
+            av[9] = -0.0;
+            bv[9] = 0.0;
+          }
+          std::vector<double> want(static_cast<size_t>(n));
+          for (size_t i = 0; i < want.size(); ++i) {
+            const bool pick_a = is_max ? av[i] >= bv[i] : av[i] <= bv[i];
+            want[i] = pick_a ? av[i] : bv[i];
+          }
+          const Tensor a = make({n}, av, dt), b = make({n}, bv, dt);
+          Tensor out({n}, Device::CPU, dt);
+          ops::extremum(is_max, a, b, out);
+          EXPECT_EQ(count_mismatches(out.to_double_vector(), want), 0);
+          if (n > 20) {
+            const std::vector<double> o = out.to_double_vector();
+            EXPECT_TRUE(std::isnan(o[3]) == false && o[3] == bv[3]) << "NaN in a alone gives b";
+            EXPECT_TRUE(std::isnan(o[4]) && std::isnan(o[6])) << "NaN in b gives NaN";
+            EXPECT_TRUE(std::signbit(o[9])) << "a tie of -0 and +0 gives a";
+          }
+          // out aliasing a, then b
+          Tensor a2 = a.clone(), b2 = b.clone();
+          ops::extremum(is_max, a2, b, a2);
+          ops::extremum(is_max, a, b2, b2);
+          EXPECT_EQ(count_mismatches(a2.to_double_vector(), want), 0);
+          EXPECT_EQ(count_mismatches(b2.to_double_vector(), want), 0);
+        }
+    }
+  ops::set_num_threads(1);
+  EXPECT_THROW(ops::extremum(true, Tensor({3}), Tensor({4}), Tensor({3})), Error);
+  EXPECT_THROW(ops::extremum(true, Tensor({3}), Tensor({3}), Tensor({3}, Device::CPU, DType::F64)), Error);
+}
+
+TEST(KernelMerges, ExtremumBackwardTiesGoToA) {
+  // Hand-checked: a = [1, 2, 3, 5], b = [1, 3, 2, 5] (ties at 0 and 3), dy = [10, 20, 30, 40].
+  {
+    const Tensor a = Tensor::from_vector({4}, std::vector<float>{1, 2, 3, 5});
+    const Tensor b = Tensor::from_vector({4}, std::vector<float>{1, 3, 2, 5});
+    const Tensor dy = Tensor::from_vector({4}, std::vector<float>{10, 20, 30, 40});
+    Tensor da({4}), db({4});
+    ops::extremum_backward(true, a, b, dy, da, db);
+    EXPECT_EQ(da.to_vector(), (std::vector<float>{10, 0, 30, 40}));
+    EXPECT_EQ(db.to_vector(), (std::vector<float>{0, 20, 0, 0}));
+    ops::extremum_backward(false, a, b, dy, da, db);
+    EXPECT_EQ(da.to_vector(), (std::vector<float>{10, 20, 0, 40}));
+    EXPECT_EQ(db.to_vector(), (std::vector<float>{0, 0, 30, 0}));
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int threads : {1, 2})
+    for (int64_t n : {int64_t(1), int64_t(777), int64_t(1 << 17) + 5}) {
+      ops::set_num_threads(threads);
+      for (DType dt : {DType::F32, DType::F64})
+        for (bool is_max : {true, false}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " " << dtype_name(dt) << (is_max ? " max" : " min")
+                                          << " threads " << threads);
+          std::vector<double> av = normal_values(n, 3, dt), bv = normal_values(n, 4, dt);
+          const std::vector<double> dyv = normal_values(n, 5, dt);
+          for (int64_t i = 0; i < n; i += 3) bv[size_t(i)] = av[size_t(i)];  // ties
+          if (n > 20) {
+            av[4] = nan;
+            bv[5] = nan;
+          }
+          std::vector<double> want_da(static_cast<size_t>(n)), want_db(static_cast<size_t>(n));
+          for (size_t i = 0; i < want_da.size(); ++i) {
+            const bool pick_a = is_max ? av[i] >= bv[i] : av[i] <= bv[i];
+            want_da[i] = pick_a ? dyv[i] : 0.0;
+            want_db[i] = pick_a ? 0.0 : dyv[i];
+          }
+          const Tensor a = make({n}, av, dt), b = make({n}, bv, dt), dy = make({n}, dyv, dt);
+          for (int which = 0; which < 3; ++which) {  // both, da only, db only
+            Tensor da = Tensor::full({n}, -5.0, Device::CPU, dt), db = Tensor::full({n}, -5.0, Device::CPU, dt);
+            ops::extremum_backward(is_max, a, b, dy, which == 2 ? Tensor() : da, which == 1 ? Tensor() : db);
+            const std::vector<double> untouched(size_t(n), -5.0);
+            EXPECT_EQ(count_mismatches(da.to_double_vector(), which == 2 ? untouched : want_da), 0) << which;
+            EXPECT_EQ(count_mismatches(db.to_double_vector(), which == 1 ? untouched : want_db), 0) << which;
+          }
+          // Neither gradient wanted: nothing to do, no error.
+          EXPECT_NO_THROW(ops::extremum_backward(is_max, a, b, dy, Tensor(), Tensor()));
+        }
+    }
+  ops::set_num_threads(1);
+  const Tensor a({6}), b({6}), dy({6});
+  Tensor da({6}), db({6});
+  ops::fill(a, 1.0);
+  ops::fill(b, 2.0);
+  ops::fill(dy, 3.0);
+  EXPECT_THROW(ops::extremum_backward(true, a, b, dy, dy, db), Error);  // da aliases dy
+  EXPECT_THROW(ops::extremum_backward(true, a, b, dy, da, b), Error);   // db aliases b
+  EXPECT_THROW(ops::extremum_backward(true, a, b, dy, da, da), Error);  // da aliases db
+  EXPECT_THROW(ops::extremum_backward(true, a, b, Tensor({5}), da, db), Error);
+  EXPECT_THROW(ops::extremum_backward(true, a, b, dy, Tensor({5}), db), Error);
 }
 
 }  // namespace lockstep

@@ -113,6 +113,79 @@ TEST_F(Gpu, Reductions) {
   EXPECT_EQ(ops::sum(Tensor({0}, Device::CUDA)), 0.0);
 }
 
+// ---- merges --------------------------------------------------------------------------------------------
+// Concatenate / Maximum / Minimum: pure copies and comparisons, so bit for bit.
+TEST_F(Gpu, ConcatBlockBitwise) {
+  struct Case {
+    int64_t outer;
+    std::vector<int64_t> cols;  // the parts' columns, in order
+  };
+  const Case cases[] = {{1, {3, 5, 1}}, {7, {3, 1, 5}}, {33, {17}}, {4, {0, 6, 0, 1}}, {301, {150, 1, 270}},
+                        {1, {100003, 2}}};
+  for (const Case& c : cases) {
+    int64_t wc = 0;
+    for (int64_t k : c.cols) wc += k;
+    SCOPED_TRACE(testing::Message() << "outer " << c.outer << " whole_cols " << wc);
+    Tensor whole = Tensor::full({c.outer, wc}, -7.0), gwhole = Tensor::full({c.outer, wc}, -7.0, Device::CUDA);
+    Tensor src = cpu_normal({c.outer, wc}, 70), gsrc = on_gpu(src);
+    int64_t off = 0;
+    uint64_t seed = 71;
+    for (int64_t k : c.cols) {
+      Tensor part = cpu_normal({c.outer, k}, seed++);
+      ops::concat_block(part, whole, c.outer, off, true);
+      ops::concat_block(on_gpu(part), gwhole, c.outer, off, true);
+      EXPECT_GPU_BITWISE(gwhole, whole);  // columns not yet written keep -7 on both
+      Tensor back = Tensor::full({c.outer, k}, -7.0), gback = Tensor::full({c.outer, k}, -7.0, Device::CUDA);
+      ops::concat_block(back, src, c.outer, off, false);
+      ops::concat_block(gback, gsrc, c.outer, off, false);
+      EXPECT_GPU_BITWISE(gback, back);
+      off += k;
+    }
+    EXPECT_GPU_BITWISE(gsrc, src);  // the slice's source stays unchanged
+  }
+}
+
+TEST_F(Gpu, ExtremumForwardBackwardBitwise) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (int64_t n : {int64_t(1), int64_t(1001), int64_t(100003)}) {
+    std::vector<float> av = cpu_normal({n}, 80).to_vector(), bv = cpu_normal({n}, 81).to_vector();
+    for (int64_t i = 0; i < n; i += 4) bv[size_t(i)] = av[size_t(i)];  // ties
+    if (n > 20) {  // NaN in a, in b, in both; infinities; a tie of -0 and +0
+      av[1] = nan;
+      bv[2] = nan;
+      av[3] = bv[3] = nan;
+      av[5] = inf;
+      bv[6] = -inf;
+      av[9] = -0.0f;
+      bv[9] = 0.0f;
+    }
+    const Tensor a = Tensor::from_vector({n}, av), b = Tensor::from_vector({n}, bv), dy = cpu_normal({n}, 82);
+    const Tensor ga = on_gpu(a), gb = on_gpu(b), gdy = on_gpu(dy);
+    for (bool is_max : {true, false}) {
+      SCOPED_TRACE(testing::Message() << "n " << n << (is_max ? " max" : " min"));
+      Tensor out({n}), gout({n}, Device::CUDA);
+      ops::extremum(is_max, a, b, out);
+      ops::extremum(is_max, ga, gb, gout);
+      EXPECT_GPU_BITWISE(gout, out);
+      if (n > 20) {  // compared as doubles, -0 == +0: check the sign of the tie's result
+        EXPECT_TRUE(std::signbit(gout.to_vector()[9])) << "a tie of -0 and +0 gives a";
+      }
+      // in place: out aliases a
+      Tensor ga2 = on_gpu(a);
+      ops::extremum(is_max, ga2, gb, ga2);
+      EXPECT_GPU_BITWISE(ga2, out);
+      for (int which = 0; which < 3; ++which) {  // both gradients, da only, db only
+        Tensor da = Tensor::full({n}, -3.0), db = Tensor::full({n}, -3.0);
+        Tensor gda = Tensor::full({n}, -3.0, Device::CUDA), gdb = Tensor::full({n}, -3.0, Device::CUDA);
+        ops::extremum_backward(is_max, a, b, dy, which == 2 ? Tensor() : da, which == 1 ? Tensor() : db);
+        ops::extremum_backward(is_max, ga, gb, gdy, which == 2 ? Tensor() : gda, which == 1 ? Tensor() : gdb);
+        EXPECT_GPU_BITWISE(gda, da);
+        EXPECT_GPU_BITWISE(gdb, db);
+      }
+    }
+  }
+}
+
 // ---- products ----------------------------------------------------------------------------------------
 TEST_F(Gpu, GemmAllTransposes) {
   const int64_t m = 37, n = 19, k = 23;
