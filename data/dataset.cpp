@@ -58,7 +58,8 @@ const char* last_batch_name(LastBatch l) {
 DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file_dir) {
   node.expect_map();
   node.allow_keys({"path", "validation", "scale", "standardize", "classes", "binary_positive", "limit_per_class",
-                   "limit", "cache", "memory_limit_mb", "stream_cache_mb", "last_batch", "prefetch"});
+                   "limit", "cache", "memory_limit_mb", "stream_cache_mb", "last_batch", "prefetch", "subset",
+                   "pairs"});
   DataConfig c;
   // Only touch keys that are present: ConfigNode::operator[] on an absent key throws YAML::InvalidNode
   // in the current core/config.cpp (reported to the lead), so defaults are applied here.
@@ -70,6 +71,34 @@ DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file
     if (fs::exists(rel) || !fs::exists(path)) path = rel.lexically_normal().string();
   }
   c.path = path;
+
+  if (node.has("subset")) {
+    ConfigNode sub = node["subset"];
+    if (!sub.is_map()) sub.fail("expected a mapping {start: I, stop: J} (a python slice of the file's training split)");
+    sub.allow_keys({"start", "stop"});
+    if (sub.has("start")) c.subset.start = sub["start"].as_int();
+    if (sub.has("stop")) c.subset.stop = sub["stop"].as_int();
+    // Decidable before the file is opened only when both count from the same end.
+    if (c.subset.start && c.subset.stop && (*c.subset.start < 0) == (*c.subset.stop < 0) &&
+        *c.subset.start >= *c.subset.stop)
+      sub.fail(str_cat("start = ", *c.subset.start, " >= stop = ", *c.subset.stop, " selects no images"));
+  }
+  if (node.has("pairs")) {
+    ConfigNode pn = node["pairs"];
+    if (!pn.is_map())
+      pn.fail("expected a mapping {same_fraction: F, same_label: 0|1, per_epoch: N} (`pairs: {}` for the defaults)");
+    pn.allow_keys({"same_fraction", "same_label", "per_epoch"});
+    PairSpec ps;
+    if (pn.has("same_fraction")) ps.same_fraction = pn.get_in("same_fraction", ps.same_fraction, 0.0, 1.0);
+    if (pn.has("same_label")) {
+      const int64_t v = pn["same_label"].as_int();
+      if (v != 0 && v != 1)
+        pn["same_label"].fail(str_cat("expected 0 or 1 (the label of a same-class pair), got ", v));
+      ps.same_label = static_cast<int>(v);
+    }
+    if (pn.has("per_epoch")) ps.per_epoch = pn.get_at_least("per_epoch", ps.per_epoch, 0);
+    c.pairs = ps;
+  }
 
   if (node.has("validation")) {
     ConfigNode v = node["validation"];
@@ -553,6 +582,10 @@ Split::Split(std::string name, std::shared_ptr<SampleSource> source, std::vector
   set_normalization(Normalization{});
 }
 Split::~Split() = default;
+void Split::set_pairing(std::optional<PairSpec> spec, bool fixed) {
+  pairing_ = std::move(spec);
+  pairs_fixed_ = pairing_.has_value() && fixed;
+}
 int64_t Split::height() const { return source_->h; }
 int64_t Split::width() const { return source_->w; }
 int64_t Split::channels() const { return source_->c; }
@@ -719,19 +752,41 @@ Dataset open_dataset(const DataConfig& cfg) {
   }
   const int64_t num_classes = static_cast<int64_t>(ds.class_names.size());
 
-  // Validation split: positions of the file's training split, before filtering.
-  const int64_t n = tr.n();
+  // Subset: a python slice [lo, hi) of the file's training split, before the validation split.
+  int64_t lo = 0, hi = tr.n();
+  if (cfg.subset.active()) {
+    const int64_t nf = tr.n();
+    if (cfg.subset.start) {
+      lo = *cfg.subset.start < 0 ? nf + *cfg.subset.start : *cfg.subset.start;
+      LS_REQUIRE(lo >= 0, DataError, fname, ": data.subset.start = ", *cfg.subset.start,
+                 " reaches before the first of the ", nf, " images of /train");
+    }
+    if (cfg.subset.stop) {
+      LS_REQUIRE(*cfg.subset.stop <= nf, DataError, fname, ": data.subset.stop = ", *cfg.subset.stop,
+                 " is beyond the ", nf, " images of /train");
+      hi = *cfg.subset.stop < 0 ? nf + *cfg.subset.stop : *cfg.subset.stop;
+      LS_REQUIRE(hi >= 0, DataError, fname, ": data.subset.stop = ", *cfg.subset.stop,
+                 " reaches before the first of the ", nf, " images of /train");
+    }
+    LS_REQUIRE(lo < hi, DataError, fname, ": data.subset selects no images of /train (", nf, " images): start = ",
+               cfg.subset.start ? str_cat(*cfg.subset.start) : std::string("0"), ", stop = ",
+               cfg.subset.stop ? str_cat(*cfg.subset.stop) : str_cat(nf), " (start must be below stop)");
+  }
+  const char* train_what = cfg.subset.active() ? "data.subset of /train" : "/train";
+
+  // Validation split: positions within the subset of the file's training split, before filtering.
+  const int64_t n = hi - lo;
   int64_t tb = 0, te_ = n, vb = 0, ve = 0;
   switch (cfg.validation.kind) {
     case ValidationSpec::Kind::None: break;
     case ValidationSpec::Kind::First:
       LS_REQUIRE(cfg.validation.count < n, DataError, fname, ": data.validation.first = ", cfg.validation.count,
-                 " leaves no training samples (/train has ", n, ")");
+                 " leaves no training samples (", train_what, " has ", n, ")");
       vb = 0, ve = cfg.validation.count, tb = ve;
       break;
     case ValidationSpec::Kind::Last:
       LS_REQUIRE(cfg.validation.count < n, DataError, fname, ": data.validation.last = ", cfg.validation.count,
-                 " leaves no training samples (/train has ", n, ")");
+                 " leaves no training samples (", train_what, " has ", n, ")");
       vb = n - cfg.validation.count, ve = n, te_ = vb;
       break;
     case ValidationSpec::Kind::Fraction: {
@@ -740,8 +795,8 @@ Dataset open_dataset(const DataConfig& cfg) {
       break;
     }
   }
-  Selection s_train = select(tr.labels, tb, te_, cfg, true, class_map);
-  Selection s_val = select(tr.labels, vb, ve, cfg, false, class_map);
+  Selection s_train = select(tr.labels, lo + tb, lo + te_, cfg, true, class_map);
+  Selection s_val = select(tr.labels, lo + vb, lo + ve, cfg, false, class_map);
   Selection s_test = te.present ? select(te.labels, 0, te.n(), cfg, false, class_map) : Selection{};
   LS_REQUIRE(!s_train.rows.empty(), DataError, fname, ": no training samples left after the validation split and ",
              "class filtering");
@@ -832,6 +887,16 @@ Dataset open_dataset(const DataConfig& cfg) {
   }
   for (auto& s : {train, val, test})
     if (s) s->set_normalization(norm);
+  if (cfg.pairs) {
+    // Training: a fresh draw per epoch; validation and test: one fixed draw, one pair per image.
+    PairSpec eval = *cfg.pairs;
+    eval.per_epoch = 0;
+    train->set_pairing(cfg.pairs, false);
+    if (val) val->set_pairing(eval, true);
+    if (test) test->set_pairing(eval, true);
+    for (auto& s : {train, val, test})
+      if (s) PairSampler check(*s, *s->pairing(), 0);  // refuses splits that cannot give their pairs, now
+  }
   ds.normalization = norm;
   ds.train = train;
   ds.validation = val;

@@ -10,11 +10,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/tensor.h"
+#include "data/pairs.h"
 
 namespace lockstep::data {
 
@@ -33,8 +35,17 @@ struct ValidationSpec {
   double fraction = 0.0;  // Fraction: the last floor(N*f)... see README (Keras validation_split)
 };
 
+// A python slice [start:stop) of the file's training split, taken before the validation split is carved
+// and before class filtering. Negative values count from the end (as python); a stop beyond the
+// file's size, or an empty slice, is refused once the size is known (open_dataset).
+struct SubsetSpec {
+  std::optional<int64_t> start, stop;  // absent: 0, N
+  bool active() const { return start.has_value() || stop.has_value(); }
+};
+
 struct DataConfig {
   std::string path;                       // resolved file path
+  SubsetSpec subset;                      // `subset: {start: I, stop: J}`
   ValidationSpec validation;
   double scale = 1.0;                     // x / scale
   Standardize standardize = Standardize::None;
@@ -47,6 +58,7 @@ struct DataConfig {
   int64_t stream_cache_mb = 256;          // streaming: decoded image blocks cached per file group (min 1 MiB)
   LastBatch last_batch = LastBatch::Keep;
   int prefetch = 2;                       // batches prepared ahead by the background thread
+  std::optional<PairSpec> pairs;          // `pairs: {...}`: every split yields image pairs (data/pairs.h)
 };
 
 // Parse the run file's `data:` node. Relative paths resolve against `run_file_dir`, then the CWD.
@@ -97,6 +109,14 @@ class Split {
   void set_normalization(const Normalization& norm);
   const Normalization& normalization() const { return norm_; }
 
+  // Pairing (data/pairs.h): with a spec, the loader yields pairs of images instead of single images.
+  // `fixed`: every epoch gets epoch 0's draw (validation and test: a fixed draw); otherwise a fresh
+  // draw per epoch (training).
+  void set_pairing(std::optional<PairSpec> spec, bool fixed);
+  const std::optional<PairSpec>& pairing() const { return pairing_; }
+  bool pairs_fixed() const { return pairs_fixed_; }
+  int num_inputs() const { return pairing_ ? 2 : 1; }  // model inputs per sample, each of sample_shape()
+
  private:
   std::string name_;
   std::shared_ptr<SampleSource> source_;
@@ -104,6 +124,8 @@ class Split {
   int64_t num_classes_;
   Normalization norm_;
   std::vector<float> a_, b_;  // per element of a sample
+  std::optional<PairSpec> pairing_;
+  bool pairs_fixed_ = false;
 };
 
 struct Dataset {

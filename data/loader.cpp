@@ -33,12 +33,15 @@ ShardedLoader::ShardedLoader(std::shared_ptr<const Split> split, int64_t global_
   LS_CHECK(split_ != nullptr, "ShardedLoader needs a split");
   LS_REQUIRE(global_batch_ >= 1, ConfigError, "batch size must be at least 1, got ", global_batch_);
   LS_CHECK(world_ >= 1 && rank_ >= 0 && rank_ < world_, "rank ", rank_, " outside world of size ", world_);
+  if (split_->pairing()) pairs_.emplace(*split_, *split_->pairing(), seed_);
 }
+
+int64_t ShardedLoader::positions() const { return pairs_ ? pairs_->size() : split_->size(); }
 
 ShardedLoader::~ShardedLoader() { stop_producer(); }
 
 int64_t ShardedLoader::steps_per_epoch() const {
-  const int64_t n = split_->size();
+  const int64_t n = positions();
   if (policy_ == LastBatch::Drop) return n / global_batch_;
   return (n + global_batch_ - 1) / global_batch_;
 }
@@ -55,7 +58,7 @@ std::vector<int64_t> ShardedLoader::shard_indices(const std::vector<int64_t>& pe
   return out;
 }
 
-Batch ShardedLoader::make_batch(const std::vector<int64_t>& perm, int64_t step) const {
+Batch ShardedLoader::make_batch(const std::vector<int64_t>& perm, int64_t step, int64_t epoch) const {
   Batch b;
   std::vector<int64_t> idx = shard_indices(perm, step);
   const int64_t n_total = static_cast<int64_t>(perm.size());
@@ -66,8 +69,25 @@ Batch ShardedLoader::make_batch(const std::vector<int64_t>& perm, int64_t step) 
   for (int64_t d : split_->sample_shape()) xs.push_back(d);
   b.x = Tensor(xs);
   b.y = Tensor({b.local_count});
-  if (b.local_count > 0) split_->read_float(idx.data(), b.local_count, b.x.data());
   float* y = b.y.data();
+  if (pairs_) {
+    // idx holds pair positions: draw each pair, then read both images.
+    const int64_t draw_epoch = split_->pairs_fixed() ? 0 : epoch;
+    std::vector<int64_t> first(b.local_count), second(b.local_count);
+    for (int64_t k = 0; k < b.local_count; ++k) {
+      const Pair pr = pairs_->draw(draw_epoch, idx[k]);
+      first[k] = pr.a;
+      second[k] = pr.b;
+      y[k] = static_cast<float>(pr.label);
+    }
+    b.extra_x.emplace_back(xs);
+    if (b.local_count > 0) {
+      split_->read_float(first.data(), b.local_count, b.x.data());
+      split_->read_float(second.data(), b.local_count, b.extra_x[0].data());
+    }
+    return b;
+  }
+  if (b.local_count > 0) split_->read_float(idx.data(), b.local_count, b.x.data());
   const auto& labels = split_->labels();
   for (int64_t k = 0; k < b.local_count; ++k) y[k] = static_cast<float>(labels[idx[k]]);
   return b;
@@ -93,7 +113,10 @@ void ShardedLoader::start_epoch(int64_t epoch, int64_t first_step) {
   LS_REQUIRE(first_step >= 0 && first_step <= steps_per_epoch(), DataError, "cannot resume at step ", first_step,
              " of an epoch with ", steps_per_epoch(), " steps (", split_->where(), ")");
   std::vector<int64_t> perm;
-  if (shuffle_) {
+  if (pairs_) {
+    perm.resize(pairs_->size());  // positions; each is already a random draw
+    std::iota(perm.begin(), perm.end(), 0);
+  } else if (shuffle_) {
     perm = epoch_permutation(split_->size(), seed_, epoch);
   } else {
     perm.resize(split_->size());
@@ -104,10 +127,10 @@ void ShardedLoader::start_epoch(int64_t epoch, int64_t first_step) {
     done_ = false;
     started_ = true;
   }
-  producer_ = std::thread(&ShardedLoader::produce, this, std::move(perm), first_step, 0);
+  producer_ = std::thread(&ShardedLoader::produce, this, std::move(perm), first_step, epoch);
 }
 
-void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, uint64_t) {
+void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, int64_t epoch) {
   h5::quiet_this_thread();
   const size_t capacity = static_cast<size_t>(prefetch_);
   const size_t resume_below = capacity - std::max<size_t>(1, capacity / 2) + 1;  // sleep until size < this
@@ -124,7 +147,7 @@ void ShardedLoader::produce(std::vector<int64_t> perm, int64_t first_step, uint6
         }
         if (stop_) break;
       }
-      Batch b = make_batch(perm, step);
+      Batch b = make_batch(perm, step, epoch);
       bool wake = false;
       {
         std::lock_guard<std::mutex> lock(mu_);

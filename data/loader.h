@@ -9,6 +9,14 @@
 // Last partial batch: Keep (default, Keras) keeps it, and a rank may get local_count == 0 (it still
 // gets the step); Drop drops it; Pad completes it with positions 0, 1, ... of the same permutation.
 //
+// Pairs. When the split has a pairing (Split::pairing(), data/pairs.h; `data.pairs` sets it), an
+// epoch has PairSampler::size() positions instead of the split's samples, and no permutation is drawn
+// (each position already is a random draw, a pure function of (seed, epoch, position); a split with
+// pairs_fixed() always uses epoch 0's draw). The positions are sliced into global batches and rank
+// shards exactly as above, LastBatch included (Pad wraps to positions 0, 1, ...). A batch then holds
+// `x` = the first images, `extra_x[0]` = the second images (same shape) and `y` = the pair labels.
+// For unpaired splits `extra_x` stays empty.
+//
 // Threading. One producer thread per loader; `next()` blocks only when the producer is behind (and
 // then until half the prefetch queue, at least one batch, is ready or the epoch has ended).
 // The loader never queries a communicator: rank and world are plain arguments.
@@ -20,16 +28,19 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "core/tensor.h"
 #include "data/dataset.h"
+#include "data/pairs.h"
 
 namespace lockstep::data {
 
 struct Batch {
   Tensor x;              // float32 [local_count, H, W(, C)], preprocessed
+  std::vector<Tensor> extra_x;  // further inputs of the same shape: paired splits, the second images; else empty
   Tensor y;              // float32 [local_count] labels
   int64_t local_count = 0;
   int64_t global_count = 0;  // samples in this step's global batch (sum of local_count over ranks)
@@ -60,8 +71,9 @@ class ShardedLoader {
 
  private:
   void stop_producer();
-  void produce(std::vector<int64_t> perm, int64_t first_step, uint64_t generation);
-  Batch make_batch(const std::vector<int64_t>& perm, int64_t step) const;
+  void produce(std::vector<int64_t> perm, int64_t first_step, int64_t epoch);
+  Batch make_batch(const std::vector<int64_t>& perm, int64_t step, int64_t epoch) const;
+  int64_t positions() const;  // per epoch: the split's size, or the pair count of a paired split
 
   std::shared_ptr<const Split> split_;
   int64_t global_batch_;
@@ -70,6 +82,7 @@ class ShardedLoader {
   bool shuffle_;
   LastBatch policy_;
   int prefetch_;
+  std::optional<PairSampler> pairs_;  // set when the split has a pairing
 
   std::thread producer_;
   std::mutex mu_;
