@@ -231,7 +231,7 @@ Tensor Dense::pre_activation_grad(const Tensor& dy_in) {
   return dz;
 }
 
-bool Dense::descends_in_backward() const {
+bool Dense::can_descend_in_backward() const {
   if (!trainable_) return false;
   for (const Weight& w : weights_)
     if (w.regularizer.active()) return false;
@@ -493,18 +493,235 @@ Tensor Dropout::backward(const Tensor& dy, Context&, bool need_dx) {
   return dx;
 }
 
+// ---- InputLayer, Reshape -----------------------------------------------------------------------------
+Shape InputLayer::build(const Shape& in) {
+  if (in != shape_)
+    throw ConfigError(str_cat("input ", name_, " has shape ", shape_str(shape_), " but is given ", shape_str(in)));
+  input_shape_ = output_shape_ = in;
+  return in;
+}
+
+Shape Reshape::build(const Shape& in) {
+  input_shape_ = in;
+  const int64_t n = shape_numel(in);
+  int64_t known = 1, unknown = -1;
+  for (size_t i = 0; i < target_.size(); ++i) {
+    if (target_[i] == -1) {
+      if (unknown >= 0) throw ConfigError(str_cat("layer ", name_, " (Reshape): at most one -1 in target_shape ", shape_str(target_)));
+      unknown = int64_t(i);
+    } else if (target_[i] < 1) {
+      throw ConfigError(str_cat("layer ", name_, " (Reshape): target_shape ", shape_str(target_),
+                                " must hold positive dimensions or one -1"));
+    } else {
+      known *= target_[i];
+    }
+  }
+  output_shape_ = target_;
+  if (unknown >= 0) {
+    if (n % known != 0)
+      throw ConfigError(str_cat("layer ", name_, " (Reshape): cannot reshape ", shape_str(in), " (", n, " values) into ",
+                                shape_str(target_)));
+    output_shape_[size_t(unknown)] = n / known;
+  }
+  if (shape_numel(output_shape_) != n)
+    throw ConfigError(str_cat("layer ", name_, " (Reshape): cannot reshape ", shape_str(in), " (", n, " values) into ",
+                              shape_str(target_), " (", shape_numel(output_shape_), " values)"));
+  return output_shape_;
+}
+Tensor Reshape::forward(const Tensor& x, Context&) { return x.reshape(with_batch(x.dim(0), output_shape_)); }
+Tensor Reshape::backward(const Tensor& dy, Context&, bool need_dx) {
+  return need_dx ? dy.reshape(with_batch(dy.dim(0), input_shape_)) : Tensor();
+}
+
+// ---- merges ------------------------------------------------------------------------------------------
+namespace {
+const char* const kMergeKeys[] = {"concatenate", "add", "subtract", "multiply", "average", "maximum", "minimum"};
+const char* const kMergeClasses[] = {"Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"};
+std::string batched_str(const Shape& s) {
+  std::string out = "(None";
+  for (int64_t d : s) out += ", " + std::to_string(d);
+  return out + (s.empty() ? ",)" : ")");
+}
+}  // namespace
+
+std::string Merge::key() const { return kMergeKeys[int(op_)]; }
+std::string Merge::keras_class() const { return kMergeClasses[int(op_)]; }
+
+Shape Merge::build(const Shape&) {
+  throw ConfigError(str_cat("layer ", name_, " (", keras_class(), ") merges several inputs; give it a list of them"));
+}
+Tensor Merge::forward(const Tensor&, Context&) { LS_CHECK(false, "Merge::forward takes a list of inputs"); }
+Tensor Merge::backward(const Tensor&, Context&, bool) { LS_CHECK(false, "Merge::backward takes a list of inputs"); }
+
+Shape Merge::build_multi(const std::vector<Shape>& in) {
+  const std::string who = str_cat("layer ", name_, " (", keras_class(), ")");
+  if (int(in.size()) < min_inputs() || int(in.size()) > max_inputs())
+    throw ConfigError(str_cat(who, " takes ", op_ == Op::Subtract ? "exactly 2" : "at least 2", " inputs, got ", in.size()));
+  in_shapes_ = in;
+  std::vector<std::string> shapes;
+  for (const Shape& s : in) shapes.push_back(batched_str(s));
+  if (op_ != Op::Concatenate) {
+    for (const Shape& s : in)
+      if (s != in[0])
+        throw ConfigError(str_cat(who, " needs inputs of one shape, got ", join(shapes, ", ")));
+    input_shape_ = output_shape_ = in[0];
+    return output_shape_;
+  }
+  const int rank = int(in[0].size()) + 1;  // batched
+  const int a = axis_ < 0 ? axis_ + rank : axis_;
+  if (a < 1 || a >= rank)
+    throw ConfigError(str_cat(who, ": axis ", axis_, " is not an axis of the samples of inputs ", join(shapes, ", "),
+                              a == 0 ? " (axis 0 is the batch)" : ""));
+  axis_ = a - 1;  // per sample from here on
+  Shape out = in[0];
+  out[size_t(axis_)] = 0;
+  for (const Shape& s : in) {
+    bool ok = s.size() == in[0].size();
+    for (size_t d = 0; ok && d < s.size(); ++d) ok = int(d) == axis_ || s[d] == in[0][d];
+    if (!ok)
+      throw ConfigError(str_cat(who, " needs inputs that match except along the concatenation axis ", a, ", got ",
+                                join(shapes, ", ")));
+    out[size_t(axis_)] += s[size_t(axis_)];
+  }
+  input_shape_ = in[0];
+  output_shape_ = out;
+  return out;
+}
+
+Tensor Merge::forward_multi(const std::vector<Tensor>& xs, Context&) {
+  xs_ = xs;
+  const size_t n = xs.size();
+  const int64_t batch = xs[0].dim(0);
+  Tensor y = y_buf_.get(with_batch(batch, output_shape_), xs[0]);
+  switch (op_) {
+    case Op::Concatenate: {
+      int64_t outer = batch;
+      for (int d = 0; d < axis_; ++d) outer *= output_shape_[size_t(d)];
+      int64_t offset = 0;
+      for (const Tensor& x : xs) {
+        ops::concat_block(x, y, outer, offset, true);
+        offset += x.numel() / std::max<int64_t>(outer, 1);
+      }
+      return y;
+    }
+    case Op::Add:
+    case Op::Subtract:
+    case Op::Average:
+      ops::copy(xs[0], y);
+      for (size_t i = 1; i < n; ++i) ops::axpy(op_ == Op::Subtract ? -1.0 : 1.0, xs[i], y);
+      if (op_ == Op::Average) ops::scale(y, 1.0 / double(n));
+      return y;
+    case Op::Multiply:
+      ops::mul(xs[0], xs[1], y);
+      for (size_t i = 2; i < n; ++i) ops::mul(y, xs[i], y);
+      return y;
+    case Op::Maximum:
+    case Op::Minimum: {
+      // Fold: m_1 = ext(x_0, x_1), m_k = ext(m_{k-1}, x_k); the last is y, the others are kept for backward.
+      partial_.resize(n);
+      Tensor m = xs[0];
+      for (size_t k = 1; k < n; ++k) {
+        Tensor out = k + 1 == n ? y : partial_[k].get(y.shape(), y);
+        ops::extremum(op_ == Op::Maximum, m, xs[k], out);
+        m = out;
+      }
+      return y;
+    }
+  }
+  return y;
+}
+
+std::vector<Tensor> Merge::backward_multi(const Tensor& dy, Context&, const std::vector<bool>& need_dx) {
+  const size_t n = xs_.size();
+  std::vector<Tensor> dx(n);
+  dx_buf_.resize(n);
+  auto own = [&](size_t i) { return dx_buf_[i].get(xs_[i].shape(), dy); };
+  switch (op_) {
+    case Op::Concatenate: {
+      const int64_t batch = dy.dim(0);
+      int64_t outer = batch;
+      for (int d = 0; d < axis_; ++d) outer *= output_shape_[size_t(d)];
+      int64_t offset = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (need_dx[i]) {
+          dx[i] = own(i);
+          ops::concat_block(dx[i], dy, outer, offset, false);
+        }
+        offset += xs_[i].numel() / std::max<int64_t>(outer, 1);
+      }
+      break;
+    }
+    case Op::Add:
+      for (size_t i = 0; i < n; ++i)
+        if (need_dx[i]) dx[i] = dy;
+      break;
+    case Op::Subtract:
+      if (need_dx[0]) dx[0] = dy;
+      if (need_dx[1]) {
+        dx[1] = own(1);
+        ops::copy(dy, dx[1]);
+        ops::scale(dx[1], -1.0);
+      }
+      break;
+    case Op::Average: {
+      Tensor g = own(0);
+      ops::copy(dy, g);
+      ops::scale(g, 1.0 / double(n));
+      for (size_t i = 0; i < n; ++i)
+        if (need_dx[i]) dx[i] = g;
+      break;
+    }
+    case Op::Multiply:
+      for (size_t i = 0; i < n; ++i) {
+        if (!need_dx[i]) continue;
+        dx[i] = own(i);
+        ops::copy(dy, dx[i]);
+        for (size_t j = 0; j < n; ++j)
+          if (j != i) ops::mul(dx[i], xs_[j], dx[i]);
+      }
+      break;
+    case Op::Maximum:
+    case Op::Minimum: {
+      // Back through the fold: g = dL/dm_k; (dm_{k-1}, dx_k) = the extremum's gradient.
+      const bool is_max = op_ == Op::Maximum;
+      Tensor g = dy;
+      for (size_t k = n - 1; k >= 1; --k) {
+        Tensor a = k == 1 ? xs_[0] : partial_[k - 1].get(dy.shape(), dy);
+        const bool need_a = k > 1 || need_dx[0];
+        Tensor ga = need_a ? (k == 1 ? own(0) : tmp_buf_[k % 2].get(dy.shape(), dy)) : Tensor();
+        Tensor gx = need_dx[k] ? own(k) : Tensor();
+        if (ga.defined() || gx.defined()) ops::extremum_backward(is_max, a, xs_[k], g, ga, gx);
+        dx[k] = gx;
+        if (k == 1) dx[0] = ga;
+        g = ga;
+        if (!g.defined()) break;
+      }
+      break;
+    }
+  }
+  return dx;
+}
+
 // ---- the factory -----------------------------------------------------------------------------------
 const std::vector<std::string>& layer_keys() {
   static const std::vector<std::string> k = {"flatten", "dense", "batch_normalization", "activation", "relu",
                                              "leaky_relu", "prelu", "rrelu", "elu", "softmax", "dropout",
-                                             "alpha_dropout", "mc_dropout", "mc_alpha_dropout"};
+                                             "alpha_dropout", "mc_dropout", "mc_alpha_dropout", "input",
+                                             "reshape", "concatenate", "add", "subtract", "multiply",
+                                             "average", "maximum", "minimum"};
   return k;
 }
 
-std::unique_ptr<Layer> make_layer(const ConfigNode& entry) {
-  if (!entry.is_map() || entry.size() != 1)
-    entry.fail("each layer is a one-key mapping such as `- dense: {units: 100}`");
-  const std::string key = entry.keys()[0];
+std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std::string>& extra_keys) {
+  std::vector<std::string> kinds;
+  if (entry.is_map())
+    for (const std::string& k : entry.keys())
+      if (std::find(extra_keys.begin(), extra_keys.end(), k) == extra_keys.end()) kinds.push_back(k);
+  if (!entry.is_map() || kinds.size() != 1)
+    entry.fail(extra_keys.empty() ? "each layer is a one-key mapping such as `- dense: {units: 100}`"
+                                  : str_cat("each layer is a mapping with one layer kind, such as `- dense: {units: 100}`, "
+                                            "and optionally ", join(extra_keys)));
+  const std::string key = kinds[0];
   const auto& keys = layer_keys();
   if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
     std::string near = nearest_name(key, keys);
@@ -573,6 +790,30 @@ std::unique_ptr<Layer> make_layer(const ConfigNode& entry) {
     double lo = a.get_in("lower", 1.0 / 8, 0.0, 1e30), hi = a.get_in("upper", 1.0 / 3, 0.0, 1e30);
     if (hi < lo) a["upper"].fail(str_cat("upper (", hi, ") must not be below lower (", lo, ")"));
     layer = std::make_unique<RReLU>(lo, hi);
+  } else if (key == "input") {
+    a.allow_keys({"name", "shape"});
+    ConfigNode sh = a.require("shape");
+    Shape shape = sh.as_int_list();
+    for (int64_t d : shape)
+      if (d < 1) sh.fail(str_cat("expected positive dimensions, e.g. [28, 28], got ", shape_str(shape)));
+    if (shape.empty()) sh.fail("expected a non-empty list of positive dimensions, e.g. [28, 28]");
+    layer = std::make_unique<InputLayer>(shape);
+  } else if (key == "reshape") {
+    a.allow_keys(common({"target_shape"}));
+    ConfigNode t = a.require("target_shape");
+    Shape target = t.as_int_list();
+    if (target.empty()) t.fail("expected a non-empty list of dimensions, e.g. [7, 112] or [-1, 16]");
+    int unknown = 0;
+    for (int64_t d : target) {
+      if (d == -1) ++unknown;
+      else if (d < 1) t.fail(str_cat("expected positive dimensions or one -1, got ", shape_str(target)));
+    }
+    if (unknown > 1) t.fail(str_cat("at most one dimension may be -1, got ", shape_str(target)));
+    layer = std::make_unique<Reshape>(target);
+  } else if (auto it = std::find(std::begin(kMergeKeys), std::end(kMergeKeys), key); it != std::end(kMergeKeys)) {
+    const auto op = Merge::Op(it - std::begin(kMergeKeys));
+    a.allow_keys(common(op == Merge::Op::Concatenate ? std::vector<std::string>{"axis"} : std::vector<std::string>{}));
+    layer = std::make_unique<Merge>(op, op == Merge::Op::Concatenate ? a.get("axis", -1) : -1);
   } else {  // dropout family
     a.allow_keys(common({"rate", "seed"}));
     const bool alpha = key.find("alpha") != std::string::npos;

@@ -1,4 +1,5 @@
-// Layers of a Sequential model, with Keras's names, hyperparameters and defaults.
+// Layers of a model (Sequential or a graph of layer calls), with Keras's names, hyperparameters and
+// defaults.
 //
 // Contract (every layer):
 //  * `build(input_shape)` (per-sample shape, no batch axis) declares the layer's weights with
@@ -12,6 +13,11 @@
 //    most recent forward) and returns dL/dx when `need_dx` (the first layer skips it).
 //  * A frozen layer (`trainable: false`) computes no weight gradients, and a frozen
 //    BatchNormalization runs in inference mode (Keras: `trainable=False` forces training=False).
+//  * Merge layers take several inputs: they override the `*_multi` forms (whose defaults serve every
+//    single-input layer through the plain ones).
+//  * Calling a layer again (Keras: a layer object applied to other tensors, its weights shared) runs a
+//    `clone()` of it, made before either is built: its own caches, its weights bound by the model to the
+//    first call's values, its gradients summed into the first call's (Model).
 #pragma once
 
 #include <functional>
@@ -99,10 +105,28 @@ class Layer {
   virtual Shape build(const Shape& input_shape) = 0;
   virtual Tensor forward(const Tensor& x, Context& ctx) = 0;
   virtual Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) = 0;
+
+  // Several inputs (merge layers override these and the counts).
+  virtual int min_inputs() const { return 1; }
+  virtual int max_inputs() const { return 1; }
+  virtual Shape build_multi(const std::vector<Shape>& in) { return build(in.at(0)); }
+  virtual Tensor forward_multi(const std::vector<Tensor>& xs, Context& ctx) { return forward(xs.at(0), ctx); }
+  // dL/dx_i for each input i with need_dx[i] (undefined for the others).
+  virtual std::vector<Tensor> backward_multi(const Tensor& dy, Context& ctx, const std::vector<bool>& need_dx) {
+    return {backward(dy, ctx, need_dx.at(0))};
+  }
+  // An unbuilt copy with the same hyperparameters (only valid before build()).
+  virtual std::unique_ptr<Layer> clone() const = 0;
+
   // Whether backward() applies Context::descent_rate to this layer's weights itself, never writing
   // their gradients (the optimizer then skips them). Only for weights without l1/l2 penalties, whose
-  // gradients the model completes after the backward pass.
-  virtual bool descends_in_backward() const { return false; }
+  // gradients the model completes after the backward pass, and never for a layer called more than once
+  // (its next call's backward still needs the weights before the step).
+  bool descends_in_backward() const { return !shared_ && can_descend_in_backward(); }
+  virtual bool can_descend_in_backward() const { return false; }
+  // Called more than once in the model (its weights shared between the calls).
+  bool shared() const { return shared_; }
+  void set_shared(bool s) { shared_ = s; }
 
   std::vector<Weight>& weights() { return weights_; }
   const std::vector<Weight>& weights() const { return weights_; }
@@ -149,12 +173,14 @@ class Layer {
   std::string name_;
   int index_ = 0;
   bool trainable_ = true;
+  bool shared_ = false;
   Shape input_shape_, output_shape_;
   std::vector<Weight> weights_;
 };
 
 // Parse one `- key: {args}` entry of `model.layers`.
-std::unique_ptr<Layer> make_layer(const ConfigNode& entry);
+// Parse one `- key: {args}` entry; `extra_keys` (such as a graph's `inputs`) may stand beside the key.
+std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std::string>& extra_keys = {});
 const std::vector<std::string>& layer_keys();
 ops::Activation parse_activation(const ConfigNode& node, double* alpha);
 std::string activation_name(ops::Activation a);
@@ -163,6 +189,7 @@ std::string activation_name(ops::Activation a);
 
 class Flatten : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Flatten>(*this); }
   std::string key() const override { return "flatten"; }
   std::string keras_class() const override { return "Flatten"; }
   Shape build(const Shape& in) override;
@@ -175,6 +202,7 @@ class Flatten : public Layer {
 
 class Dense : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Dense>(*this); }
   Dense(int64_t units, ops::Activation act, double alpha, bool use_bias, Initializer kernel_init,
         Initializer bias_init, Regularizer kernel_reg, Regularizer bias_reg, MaxNormConstraint kernel_constraint);
   std::string key() const override { return "dense"; }
@@ -186,7 +214,7 @@ class Dense : public Layer {
   ops::Activation output_activation() const override { return act_; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
   void backward_operands(std::vector<Touch>* out, bool descending) const override;
-  bool descends_in_backward() const override;
+  bool can_descend_in_backward() const override;
 
  private:
   int64_t units_;
@@ -208,6 +236,7 @@ class Dense : public Layer {
 // Activation as a layer: activation, leaky_relu (alpha 0.3), elu (alpha 1.0), relu, softmax.
 class ActivationLayer : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<ActivationLayer>(*this); }
   ActivationLayer(std::string key, std::string keras_class, ops::Activation act, double alpha)
       : key_(std::move(key)), class_(std::move(keras_class)), act_(act), alpha_(alpha) {}
   std::string key() const override { return key_; }
@@ -230,6 +259,7 @@ class ActivationLayer : public Layer {
 // PReLU: a learned slope per input element (shape input_shape with shared axes set to 1).
 class PReLU : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<PReLU>(*this); }
   PReLU(Initializer alpha_init, std::vector<int64_t> shared_axes, Regularizer reg, MaxNormConstraint c)
       : alpha_init_(std::move(alpha_init)), shared_axes_(std::move(shared_axes)), reg_(reg), constraint_(c) {}
   std::string key() const override { return "prelu"; }
@@ -252,6 +282,7 @@ class PReLU : public Layer {
 // while training, (lower+upper)/2 at inference.
 class RReLU : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<RReLU>(*this); }
   RReLU(double lower, double upper) : lower_(lower), upper_(upper) {}
   std::string key() const override { return "rrelu"; }
   std::string keras_class() const override { return "RReLU"; }
@@ -269,6 +300,7 @@ class RReLU : public Layer {
 
 class BatchNormalization : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<BatchNormalization>(*this); }
   BatchNormalization(int axis, double momentum, double epsilon, bool center, bool scale, Initializer beta_init,
                      Initializer gamma_init, Initializer mm_init, Initializer mv_init, bool sync)
       : axis_(axis), momentum_(momentum), epsilon_(epsilon), center_(center), scale_(scale),
@@ -308,6 +340,7 @@ class BatchNormalization : public Layer {
 // Dropout (inverted scaling) and AlphaDropout; `mc` keeps them active at inference (MC dropout).
 class Dropout : public Layer {
  public:
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Dropout>(*this); }
   Dropout(double rate, bool alpha, bool mc) : rate_(rate), alpha_(alpha), mc_(mc) {}
   std::string key() const override { return alpha_ ? (mc_ ? "mc_alpha_dropout" : "alpha_dropout") : (mc_ ? "mc_dropout" : "dropout"); }
   std::string keras_class() const override { return alpha_ ? (mc_ ? "MCAlphaDropout" : "AlphaDropout") : (mc_ ? "MCDropout" : "Dropout"); }
@@ -321,6 +354,66 @@ class Dropout : public Layer {
   bool active_ = false;
   Buffer mask_buf_, y_buf_, dx_buf_;
   Tensor mask_;
+};
+
+// Keras's InputLayer: a model input (a graph model's `inputs:`), the identity.
+class InputLayer : public Layer {
+ public:
+  explicit InputLayer(Shape shape) : shape_(std::move(shape)) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<InputLayer>(*this); }
+  std::string key() const override { return "input"; }
+  std::string keras_class() const override { return "InputLayer"; }
+  const Shape& shape() const { return shape_; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context&) override { return x; }
+  Tensor backward(const Tensor& dy, Context&, bool need_dx) override { return need_dx ? dy : Tensor(); }
+
+ private:
+  Shape shape_;
+};
+
+// Keras's Reshape: target_shape per sample, one dimension may be -1.
+class Reshape : public Layer {
+ public:
+  explicit Reshape(Shape target) : target_(std::move(target)) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Reshape>(*this); }
+  std::string key() const override { return "reshape"; }
+  std::string keras_class() const override { return "Reshape"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  Shape target_;
+};
+
+// Keras's merge layers: Concatenate (along `axis` of the batched tensor, -1 by default), and the
+// elementwise Add, Subtract (two inputs), Multiply, Average, Maximum, Minimum (inputs of one shape).
+// Maximum/Minimum fold pairwise, ties going to the earlier input (TensorFlow's gradient).
+class Merge : public Layer {
+ public:
+  enum class Op { Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum };
+  Merge(Op op, int axis = -1) : op_(op), axis_(axis) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Merge>(*this); }
+  std::string key() const override;
+  std::string keras_class() const override;
+  int min_inputs() const override { return 2; }
+  int max_inputs() const override { return op_ == Op::Subtract ? 2 : 1 << 20; }
+  Shape build(const Shape& in) override;
+  Shape build_multi(const std::vector<Shape>& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor forward_multi(const std::vector<Tensor>& xs, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  std::vector<Tensor> backward_multi(const Tensor& dy, Context& ctx, const std::vector<bool>& need_dx) override;
+
+ private:
+  Op op_;
+  int axis_;             // Concatenate: as given (batched, negative from the end); after build, per-sample
+  std::vector<Shape> in_shapes_;
+  std::vector<Tensor> xs_;
+  std::vector<Buffer> partial_;  // Maximum/Minimum's fold: partial results of inputs 0..k
+  std::vector<Buffer> dx_buf_;
+  Buffer y_buf_, tmp_buf_[2];
 };
 
 }  // namespace lockstep

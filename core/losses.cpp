@@ -79,9 +79,28 @@ ops::Activation fusable_output(const LossSpec& loss, ops::Activation act) {
 
 LossFunction::LossFunction(LossSpec spec, ops::Activation fused) : spec_(spec), fused_(fused) {}
 
-void LossFunction::compute(const Tensor& out, const Tensor& y, const Tensor& per_sample, const Tensor& grad,
+Tensor LossFunction::targets_for(const Tensor& out, const Tensor& y) const {
+  if (spec_.kind == LossKind::SparseCategoricalCrossentropy || out.rank() < 2) return y;
+  const int64_t b = out.dim(0), per = out.numel() / std::max<int64_t>(b, 1);
+  if (per == 1 || y.numel() == out.numel() || y.numel() != b) return y;
+  if (!ones_.defined() || ones_.numel() != per || ones_.device() != out.device())
+    ones_ = Tensor::full({1, per}, 1.0, out.device(), out.dtype());
+  if (!expanded_.defined() || expanded_.numel() < b * per || expanded_.device() != out.device())
+    expanded_ = Tensor({std::max<int64_t>(b * per, 1)}, out.device(), out.dtype());
+  Tensor t = expanded_.view(0, {b, per});
+  ops::gemm(false, false, 1.0, y.reshape({b, 1}), ones_, 0.0, t);  // t[i, j] = y[i]
+  return t;
+}
+
+void LossFunction::compute(const Tensor& out_in, const Tensor& y_in, const Tensor& per_sample, const Tensor& grad_in,
                            double grad_scale) const {
   const bool logits = spec_.from_logits || fused_ != ops::Activation::Linear;
+  // Outputs of rank > 2 (Dense on a sequence, as Keras allows) as [B, values per sample]: the per-sample
+  // loss is the mean over them, as Keras's mean over the batch and the inner axes.
+  const Tensor y = targets_for(out_in, y_in);
+  const bool flat = spec_.kind != LossKind::SparseCategoricalCrossentropy && out_in.rank() > 2;
+  const Tensor out = flat ? out_in.reshape({out_in.dim(0), -1}) : out_in;
+  const Tensor grad = flat && grad_in.defined() ? grad_in.reshape(out.shape()) : grad_in;
   Tensor target = y;
   if (spec_.label_smoothing > 0 && spec_.kind != LossKind::SparseCategoricalCrossentropy) {
     // Keras: y*(1-s) + s/K for categorical, y*(1-s) + 0.5*s for binary.
@@ -117,9 +136,13 @@ Tensor LossFunction::predictions(const Tensor& out) const {
   return p;
 }
 
-void LossFunction::metric(const MetricSpec& m, const Tensor& pred, const Tensor& y, const Tensor& out) const {
+void LossFunction::metric(const MetricSpec& m, const Tensor& pred_in, const Tensor& y_in, const Tensor& out) const {
+  const Tensor y = targets_for(pred_in, y_in);
+  const Tensor pred = spec_.kind != LossKind::SparseCategoricalCrossentropy && pred_in.rank() > 2
+                          ? pred_in.reshape({pred_in.dim(0), -1})
+                          : pred_in;
   ops::AccuracyKind kind;
-  const int64_t k = pred.rank() >= 2 ? pred.dim(-1) : 1;
+  const int64_t k = pred_in.rank() >= 2 ? pred_in.dim(-1) : 1;  // Keras resolves "accuracy" from the last axis
   if (m.name == "sparse_categorical_accuracy") kind = ops::AccuracyKind::Sparse;
   else if (m.name == "categorical_accuracy") kind = ops::AccuracyKind::Categorical;
   else if (m.name == "binary_accuracy") kind = ops::AccuracyKind::Binary;

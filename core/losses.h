@@ -49,7 +49,10 @@ class LossFunction {
  private:
   LossSpec spec_;
   ops::Activation fused_;
-  mutable Tensor smoothed_;
+  mutable Tensor smoothed_, expanded_, ones_;
+  // Keras broadcasts a sample's label over an output with several values per sample (an output of
+  // shape (None, 56, 1) against labels (None,) or (None, 1)): the targets as [B, values per sample].
+  Tensor targets_for(const Tensor& out, const Tensor& y) const;
 };
 
 // Whether a loss should take the logits of an output layer with activation `act` (Keras's logit recovery).

@@ -159,7 +159,7 @@ std::string default_run_dir(const std::string& name) {
 
 // Copies a batch's tensors to the model's device: host data -> a page-locked staging buffer ->
 // cudaMemcpyAsync on the compute stream (the kernels of the step are queued behind it). The staging
-// buffers rotate, two batches' worth (x and y), and one is refilled only once its previous copy has
+// buffers rotate, two batches' worth (x, a second input of pairs, y), and one is refilled only once its previous copy has
 // completed (its event), so the host never overwrites data still being transferred. On the CPU the
 // batch passes through untouched.
 class BatchStager {
@@ -186,6 +186,7 @@ class BatchStager {
     if (device_ == Device::CPU) return b;
     data::Batch d = b;
     d.x = put(b.x);
+    for (Tensor& x : d.extra_x) x = put(x);
     d.y = put(b.y);
     return d;
   }
@@ -223,7 +224,7 @@ class BatchStager {
   }
 
   Device device_;
-  std::array<Slot, 4> slots_{};
+  std::array<Slot, 6> slots_{};  // two batches of up to three tensors (x, a second input, y)
   size_t next_ = 0;
 };
 
@@ -232,8 +233,8 @@ class BatchStager {
 Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Communicator& comm)
     : run_(run), run_file_(run_file), comm_(comm) {
   run_.expect_map();
-  run_.allow_keys({"name", "seed", "device", "data", "model", "loss", "metrics", "optimizer", "schedule", "callbacks",
-                   "train", "checkpoint", "distributed", "transfer"});
+  run_.allow_keys({"name", "seed", "device", "data", "model", "loss", "loss_weights", "metrics", "optimizer", "schedule",
+                   "callbacks", "train", "checkpoint", "distributed", "transfer"});
   name_ = run_.get("name", fs::path(run_file).stem().string());
   seed_ = uint64_t(run_.get_at_least("seed", 42, 0));
   const std::string device = run_.get_choice("device", "auto", {"auto", "cpu", "cuda"});
@@ -288,15 +289,21 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   const fs::path dir = fs::path(run_file).parent_path();
   dataset_ = data::open_dataset(data::parse_data_config(run_["data"], dir.string()));
   model_ = Model::from_config(run_["model"], device_);
-  if (model_->input_shape() != dataset_.train->sample_shape())
-    run_["model"]["input_shape"].fail(str_cat("the data's samples are ", shape_str(dataset_.train->sample_shape()),
-                                              " but input_shape is ", shape_str(model_->input_shape())));
+  {
+    ConfigNode m = run_["model"];
+    ConfigNode where = m.has("inputs") ? m["inputs"] : m.has("input_shape") ? m["input_shape"] : m["layers"][0];
+    const int given = dataset_.train->num_inputs();
+    if (model_->num_inputs() != given)
+      where.fail(str_cat("the model has ", model_->num_inputs(), " input(s) but the data gives ", given,
+                         given == 2 ? " (image pairs: data.pairs)" : "",
+                         model_->num_inputs() == 2 ? " (a model of two inputs trains on pairs: set data.pairs)" : ""));
+    for (int i = 0; i < model_->num_inputs(); ++i)
+      if (model_->input_shapes()[size_t(i)] != dataset_.train->sample_shape())
+        where.fail(str_cat("the data's samples are ", shape_str(dataset_.train->sample_shape()), " but input ",
+                           model_->input_name(i), "'s shape is ", shape_str(model_->input_shapes()[size_t(i)])));
+  }
   model_->init(seed_);
-
-  LossSpec spec = parse_loss(run_["loss"]);
-  loss_ = std::make_unique<LossFunction>(spec, fusable_output(spec, model_->output_activation()));
-  model_->set_fused_output(loss_->fused());
-  metrics_ = parse_metrics(run_["metrics"]);
+  parse_heads();
   optimizer_ = Optimizer::from_config(run_["optimizer"]);
   optimizer_->bind(*model_);
 
@@ -386,6 +393,89 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
 
 Trainer::~Trainer() = default;
 
+// Keras's compile(): `loss` is one loss for every output, a list in output order, or a mapping from
+// output names; `loss_weights` a list or mapping (1 each by default); `metrics` a list for every
+// output or a mapping from output names to lists.
+void Trainer::parse_heads() {
+  const int n = model_->num_outputs();
+  std::vector<std::string> names;
+  for (int j = 0; j < n; ++j) names.push_back(model_->output_name(j));
+  // Whether a node is a per-output mapping (every key an output name) or a list of one entry per output.
+  auto per_output = [&](const ConfigNode& node, const char* what) -> std::vector<ConfigNode> {
+    std::vector<ConfigNode> out(static_cast<size_t>(n));
+    if (node.is_seq() && std::string(what) != "metrics") {
+      if (int(node.size()) != n)
+        node.fail(str_cat("expected one ", what, " per output (", n, ": ", join(names), "), got ", node.size()));
+      for (int j = 0; j < n; ++j) out[size_t(j)] = node[size_t(j)];
+      return out;
+    }
+    bool by_name = node.is_map() && node.size() > 0;
+    for (const std::string& k : by_name ? node.keys() : std::vector<std::string>{})
+      by_name = by_name && std::find(names.begin(), names.end(), k) != names.end();
+    if (!by_name) {
+      for (auto& o : out) o = node;
+      return out;
+    }
+    node.allow_keys(names);
+    for (int j = 0; j < n; ++j) {
+      if (!node.has(names[size_t(j)]) && std::string(what) == "loss")
+        node.fail(str_cat("no loss for output '", names[size_t(j)], "'; the outputs are ", join(names)));
+      out[size_t(j)] = node[names[size_t(j)]];
+    }
+    return out;
+  };
+  std::vector<ConfigNode> losses = per_output(run_["loss"], "loss");
+  ConfigNode lw = run_["loss_weights"];
+  std::vector<ConfigNode> weights = lw.defined() ? per_output(lw, "loss weight") : std::vector<ConfigNode>(static_cast<size_t>(n));
+  if (lw.defined() && lw.is_scalar()) lw.fail(str_cat("expected a list (one weight per output) or a mapping {output: weight}"));
+  ConfigNode mn = run_["metrics"];
+  std::vector<ConfigNode> metrics = mn.defined() ? per_output(mn, "metrics") : std::vector<ConfigNode>(static_cast<size_t>(n));
+  heads_.clear();
+  heads_.resize(size_t(n));
+  for (int j = 0; j < n; ++j) {
+    Head& h = heads_[size_t(j)];
+    h.name = names[size_t(j)];
+    LossSpec spec = parse_loss(losses[size_t(j)]);
+    h.loss = std::make_unique<LossFunction>(spec, fusable_output(spec, model_->output_activation(j)));
+    model_->set_fused_output(j, h.loss->fused());
+    const ConfigNode& w = weights[size_t(j)];
+    h.weight = w.defined() ? w.as_double() : 1.0;
+    if (!(h.weight >= 0) || !std::isfinite(h.weight)) w.fail(str_cat("expected a loss weight >= 0, got ", h.weight));
+  }
+  metrics_.clear();
+  if (n > 1)
+    for (int j = 0; j < n; ++j) metrics_.push_back({names[size_t(j)] + "_loss", j, true, {}});
+  for (int j = 0; j < n; ++j)
+    for (const MetricSpec& m : parse_metrics(metrics[size_t(j)]))
+      metrics_.push_back({n > 1 ? names[size_t(j)] + "_" + m.name : m.name, j, false, m});
+}
+
+std::vector<Tensor> Trainer::inputs_of(const data::Batch& b) {
+  std::vector<Tensor> xs{b.x};
+  xs.insert(xs.end(), b.extra_x.begin(), b.extra_x.end());
+  return xs;
+}
+
+void Trainer::logged_sums(const std::vector<Tensor>& outs, const Tensor& y, int64_t n, double* out) {
+  std::vector<Tensor> preds(heads_.size());
+  for (size_t i = 0; i < metrics_.size(); ++i) {
+    const Logged& l = metrics_[i];
+    Head& h = heads_[size_t(l.head)];
+    if (l.is_loss) {
+      out[i] = h.loss_sum;
+      continue;
+    }
+    if (n == 0) {
+      out[i] = 0.0;
+      continue;
+    }
+    if (!preds[size_t(l.head)].defined()) preds[size_t(l.head)] = h.loss->predictions(outs[size_t(l.head)]);
+    Tensor per_sample = h.metric_buf.get({n}, device_, DType::F32);
+    h.loss->metric(l.metric, preds[size_t(l.head)], y, per_sample);
+    out[i] = ops::sum(per_sample);
+  }
+}
+
 std::vector<std::string> Trainer::logged_keys(bool with_validation) const {
   std::vector<std::string> k = {"loss"};
   for (const auto& m : metrics_) k.push_back(m.name);
@@ -430,23 +520,24 @@ void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, dou
   ctx.step = global_step;
   ctx.global_batch = b.global_count;
   if (comm_.size() > 1) ctx.all_reduce_sum = [this](const Tensor& t) { comm_.all_reduce(t); };
-  Tensor out = model_->forward(b.x, ctx);
+  const std::vector<Tensor>& outs = model_->forward(inputs_of(b), ctx);
   const int64_t n = b.local_count;
-  per_sample_ = per_sample_buf_.get({n}, device_, DType::F32);
-  dout_ = dout_buf_.get(out.shape(), out);
-  // The gradient of the global mean loss: each sample weighs 1/global_batch on every rank.
-  loss_->compute(out, b.y, per_sample_, dout_, 1.0 / double(std::max<int64_t>(b.global_count, 1)));
-  sums[0] = n > 0 ? ops::sum(per_sample_) : 0.0;
-  sums[1] = double(n);
-  if (!metrics_.empty()) {
-    Tensor pred = loss_->predictions(out);
-    for (size_t i = 0; i < metrics_.size(); ++i) {
-      Tensor per_sample_metric = metric_buf_.get({n}, device_, DType::F32);
-      loss_->metric(metrics_[i], pred, b.y, per_sample_metric);
-      sums[2 + i] = n > 0 ? ops::sum(per_sample_metric) : 0.0;
-    }
+  // The gradient of the global mean loss: each sample weighs 1/global_batch on every rank (times its
+  // output's loss weight).
+  const double scale = 1.0 / double(std::max<int64_t>(b.global_count, 1));
+  douts_.resize(heads_.size());
+  sums[0] = 0.0;
+  for (size_t j = 0; j < heads_.size(); ++j) {
+    Head& h = heads_[j];
+    Tensor per_sample = h.per_sample_buf.get({n}, device_, DType::F32);
+    douts_[j] = h.dout_buf.get(outs[j].shape(), outs[j]);
+    h.loss->compute(outs[j], b.y, per_sample, douts_[j], h.weight * scale);
+    h.loss_sum = n > 0 ? ops::sum(per_sample) : 0.0;
+    sums[0] += h.weight * h.loss_sum;
   }
-  update_->run(dout_, ctx, *optimizer_);
+  sums[1] = double(n);
+  logged_sums(outs, b.y, n, sums + 2);
+  update_->run(douts_, ctx, *optimizer_);
 }
 
 // ---- evaluation and prediction ---------------------------------------------------------------------
@@ -465,16 +556,16 @@ std::map<std::string, double> Trainer::evaluate(const data::Split& split, bool m
     Context ctx;
     ctx.mc_dropout = mc;
     ctx.seed = seed_;
-    Tensor out = model_->forward(b.x, ctx);
-    Tensor ps({b.local_count}, device_);
-    loss_->compute(out, b.y, ps, Tensor(), 1.0);
-    sums[0] += ops::sum(ps);
-    Tensor pred = loss_->predictions(out);
-    for (size_t i = 0; i < metrics_.size(); ++i) {
-      Tensor m({b.local_count}, device_);
-      loss_->metric(metrics_[i], pred, b.y, m);
-      sums[2 + i] += ops::sum(m);
+    const std::vector<Tensor>& outs = model_->forward(inputs_of(b), ctx);
+    for (Head& h : heads_) {
+      Tensor ps = h.per_sample_buf.get({b.local_count}, device_, DType::F32);
+      h.loss->compute(outs[size_t(&h - heads_.data())], b.y, ps, Tensor(), 1.0);
+      h.loss_sum = ops::sum(ps);
+      sums[0] += h.weight * h.loss_sum;
     }
+    std::vector<double> batch(metrics_.size());
+    logged_sums(outs, b.y, b.local_count, batch.data());
+    for (size_t i = 0; i < metrics_.size(); ++i) sums[2 + i] += batch[i];
     sums[1] += double(b.local_count);
   }
   if (comm_.size() > 1) comm_.all_reduce(std::span<double>(sums));
@@ -504,7 +595,7 @@ void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Te
       ctx.mc_dropout = mc_samples > 0;
       ctx.seed = seed_;
       ctx.step = int64_t(p) * loader.steps_per_epoch() + b.step;  // a different mask per pass and batch
-      Tensor prob = loss_->predictions(model_->forward(b.x, ctx));
+      Tensor prob = heads_[0].loss->predictions(model_->forward(inputs_of(b), ctx)[0]);
       const int64_t k = prob.numel() / std::max<int64_t>(b.local_count, 1);
       if (!sum.defined()) {
         sum = Tensor::zeros({n, k}, Device::CPU, DType::F64);

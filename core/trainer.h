@@ -121,8 +121,29 @@ class Trainer {
   int verbose_ = 1;
   data::Dataset dataset_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<LossFunction> loss_;
-  std::vector<MetricSpec> metrics_;
+  // One output's loss (Keras's compile(loss=..., loss_weights=...)); each output is trained on the data's labels.
+  struct Head {
+    std::string name;  // the output's layer name
+    std::unique_ptr<LossFunction> loss;
+    double weight = 1.0;
+    Buffer per_sample_buf, dout_buf, metric_buf;
+    double loss_sum = 0;  // this step's or batch's Σ per-sample loss
+  };
+  // A logged quantity besides the total loss: a metric of an output, and with several outputs each
+  // output's loss (Keras's history keys: accuracy; or out_loss, out_accuracy, ...).
+  struct Logged {
+    std::string name;
+    int head = 0;
+    bool is_loss = false;
+    MetricSpec metric;
+  };
+  void parse_heads();
+  // Per-sample sums of every Logged quantity of a batch into out[0..metrics_.size()).
+  void logged_sums(const std::vector<Tensor>& outs, const Tensor& y, int64_t n, double* out);
+  static std::vector<Tensor> inputs_of(const data::Batch& b);
+  std::vector<Head> heads_;
+  std::vector<Logged> metrics_;
+  std::vector<Tensor> douts_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LearningRateSchedule> schedule_;
   std::unique_ptr<EarlyStopping> early_stopping_;
@@ -145,8 +166,6 @@ class Trainer {
   double ckpt_best_ = 0;
   int warning_signal_ = 0;
   // Step buffers (reused).
-  Buffer per_sample_buf_, metric_buf_, dout_buf_;  // reused across steps of one batch size
-  Tensor per_sample_, dout_;
   // Where the model, its step buffers and the staged batches live (`device:`, auto by default).
   Device device_ = Device::CPU;
   std::unique_ptr<BatchStager> stager_;

@@ -32,7 +32,9 @@ void UpdateStep::rebuild() {
   if (!segs.empty()) bucketer_ = std::make_unique<comm::GradientBucketer>(comm_, model_.grads_arena(), segs, options_);
 }
 
-void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) {
+void UpdateStep::run(const Tensor& dout, Context& ctx, Optimizer& opt) { run(std::vector<Tensor>{dout}, ctx, opt); }
+
+void UpdateStep::run(const std::vector<Tensor>& dout, Context& ctx, Optimizer& opt) {
   // In one process, a plain gradient-descent step is taken inside the backward pass by the layers that
   // can fold it into their products (Layer::descends_in_backward): no gradient to write and read back.
   // Under N ranks the gradients must be averaged first.

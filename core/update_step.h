@@ -26,6 +26,8 @@ class UpdateStep {
   void rebuild();
   // Backward from dL/d(output), gradient synchronisation, then the update by `opt` (bound to the model).
   void run(const Tensor& dout, Context& ctx, Optimizer& opt);
+  // The same from dL/d(output j) for each of the model's outputs.
+  void run(const std::vector<Tensor>& douts, Context& ctx, Optimizer& opt);
   // Seconds spent blocked waiting for all-reduces, summed over the steps run.
   double comm_wait_seconds() const { return bucketer_ ? bucketer_->wait_seconds() : 0.0; }
   // Whether the gradients live in the communicator's reduction buffer (shared memory on one node).

@@ -16,6 +16,7 @@ pkgs=(
   zlib1g-dev                          # gzipped IDX files
   libcurl4-openssl-dev libssl-dev libarchive-dev   # lockstep data fetch
   python3 python3-h5py python3-numpy  # h5py compatibility tests
+  graphviz                            # lockstep summary --plot (dot)
 )
 if [ "${LOCKSTEP_WITH_SLURM:-0}" = 1 ]; then
   pkgs+=(slurmctld slurmd slurm-client munge)   # tests/cluster: a one-node Slurm on localhost (tests/run sets this)

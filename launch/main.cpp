@@ -90,14 +90,27 @@ int cmd_summary(const std::vector<std::string>& args) {
   int threads = 0;
   std::vector<std::string> sets;
   std::string run_file;
+  std::string plot;
   po::options_description d("lockstep summary RUN.yaml [options]\n\n"
-                            "Prints the model's table in Keras's model.summary() form.\n"
-                            "Example:\n  lockstep summary launch/configs/fashion_mnist_mlp.yaml\n\nOptions");
+                            "Prints the model's table in Keras's model.summary() form (Functional models: with\n"
+                            "the \"Connected to\" column); --plot draws the graph as keras.utils.plot_model does,\n"
+                            "with Graphviz's dot (apt-get install graphviz).\n"
+                            "Example:\n  lockstep summary launch/configs/fashion_mnist_mlp.yaml\n"
+                            "  lockstep summary launch/configs/mnist_pairs_pretraining.yaml --plot model.svg\n\nOptions");
   add_common(d, threads, sets);
+  d.add_options()("plot", po::value<std::string>(&plot), "also draw the model's graph into this file (.svg, .png or .pdf)");
   if (!parse(args, d, run_file, "summary")) return 0;
   ConfigNode cfg = load_run_file(run_file, sets);
   auto model = Model::from_config(cfg["model"]);
   std::cout << model->summary();
+  if (!plot.empty()) {
+    try {
+      render_dot(model->graph_dot(), plot);
+    } catch (const std::runtime_error& e) {
+      throw UserError(str_cat("summary --plot: ", e.what()));
+    }
+    std::cout << "Graph written to " << plot << "\n";
+  }
   return 0;
 }
 
