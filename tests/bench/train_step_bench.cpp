@@ -5,6 +5,22 @@
 //
 //   train_step_bench --model a --batch-size 32 --threads 1 [--reps 5 --window-sec 0.3]
 //
+// Forms of the same layers (--form, or --graph 1 for functional):
+//   sequential  the `input_shape:` + `layers:` run file (default): Model's chain paths.
+//   functional  Keras's Functional form, explicit `inputs:` and `outputs:`; its calls form a chain, so
+//               Model takes the chain paths too (row path=chain).
+//   graph       the functional form with the input listed as a second output: the same calls and flops
+//               (an output that is an input costs nothing, and no gradient flows to it), but not a
+//               chain, so the step runs Model's general graph forward and Model::graph_backward
+//               (row path=graph). `--model a_graph` is `--model a --form graph`, `a_func` is functional.
+//   pairs       (--model pairs) the comparison network of launch/configs/pretraining_pairs.yaml (HML2
+//               ch. 11 ex. 10: two towers of Flatten + 5 Dense(100, elu), concatenate, Dense(10, elu),
+//               Dense(1, sigmoid)), read from that file with its loss and optimizer (--config PATH).
+// A comma-separated --model (e.g. a,a_func,a_graph) builds every model in one process and interleaves
+// their timed windows (window r of each model, then window r+1 of each, ...): machine noise then hits
+// all of them alike, and each row's vs_first is the median over windows of its rate / the first model's
+// rate in the same round.
+//
 // Under mpirun (N ranks) --batch-size is the GLOBAL batch: each rank takes batch/N samples and the step
 // is the trainer's (core/update_step.h): sync BN over the communicator, gradients all-reduced in
 // buckets launched from the backward pass, then the update. Rank 0 prints global samples/s and the
@@ -31,40 +47,64 @@
 #include "core/optimizers.h"
 #include "core/update_step.h"
 
+#ifndef LOCKSTEP_SOURCE_DIR
+#define LOCKSTEP_SOURCE_DIR "."
+#endif
+
 using namespace lockstep;
 
 namespace {
-std::string model_yaml(const std::string& m) {
-  auto dense = [](int units, const char* act, const char* init, bool bias = true) {
-    return std::string("    - dense: {units: ") + std::to_string(units) + ", activation: " + act +
-           ", kernel_initializer: " + init + (bias ? "" : ", use_bias: false") + "}\n";
+// The layers of models a-e, one `- kind: {...}` entry per line (indent 4).
+std::vector<std::string> model_layers(const std::string& m) {
+  auto dense = [](int units, const char* act, const char* init) {
+    return std::string("dense: {units: ") + std::to_string(units) + ", activation: " + act +
+           ", kernel_initializer: " + init + "}";
   };
-  std::string y;
+  const std::string bn = "batch_normalization: {}";
+  std::vector<std::string> l;
   if (m == "a" || m == "b") {
-    y = "input_shape: [784]\nlayers:\n";
-    if (m == "b") y += "    - batch_normalization: {}\n";
-    y += dense(300, "relu", "he_normal");
-    if (m == "b") y += "    - batch_normalization: {}\n";
-    y += dense(100, "relu", "he_normal");
-    if (m == "b") y += "    - batch_normalization: {}\n";
-    y += dense(10, "softmax", "he_normal");
+    if (m == "b") l.push_back(bn);
+    l.push_back(dense(300, "relu", "he_normal"));
+    if (m == "b") l.push_back(bn);
+    l.push_back(dense(100, "relu", "he_normal"));
+    if (m == "b") l.push_back(bn);
+    l.push_back(dense(10, "softmax", "he_normal"));
   } else if (m == "c") {
-    y = "input_shape: [784]\nlayers:\n" + dense(300, "selu", "lecun_normal");
-    for (int i = 0; i < 99; ++i) y += dense(100, "selu", "lecun_normal");
-    y += dense(10, "softmax", "lecun_normal");
+    l.push_back(dense(300, "selu", "lecun_normal"));
+    for (int i = 0; i < 99; ++i) l.push_back(dense(100, "selu", "lecun_normal"));
+    l.push_back(dense(10, "softmax", "lecun_normal"));
   } else {  // d, e: CIFAR-10 20x100 ELU
-    y = "input_shape: [3072]\nlayers:\n";
-    if (m == "e") y += "    - batch_normalization: {}\n";
+    if (m == "e") l.push_back(bn);
     for (int i = 0; i < 20; ++i) {
       if (m == "e") {
-        y += dense(100, "linear", "he_normal");
-        y += "    - batch_normalization: {}\n    - activation: {activation: elu}\n";
+        l.push_back(dense(100, "linear", "he_normal"));
+        l.push_back(bn);
+        l.push_back("activation: {activation: elu}");
       } else {
-        y += dense(100, "elu", "he_normal");
+        l.push_back(dense(100, "elu", "he_normal"));
       }
     }
-    y += dense(10, "softmax", "he_normal");
+    l.push_back(dense(10, "softmax", "he_normal"));
   }
+  return l;
+}
+
+// Model m (a-e) as a run file's `model:` section in the given form.
+std::string model_yaml(const std::string& m, const std::string& form) {
+  const std::string in = m == "a" || m == "b" || m == "c" ? "784" : "3072";
+  std::vector<std::string> layers = model_layers(m);
+  std::string y;
+  if (form == "sequential") {
+    y = "input_shape: [" + in + "]\nlayers:\n";
+    for (const std::string& l : layers) y += "    - " + l + "\n";
+    return y;
+  }
+  // Functional: the last layer named `head` so `outputs:` can name it (the others keep Keras's names).
+  std::string& last = layers.back();
+  last.insert(last.find('{') + 1, "name: head, ");
+  y = "name: " + m + "_" + form + "\ninputs:\n    - input: {name: x, shape: [" + in + "]}\nlayers:\n";
+  for (size_t i = 0; i < layers.size(); ++i) y += "    - " + layers[i] + (i == 0 ? "\n      inputs: x\n" : "\n");
+  y += form == "graph" ? "outputs: [head, x]\n" : "outputs: head\n";
   return y;
 }
 
@@ -78,17 +118,129 @@ double cpu_now() {
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
+
+// Whether Model takes its chain paths (the same test as Model::build: one input, one output, every call
+// reading the one before).
+bool takes_chain_path(const Model& m) {
+  if (m.num_inputs() != 1 || m.num_outputs() != 1) return false;
+  const auto& calls = m.calls();
+  for (size_t k = 0; k < calls.size(); ++k)
+    if (calls[k].inputs != std::vector<int>{int(k)}) return false;
+  return true;
+}
+
+// One model's training step and its timing.
+struct Bench {
+  std::string model, form;
+  std::unique_ptr<Model> m;
+  std::unique_ptr<LossFunction> loss;
+  std::unique_ptr<Optimizer> opt;
+  std::unique_ptr<UpdateStep> update;
+  std::vector<Tensor> data;  // per model input: [n, shape...]
+  Tensor y_all, per_sample, dout;
+  std::vector<Tensor> xs, douts;
+  Context ctx;
+  int64_t n = 4096, pos = 0;
+  int batch = 0, global_batch = 0, world = 1, rank = 0;
+  std::vector<double> rates, cpu_rates;
+  double total_s = 0.0, wait0 = 0.0;
+
+  void step() {
+    if (pos + batch > n) pos = int64_t(rank) * batch;
+    for (size_t i = 0; i < data.size(); ++i) xs[i] = data[i].slice_rows(pos, pos + batch);
+    Tensor y = y_all.slice_rows(pos, pos + batch);
+    pos += int64_t(batch) * world;
+    const std::vector<Tensor>& outs = m->forward(xs, ctx);
+    loss->compute(outs[0], y, per_sample, dout, 1.0 / global_batch);
+    update->run(douts, ctx, *opt);
+    ++ctx.step;
+  }
+};
+
+std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg, const std::string& config,
+                                  int global_batch, comm::Communicator& comm, const comm::BucketOptions& bucket_opts) {
+  auto b = std::make_unique<Bench>();
+  std::string form = form_arg;
+  if (model.size() > 2 && model.compare(1, std::string::npos, "_graph") == 0) form = "graph";
+  if (model.size() > 2 && model.compare(1, std::string::npos, "_func") == 0) form = "functional";
+  if (model != "pairs") model = model.substr(0, 1);
+  if (model != "a" && model != "b" && model != "c" && model != "d" && model != "e" && model != "pairs") {
+    std::fprintf(stderr, "model must be a, b, c, d, e (optionally a_func / a_graph ...) or pairs\n");
+    std::exit(2);
+  }
+  if (form != "sequential" && form != "functional" && form != "graph") {
+    std::fprintf(stderr, "form must be sequential, functional or graph\n");
+    std::exit(2);
+  }
+  b->model = model;
+  b->world = comm.size();
+  b->rank = comm.rank();
+  b->global_batch = global_batch;
+  b->batch = global_batch / b->world;
+  LossSpec spec;  // sparse_categorical_crossentropy
+  ConfigNode opt_node;
+  if (model == "pairs") {
+    ConfigNode run = load_config_file(config);
+    b->form = "functional";
+    b->m = Model::from_config(run["model"]);
+    spec = parse_loss(run["loss"]);
+    opt_node = run["optimizer"];
+  } else {
+    b->form = form;
+    b->m = Model::from_config(load_config_string(model_yaml(model, form), "bench-model"));
+    // The peers' optimizers (mlp_models.py): SGD lr 1e-3 for a-c, Nadam lr 5e-5 (d) / 5e-4 (e).
+    opt_node = load_config_string(model == "d"   ? "{name: nadam, learning_rate: 5.0e-5}"
+                                  : model == "e" ? "{name: nadam, learning_rate: 5.0e-4}"
+                                                 : "{name: sgd, learning_rate: 1.0e-3}",
+                                  "bench-optimizer");
+  }
+  Model& m = *b->m;
+  m.init(0);
+  b->loss = std::make_unique<LossFunction>(spec, fusable_output(spec, m.output_activation()));
+  m.set_fused_output(b->loss->fused());
+
+  const int64_t n = b->n;
+  for (int i = 0; i < m.num_inputs(); ++i) {
+    Shape s{n};
+    for (int64_t d : m.input_shapes()[size_t(i)]) s.push_back(d);
+    Tensor t(s);
+    ops::random_uniform(t, 0.0, 1.0, rng::Stream{1, uint64_t(2 + i)});  // images scaled /255
+    b->data.push_back(t);
+  }
+  b->xs.resize(b->data.size());
+  const int64_t classes = m.output_shape()[0];
+  std::vector<float> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) labels[size_t(i)] = float((i * 7919) % (classes == 1 ? 2 : classes));
+  b->y_all = Tensor::from_vector({n}, labels);
+  b->per_sample = Tensor({b->batch});
+  b->dout = Tensor({b->batch, classes});
+  // The loss's gradient for output 0; the graph form's second output (the input) takes none.
+  b->douts.assign(size_t(m.num_outputs()), Tensor());
+  b->douts[0] = b->dout;
+  b->ctx.training = true;
+  b->ctx.global_batch = global_batch;
+  if (b->world > 1) b->ctx.all_reduce_sum = [&comm](const Tensor& t) { comm.all_reduce(t); };
+  b->opt = Optimizer::from_config(opt_node);
+  b->opt->bind(m);
+  // The trainer's backward, all-reduce and update (core/update_step.h).
+  b->update = std::make_unique<UpdateStep>(m, comm, bucket_opts);
+  b->pos = int64_t(b->rank) * b->batch;
+  return b;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   ops::ensure_passive_openmp(argv);
-  std::string model = "a";
+  std::string model = "a", form = "sequential", config = LOCKSTEP_SOURCE_DIR "/launch/configs/pretraining_pairs.yaml";
   int batch = 32, threads = 1, reps = 5;
   double window = 0.3;
   comm::BucketOptions bucket_opts;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--model") model = v;
+    else if (k == "--form") form = v;
+    else if (k == "--graph") form = std::atoi(v.c_str()) ? "functional" : "sequential";
+    else if (k == "--config") config = v;
     else if (k == "--batch-size") batch = std::atoi(v.c_str());
     else if (k == "--threads") threads = std::atoi(v.c_str());
     else if (k == "--reps") reps = std::atoi(v.c_str());
@@ -101,88 +253,77 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (model != "a" && model != "b" && model != "c" && model != "d" && model != "e") {
-    std::fprintf(stderr, "model must be a, b, c, d or e\n");
-    return 2;
-  }
   auto comm = comm::make_communicator();
   const int world = comm->size();
   if (batch % world != 0) {
     std::fprintf(stderr, "the global batch %d must be divisible by the %d ranks\n", batch, world);
     return 2;
   }
-  const int global_batch = batch;
-  batch /= world;
   ops::set_num_threads(threads);
-  auto m = Model::from_config(load_config_string(model_yaml(model), "bench-model"));
-  m->init(0);
-  LossSpec spec;  // sparse_categorical_crossentropy
-  LossFunction loss(spec, fusable_output(spec, m->output_activation()));
-  m->set_fused_output(loss.fused());
-
-  const int64_t in = m->input_shape()[0], n = 4096;
-  Tensor data({n, in});
-  ops::random_uniform(data, 0.0, 1.0, rng::Stream{1, 2});  // images scaled /255
-  std::vector<float> labels(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) labels[size_t(i)] = float((i * 7919) % 10);
-  Tensor y_all = Tensor::from_vector({n}, labels);
-  Tensor per_sample({batch}), dout({batch, 10});
-  Context ctx;
-  ctx.training = true;
-  ctx.global_batch = global_batch;
-  if (world > 1) ctx.all_reduce_sum = [&](const Tensor& t) { comm->all_reduce(t); };
-  // The peers' optimizers (mlp_models.py): SGD lr 1e-3 for a-c, Nadam lr 5e-5 (d) / 5e-4 (e).
-  const char* opt_yaml = model == "d" ? "{name: nadam, learning_rate: 5.0e-5}"
-                         : model == "e" ? "{name: nadam, learning_rate: 5.0e-4}"
-                                        : "{name: sgd, learning_rate: 1.0e-3}";
-  auto opt = Optimizer::from_config(load_config_string(opt_yaml, "bench-optimizer"));
-  opt->bind(*m);
-  // The trainer's backward, all-reduce and update (core/update_step.h).
-  UpdateStep update(*m, *comm, bucket_opts);
-  int64_t pos = int64_t(comm->rank()) * batch;
-  auto step = [&]() {
-    if (pos + batch > n) pos = int64_t(comm->rank()) * batch;
-    Tensor x = data.slice_rows(pos, pos + batch), y = y_all.slice_rows(pos, pos + batch);
-    pos += int64_t(batch) * world;
-    Tensor out = m->forward(x, ctx);
-    loss.compute(out, y, per_sample, dout, 1.0 / global_batch);
-    update.run(dout, ctx, *opt);
-    ++ctx.step;
+  std::vector<std::unique_ptr<Bench>> benches;
+  for (size_t p = 0; p <= model.size();) {
+    size_t q = model.find(',', p);
+    if (q == std::string::npos) q = model.size();
+    if (q > p) benches.push_back(make_bench(model.substr(p, q - p), form, config, batch, *comm, bucket_opts));
+    p = q + 1;
+  }
+  // Agree on "go on" across ranks: rank 0's clock decides, every rank runs the same number of steps.
+  auto agree = [&](bool more) {
+    int64_t v = more;
+    if (world > 1) comm->all_reduce(std::span<int64_t>(&v, 1), comm::ReduceOp::Min);
+    return v != 0;
   };
-  // warm-up: at least 10 steps and 0.3 s
-  double t0 = now();
-  for (int i = 0;; ++i) {
-    step();
-    int64_t more = i < 10 || now() - t0 < 0.3;
-    if (world > 1) comm->all_reduce(std::span<int64_t>(&more, 1), comm::ReduceOp::Min);
-    if (!more) break;
-  }
-  std::vector<double> rates, cpu_rates;
-  double total_s = 0.0;
-  const double wait0 = update.comm_wait_seconds();
-  for (int r = 0; r < reps; ++r) {
-    // Every rank runs the same number of steps: rank 0 decides from its clock.
-    double start = now(), cpu_start = cpu_now();
-    int64_t steps = 0;
-    for (;;) {
-      step();
-      ++steps;
-      int64_t more = steps < 5 || now() - start < window;
-      if (world > 1) comm->all_reduce(std::span<int64_t>(&more, 1), comm::ReduceOp::Min);
-      if (!more) break;
+  // warm-up: at least 10 steps and 0.3 s of each
+  for (auto& b : benches) {
+    double t0 = now();
+    for (int i = 0;; ++i) {
+      b->step();
+      if (!agree(i < 10 || now() - t0 < 0.3)) break;
     }
-    const double dt = now() - start;
-    total_s += dt;
-    rates.push_back(double(steps * global_batch) / dt);
-    cpu_rates.push_back(double(steps * batch) / (cpu_now() - cpu_start) * threads);
+    b->wait0 = b->update->comm_wait_seconds();
   }
-  std::sort(rates.begin(), rates.end());
-  std::sort(cpu_rates.begin(), cpu_rates.end());
+  std::vector<std::vector<double>> ratio_to_first(benches.size());
+  for (int r = 0; r < reps; ++r) {
+    for (size_t bi = 0; bi < benches.size(); ++bi) {
+      Bench& b = *benches[bi];
+      double start = now(), cpu_start = cpu_now();
+      int64_t steps = 0;
+      for (;;) {
+        b.step();
+        ++steps;
+        if (!agree(steps < 5 || now() - start < window)) break;
+      }
+      const double dt = now() - start;
+      b.total_s += dt;
+      b.rates.push_back(double(steps * b.global_batch) / dt);
+      b.cpu_rates.push_back(double(steps * b.batch) / (cpu_now() - cpu_start) * threads);
+      ratio_to_first[bi].push_back(b.rates.back() / benches[0]->rates.back());
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
   if (comm->rank() == 0)
-    std::printf("impl=lockstep model=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f max=%.0f step_ms=%.4f "
-                "comm_wait_pct=%.1f cpu_samples_per_sec=%.0f\n",
-                model.c_str(), global_batch, world, threads, rates[rates.size() / 2], rates.front(), rates.back(),
-                1e3 * global_batch / rates[rates.size() / 2], 100.0 * (update.comm_wait_seconds() - wait0) / std::max(total_s, 1e-9),
-                cpu_rates[cpu_rates.size() / 2]);
+    for (size_t bi = 0; bi < benches.size(); ++bi) {
+      Bench& b = *benches[bi];
+      const double sps = median(b.rates);
+      std::printf("impl=lockstep model=%s form=%s path=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f "
+                  "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld",
+                  b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", b.global_batch, world,
+                  threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
+                  *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
+                  100.0 * (b.update->comm_wait_seconds() - b.wait0) / std::max(b.total_s, 1e-9), median(b.cpu_rates),
+                  static_cast<long long>(b.m->trainable_params()));
+      // Every window's rate, in order (windows of the models in one process alternate: paired in time).
+      std::printf(" win_sps=");
+      for (size_t r = 0; r < b.rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.rates[r]);
+      std::printf(" win_cpu_sps=");
+      for (size_t r = 0; r < b.cpu_rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.cpu_rates[r]);
+      if (benches.size() > 1)
+        std::printf(" first=%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
+                    median(ratio_to_first[bi]));
+      std::printf("\n");
+    }
   return 0;
 }
