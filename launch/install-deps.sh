@@ -17,6 +17,7 @@ pkgs=(
   libcurl4-openssl-dev libssl-dev libarchive-dev   # lockstep data fetch
   python3 python3-h5py python3-numpy  # h5py compatibility tests
   graphviz                            # lockstep summary --plot (dot)
+  librsvg2-bin                        # lockstep plot: the PNG next to the SVG (rsvg-convert)
 )
 if [ "${LOCKSTEP_WITH_SLURM:-0}" = 1 ]; then
   pkgs+=(slurmctld slurmd slurm-client munge)   # tests/cluster: a one-node Slurm on localhost (tests/run sets this)

@@ -21,6 +21,7 @@
 #include "core/trainer.h"
 #include "comm/communicator.h"
 #include "data/cli.h"
+#include "plot.h"
 
 namespace po = boost::program_options;
 using namespace lockstep;
@@ -35,6 +36,7 @@ verbs:
   predict RUN.yaml --checkpoint PATH --out FILE [--mc-samples N]   class probabilities (MC dropout)
   lr-find RUN.yaml          one epoch with an exponentially growing rate: loss vs learning rate
   summary RUN.yaml          print the model's table (layers, output shapes, parameter counts)
+  plot RUN_DIR... --out curves.svg   learning curves of runs (history.csv), overlaid; a PNG too with rsvg-convert
   data convert|fetch|inspect  datasets: official files -> lockstep's HDF5 layout, download, inspect
 
 Exit status: 0 success; 2 bad input (run file, data, checkpoint, flags); 3 the loss became NaN or
@@ -96,7 +98,7 @@ int cmd_summary(const std::vector<std::string>& args) {
                             "the \"Connected to\" column); --plot draws the graph as keras.utils.plot_model does,\n"
                             "with Graphviz's dot (apt-get install graphviz).\n"
                             "Example:\n  lockstep summary launch/configs/fashion_mnist_mlp.yaml\n"
-                            "  lockstep summary launch/configs/mnist_pairs_pretraining.yaml --plot model.svg\n\nOptions");
+                            "  lockstep summary launch/configs/pretraining_pairs.yaml --plot model.svg\n\nOptions");
   add_common(d, threads, sets);
   d.add_options()("plot", po::value<std::string>(&plot), "also draw the model's graph into this file (.svg, .png or .pdf)");
   if (!parse(args, d, run_file, "summary")) return 0;
@@ -111,6 +113,34 @@ int cmd_summary(const std::vector<std::string>& args) {
     }
     std::cout << "Graph written to " << plot << "\n";
   }
+  return 0;
+}
+
+int cmd_plot(const std::vector<std::string>& args) {
+  std::vector<std::string> run_dirs;
+  std::string out;
+  po::options_description d(
+      "lockstep plot RUN_DIR [RUN_DIR...] [--out curves.svg]\n\n"
+      "Draws the learning curves of runs from their history.csv, as the chapter's\n"
+      "pd.DataFrame(history.history).plot(): loss and each metric by epoch (validation dashed), y from 0 to 1\n"
+      "when every value lies there; the learning rate on a panel below when it changes (log scale past 10x).\n"
+      "Several runs are overlaid (\"RUN: loss\", a marker shape per run). Writes an SVG, and the PNG next to it\n"
+      "when rsvg-convert is installed (apt-get install librsvg2-bin). A RUN_DIR may also be a history.csv.\n"
+      "Examples:\n  lockstep plot runs/exp1 --out curves.svg\n"
+      "  lockstep plot runs/lr-0.01 runs/lr-0.001 --out compare.svg\n\nOptions");
+  d.add_options()("help,h", "show this help")  //
+      ("out", po::value<std::string>(&out)->default_value("curves.svg"), "the SVG to write (.png: the SVG next to it, then the PNG)")  //
+      ("run-dir", po::value<std::vector<std::string>>(&run_dirs), "run directories");
+  po::positional_options_description pos;
+  pos.add("run-dir", -1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(d).positional(pos).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << d;
+    return 0;
+  }
+  std::cout << plot::plot_runs(run_dirs, out).message;
   return 0;
 }
 
@@ -250,10 +280,11 @@ int cmd_predict(const std::vector<std::string>& args) {
   trainer.load_weights(checkpoint);
   const std::shared_ptr<const data::Split> sp = named_split(trainer, split, "predict");
   Tensor mean, sd;
-  trainer.predict(*sp, mc, &mean, &sd);
+  std::vector<int32_t> labels;  // per row as the model sees it (image pairs: the pair's label)
+  trainer.predict(*sp, mc, &mean, &sd, &labels);
   if (s.comm->rank() == 0) {
-    save_predictions(out, mean, mc > 0 ? sd : Tensor(), sp->labels());
-    std::cout << "Wrote " << sp->size() << " predictions to " << out << "\n";
+    save_predictions(out, mean, mc > 0 ? sd : Tensor(), labels);
+    std::cout << "Wrote " << labels.size() << " predictions to " << out << "\n";
   }
   return 0;
 }
@@ -326,6 +357,7 @@ int run_verb(int argc, char** argv) {
       {"evaluate", cmd_evaluate},
       {"predict", cmd_predict},
       {"lr-find", cmd_lr_find},
+      {"plot", cmd_plot},
       {"data", [](const std::vector<std::string>& a) { return data::run_data_command(a); }}};
   try {
     auto it = verbs.find(verb);
