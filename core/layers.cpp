@@ -354,7 +354,8 @@ Tensor RReLU::forward(const Tensor& x, Context& ctx) {
   was_training_ = ctx.training;
   if (was_training_) {
     slopes_ = slopes_buf_.get(x.shape(), x);
-    ops::rrelu_forward_train(x, lower_, upper_, layer_stream(ctx, index_, kRReluStream), slopes_, y_);
+    ops::rrelu_forward_train(x, lower_, upper_, layer_stream(ctx, index_, kRReluStream), slopes_, y_,
+                             ctx.sample_offset * (x.numel() / std::max<int64_t>(x.dim(0), 1)));
   } else {
     ops::activation_forward(ops::Activation::LeakyRelu, (lower_ + upper_) / 2, x, y_);
   }
@@ -479,10 +480,11 @@ Tensor Dropout::forward(const Tensor& x, Context& ctx) {
   mask_ = mask_buf_.get(x.shape(), x);
   Tensor y = y_buf_.get(x.shape(), x);
   rng::Stream s = layer_stream(ctx, index_, kDropoutStream);
+  const int64_t first = ctx.sample_offset * (x.numel() / std::max<int64_t>(x.dim(0), 1));
   if (alpha_)
-    ops::alpha_dropout_forward(x, rate_, s, mask_, y);
+    ops::alpha_dropout_forward(x, rate_, s, mask_, y, first);
   else
-    ops::dropout_forward(x, rate_, s, mask_, y);
+    ops::dropout_forward(x, rate_, s, mask_, y, first);
   return y;
 }
 Tensor Dropout::backward(const Tensor& dy, Context&, bool need_dx) {

@@ -64,6 +64,9 @@ struct Context {
   uint64_t seed = 0;            // the run's seed
   int64_t step = 0;             // the global step: dropout masks and RReLU slopes derive from (seed, step, layer)
   int64_t global_batch = 0;     // samples in the global batch (all ranks); 0 = this rank's batch
+  // Position of this rank's first sample within the global batch: dropout masks are drawn per element
+  // of the global batch, so N ranks draw together the mask one process draws (and never the same one).
+  int64_t sample_offset = 0;
   // > 0: the step's update is plain gradient descent at this rate (w -= rate·g, UpdateStep in one
   // process), and layers that descend_in_backward() apply it to their weights inside backward().
   double descent_rate = 0.0;

@@ -268,12 +268,12 @@ void prelu_backward(const Tensor& x, const Tensor& alpha, const Broadcast& map, 
   });
 }
 void rrelu_forward_train(const Tensor& x, double lower, double upper, const rng::Stream& s, const Tensor& slopes,
-                         const Tensor& y) {
+                         const Tensor& y, int64_t first) {
   same_numel(x, y, "rrelu_forward_train");
   same_numel(x, slopes, "rrelu_forward_train");
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::rrelu_forward_train(be, x.data<T>(), T(lower), T(upper), s, slopes.data<T>(), y.data<T>(), x.numel());
+    kernels::rrelu_forward_train(be, x.data<T>(), T(lower), T(upper), s, first, slopes.data<T>(), y.data<T>(), x.numel());
   });
 }
 void rrelu_backward(const Tensor& x, const Tensor& slopes, const Tensor& dy, const Tensor& dx) {
@@ -287,22 +287,24 @@ void rrelu_backward(const Tensor& x, const Tensor& slopes, const Tensor& dy, con
 }
 
 // ---- dropout -------------------------------------------------------------------------------------
-void dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y) {
+void dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y,
+                     int64_t first) {
   same_numel(x, y, "dropout_forward");
   same_numel(x, mask, "dropout_forward");
   LS_CHECK(rate >= 0 && rate < 1, "dropout rate ", rate);
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::dropout_forward(be, x.data<T>(), T(rate), s, mask.data<T>(), y.data<T>(), x.numel());
+    kernels::dropout_forward(be, x.data<T>(), T(rate), s, first, mask.data<T>(), y.data<T>(), x.numel());
   });
 }
-void alpha_dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y) {
+void alpha_dropout_forward(const Tensor& x, double rate, const rng::Stream& s, const Tensor& mask, const Tensor& y,
+                           int64_t first) {
   same_numel(x, y, "alpha_dropout_forward");
   same_numel(x, mask, "alpha_dropout_forward");
   LS_CHECK(rate > 0 && rate < 1, "alpha dropout rate ", rate);
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::alpha_dropout_forward(be, x.data<T>(), T(rate), s, mask.data<T>(), y.data<T>(), x.numel());
+    kernels::alpha_dropout_forward(be, x.data<T>(), T(rate), s, first, mask.data<T>(), y.data<T>(), x.numel());
   });
 }
 

@@ -98,19 +98,21 @@ void prelu_forward(const Tensor& x, const Tensor& alpha, const Broadcast& map, c
 // dx = dy * (x > 0 ? 1 : alpha); dalpha = Σ_{x<=0} dy * x (assigned).
 void prelu_backward(const Tensor& x, const Tensor& alpha, const Broadcast& map, const Tensor& dy,
                     const Tensor& dx, const Tensor& dalpha);
-// RReLU in training: slope_i ~ U[lower, upper) from `stream`, written to `slopes`; y = x >= 0 ? x : slope*x.
+// RReLU in training: slope_i ~ U[lower, upper) from uniform number first + i of `stream` (a rank's slice of a
+// global batch draws that slice of the global draw), written to `slopes`; y = x >= 0 ? x : slope*x.
 void rrelu_forward_train(const Tensor& x, double lower, double upper, const rng::Stream& stream,
-                         const Tensor& slopes, const Tensor& y);
+                         const Tensor& slopes, const Tensor& y, int64_t first = 0);
 // dx = dy * (x >= 0 ? 1 : slope).
 void rrelu_backward(const Tensor& x, const Tensor& slopes, const Tensor& dy, const Tensor& dx);
 
 // ---- dropout -----------------------------------------------------------------------------------
-// mask_i = keep ? 1/(1-rate) : 0 with keep = U_i >= rate; y = x * mask.
+// mask_i = keep ? 1/(1-rate) : 0 with keep = U_{first+i} >= rate; y = x * mask. `first`: the index of
+// x's first element in the stream (a rank's share of a global batch starts where its first sample is).
 void dropout_forward(const Tensor& x, double rate, const rng::Stream& stream, const Tensor& mask,
-                     const Tensor& y);
+                     const Tensor& y, int64_t first = 0);
 // Keras AlphaDropout: y = a*(x*keep + α'(1-keep)) + b; mask_i = a*keep (the derivative).
 void alpha_dropout_forward(const Tensor& x, double rate, const rng::Stream& stream, const Tensor& mask,
-                           const Tensor& y);
+                           const Tensor& y, int64_t first = 0);
 
 // ---- batch normalization (x viewed as [outer, C, inner]) -----------------------------------------
 struct FeatureView {

@@ -519,6 +519,8 @@ void Trainer::train_step(const data::Batch& host_batch, int64_t global_step, dou
   ctx.seed = seed_;
   ctx.step = global_step;
   ctx.global_batch = b.global_count;
+  // This rank's slice of the global batch starts at rank*n/world (data::ShardedLoader::shard_indices).
+  ctx.sample_offset = int64_t(comm_.rank()) * b.global_count / comm_.size();
   if (comm_.size() > 1) ctx.all_reduce_sum = [this](const Tensor& t) { comm_.all_reduce(t); };
   const std::vector<Tensor>& outs = model_->forward(inputs_of(b), ctx);
   const int64_t n = b.local_count;
@@ -556,6 +558,7 @@ std::map<std::string, double> Trainer::evaluate(const data::Split& split, bool m
     Context ctx;
     ctx.mc_dropout = mc;
     ctx.seed = seed_;
+    ctx.sample_offset = int64_t(comm_.rank()) * b.global_count / comm_.size();
     const std::vector<Tensor>& outs = model_->forward(inputs_of(b), ctx);
     for (Head& h : heads_) {
       Tensor ps = h.per_sample_buf.get({b.local_count}, device_, DType::F32);
@@ -577,12 +580,14 @@ std::map<std::string, double> Trainer::evaluate(const data::Split& split, bool m
   return out;
 }
 
-void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Tensor* stddev) {
+void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Tensor* stddev,
+                      std::vector<int32_t>* labels) {
   // Predictions are computed on rank 0 (the others have nothing to write).
   if (comm_.rank() != 0) return;
   data::ShardedLoader loader(std::shared_ptr<const data::Split>(&split, [](const data::Split*) {}), batch_size_, 0, 1,
                              seed_, false, data::LastBatch::Keep);
-  const int64_t n = split.size();
+  const int64_t n = loader.positions();  // a paired split's pair count may differ from its image count
+  if (labels) labels->clear();
   const int passes = std::max(mc_samples, 1);
   Tensor sum, sumsq;
   int64_t row = 0;
@@ -590,6 +595,8 @@ void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Te
   data::Batch hb;
   while (loader.next(hb)) {
     const data::Batch b = stager_->stage(hb);
+    if (labels)
+      for (int64_t i = 0; i < hb.local_count; ++i) labels->push_back(int32_t(hb.y.data()[i]));
     for (int p = 0; p < passes; ++p) {
       Context ctx;
       ctx.mc_dropout = mc_samples > 0;

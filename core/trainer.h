@@ -77,7 +77,10 @@ class Trainer {
   std::map<std::string, double> evaluate(const data::Split& split, bool mc = false);
   // Class probabilities for every sample of a split, in order, on rank 0 (gathered): mean over
   // `mc_samples` stochastic passes when > 0 (MC dropout) with their standard deviation in `stddev`.
-  void predict(const data::Split& split, int mc_samples, Tensor* mean, Tensor* stddev);
+  // One row per position the loader yields (a paired split: per pair, data.pairs); `labels` receives
+  // each row's label as the model is trained on it (a pair's same/different label, not a digit).
+  void predict(const data::Split& split, int mc_samples, Tensor* mean, Tensor* stddev,
+               std::vector<int32_t>* labels = nullptr);
   // The chapter's learning-rate finder: one epoch with the rate growing exponentially from min_rate to
   // max_rate; returns (rate, running mean loss, batch loss) per step. Stops early when the loss
   // exceeds 4x its minimum or becomes non-finite.

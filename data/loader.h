@@ -59,6 +59,7 @@ class ShardedLoader {
   ShardedLoader& operator=(const ShardedLoader&) = delete;
 
   int64_t steps_per_epoch() const;
+  int64_t positions() const;  // per epoch: the split's size, or the pair count of a paired split
   int64_t global_batch() const { return global_batch_; }
   const Split& split() const { return *split_; }
   // Begin epoch `epoch` at global step `first_step` (> 0 to resume mid-epoch). Cancels any epoch in flight.
@@ -73,7 +74,6 @@ class ShardedLoader {
   void stop_producer();
   void produce(std::vector<int64_t> perm, int64_t first_step, int64_t epoch);
   Batch make_batch(const std::vector<int64_t>& perm, int64_t step, int64_t epoch) const;
-  int64_t positions() const;  // per epoch: the split's size, or the pair count of a paired split
 
   std::shared_ptr<const Split> split_;
   int64_t global_batch_;

@@ -524,9 +524,9 @@ void prelu_backward(Cpu, const T* x, const T* alpha, const ops::Broadcast& map, 
 }
 
 template <typename T>
-void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, T* slopes, T* y, int64_t n) {
+void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, int64_t first, T* slopes, T* y, int64_t n) {
   rowwise(n, n, [=](int64_t i) {
-    T a = lower + (upper - lower) * T(s.uniform(uint64_t(i)));
+    T a = lower + (upper - lower) * T(s.uniform(uint64_t(first + i)));
     slopes[i] = a;
     y[i] = x[i] >= T(0) ? x[i] : a * x[i];
   });
@@ -538,36 +538,38 @@ template <typename T> void rrelu_backward(Cpu, const T* x, const T* slopes, cons
   });
 }
 
-// Draw 4 uniforms per Philox block; element i uses word i%4 of block i/4 (as Stream::uniform).
+// Draw 4 uniforms per Philox block; element i uses the stream's uniform number first + i: word
+// (first+i)%4 of block (first+i)/4 (as Stream::uniform).
 template <typename T, typename F>
-static void for_uniforms(rng::Stream s, int64_t n, F&& f) {
-  const int64_t blocks = (n + 3) / 4;
+static void for_uniforms(rng::Stream s, int64_t first, int64_t n, F&& f) {
+  const int64_t b0 = first / 4, blocks = (first + n + 3) / 4 - b0;
   rowwise(blocks, n, [=](int64_t b) {
-    auto w = s.block(uint64_t(b));
+    auto w = s.block(uint64_t(b0 + b));
     for (int j = 0; j < 4; ++j) {
-      int64_t i = b * 4 + j;
-      if (i < n) f(i, rng::Stream::to_unit(w[j]));
+      int64_t i = (b0 + b) * 4 + j - first;
+      if (i >= 0 && i < n) f(i, rng::Stream::to_unit(w[j]));
     }
   });
 }
 
-template <typename T> void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n) {
+template <typename T>
+void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, int64_t first, T* mask, T* y, int64_t n) {
   const T keep_scale = T(1) / (T(1) - rate);
   const float r = float(rate);
-  for_uniforms<T>(s, n, [&](int64_t i, float u) {
+  for_uniforms<T>(s, first, n, [&](int64_t i, float u) {
     mask[i] = u >= r ? keep_scale : T(0);
     y[i] = x[i] * mask[i];
   });
 }
 template <typename T>
-void alpha_dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n) {
+void alpha_dropout_forward(Cpu, const T* x, T rate, rng::Stream s, int64_t first, T* mask, T* y, int64_t n) {
   const double ap = -ops::kSeluScale * ops::kSeluAlpha;
   const double p = double(rate);
   const T a = T(1.0 / std::sqrt((1.0 - p) * (1.0 + p * ap * ap)));
   const T b = T(-double(a) * ap * p);
   const T apt = T(ap);
   const float r = float(rate);
-  for_uniforms<T>(s, n, [&](int64_t i, float u) {
+  for_uniforms<T>(s, first, n, [&](int64_t i, float u) {
     bool keep = u >= r;
     mask[i] = keep ? a : T(0);
     y[i] = a * (keep ? x[i] : apt) + b;
@@ -1074,10 +1076,10 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
                                        int64_t);                                                               \
   template void prelu_forward<T>(Cpu, const T*, const T*, const ops::Broadcast&, T*, int64_t);                 \
   template void prelu_backward<T>(Cpu, const T*, const T*, const ops::Broadcast&, const T*, T*, T*, int64_t);  \
-  template void rrelu_forward_train<T>(Cpu, const T*, T, T, rng::Stream, T*, T*, int64_t);                     \
+  template void rrelu_forward_train<T>(Cpu, const T*, T, T, rng::Stream, int64_t, T*, T*, int64_t);                     \
   template void rrelu_backward<T>(Cpu, const T*, const T*, const T*, T*, int64_t);                             \
-  template void dropout_forward<T>(Cpu, const T*, T, rng::Stream, T*, T*, int64_t);                            \
-  template void alpha_dropout_forward<T>(Cpu, const T*, T, rng::Stream, T*, T*, int64_t);                      \
+  template void dropout_forward<T>(Cpu, const T*, T, rng::Stream, int64_t, T*, T*, int64_t);                   \
+  template void alpha_dropout_forward<T>(Cpu, const T*, T, rng::Stream, int64_t, T*, T*, int64_t);             \
   template void bn_sums<T>(Cpu, const T*, ops::FeatureView, double*);                                          \
   template void bn_moments<T>(Cpu, const double*, double, T*, T*, int64_t);                                    \
   template void bn_apply<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, const T*, const T*, T, T*);    \

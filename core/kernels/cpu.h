@@ -52,11 +52,13 @@ template <typename T>
 void prelu_backward(Cpu, const T* x, const T* alpha, const ops::Broadcast& map, const T* dy, T* dx, T* dalpha,
                     int64_t batch);
 template <typename T>
-void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, T* slopes, T* y, int64_t n);
+void rrelu_forward_train(Cpu, const T* x, T lower, T upper, rng::Stream s, int64_t first, T* slopes, T* y, int64_t n);
 template <typename T> void rrelu_backward(Cpu, const T* x, const T* slopes, const T* dy, T* dx, int64_t n);
-template <typename T> void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n);
+// Element i draws the stream's uniform number first + i.
 template <typename T>
-void alpha_dropout_forward(Cpu, const T* x, T rate, rng::Stream s, T* mask, T* y, int64_t n);
+void dropout_forward(Cpu, const T* x, T rate, rng::Stream s, int64_t first, T* mask, T* y, int64_t n);
+template <typename T>
+void alpha_dropout_forward(Cpu, const T* x, T rate, rng::Stream s, int64_t first, T* mask, T* y, int64_t n);
 
 template <typename T> void bn_sums(Cpu, const T* x, ops::FeatureView v, double* stats);
 template <typename T> void bn_moments(Cpu, const double* stats, double count, T* mean, T* var, int64_t c);

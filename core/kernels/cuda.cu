@@ -696,12 +696,12 @@ void prelu_backward(Cuda, const float* x, const float* alpha, const ops::Broadca
       "prelu_backward_dx");
 }
 
-void rrelu_forward_train(Cuda, const float* x, float lower, float upper, rng::Stream s, float* slopes, float* y,
-                         int64_t n) {
+void rrelu_forward_train(Cuda, const float* x, float lower, float upper, rng::Stream s, int64_t first, float* slopes,
+                         float* y, int64_t n) {
   each(
       n,
       [=] __device__(int64_t i) {
-        const float a = lower + (upper - lower) * s.uniform(uint64_t(i));
+        const float a = lower + (upper - lower) * s.uniform(uint64_t(first + i));
         slopes[i] = a;
         y[i] = x[i] >= 0.0f ? x[i] : a * x[i];
       },
@@ -712,18 +712,19 @@ void rrelu_backward(Cuda, const float* x, const float* slopes, const float* dy, 
 }
 
 // Element i's uniform is word i%4 of Philox block i/4 (Stream::uniform), as on the CPU.
-void dropout_forward(Cuda, const float* x, float rate, rng::Stream s, float* mask, float* y, int64_t n) {
+void dropout_forward(Cuda, const float* x, float rate, rng::Stream s, int64_t first, float* mask, float* y, int64_t n) {
   const float keep_scale = 1.0f / (1.0f - rate);
   each(
       n,
       [=] __device__(int64_t i) {
-        const float mk = s.uniform(uint64_t(i)) >= rate ? keep_scale : 0.0f;
+        const float mk = s.uniform(uint64_t(first + i)) >= rate ? keep_scale : 0.0f;
         mask[i] = mk;
         y[i] = x[i] * mk;
       },
       "dropout_forward");
 }
-void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, float* mask, float* y, int64_t n) {
+void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, int64_t first, float* mask, float* y,
+                           int64_t n) {
   const double ap = -ops::kSeluScale * ops::kSeluAlpha;
   const double p = double(rate);
   const float a = float(1.0 / std::sqrt((1.0 - p) * (1.0 + p * ap * ap)));
@@ -732,7 +733,7 @@ void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, floa
   each(
       n,
       [=] __device__(int64_t i) {
-        const bool keep = s.uniform(uint64_t(i)) >= rate;
+        const bool keep = s.uniform(uint64_t(first + i)) >= rate;
         mask[i] = keep ? a : 0.0f;
         y[i] = a * (keep ? x[i] : apt) + b;
       },

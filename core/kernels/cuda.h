@@ -51,11 +51,12 @@ void activation_backward(Cuda, ops::Activation act, float alpha, const float* x,
 void prelu_forward(Cuda, const float* x, const float* alpha, const ops::Broadcast& map, float* y, int64_t batch);
 void prelu_backward(Cuda, const float* x, const float* alpha, const ops::Broadcast& map, const float* dy, float* dx,
                     float* dalpha, int64_t batch);
-void rrelu_forward_train(Cuda, const float* x, float lower, float upper, rng::Stream s, float* slopes, float* y,
-                         int64_t n);
+void rrelu_forward_train(Cuda, const float* x, float lower, float upper, rng::Stream s, int64_t first, float* slopes,
+                         float* y, int64_t n);
 void rrelu_backward(Cuda, const float* x, const float* slopes, const float* dy, float* dx, int64_t n);
-void dropout_forward(Cuda, const float* x, float rate, rng::Stream s, float* mask, float* y, int64_t n);
-void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, float* mask, float* y, int64_t n);
+void dropout_forward(Cuda, const float* x, float rate, rng::Stream s, int64_t first, float* mask, float* y, int64_t n);
+void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, int64_t first, float* mask, float* y,
+                           int64_t n);
 
 void bn_sums(Cuda, const float* x, ops::FeatureView v, double* stats);
 void bn_moments(Cuda, const double* stats, double count, float* mean, float* var, int64_t c);

@@ -5,9 +5,12 @@
 #
 #   bash tests/configs/run_configs.sh BUILD/launch/lockstep [CONFIG.yaml...]
 #
-# Data: Fashion-MNIST and the partial CIFAR-10 of ../shared/datasets (or $LOCKSTEP_DATASETS) converted
-# with `lockstep data convert`; without them, tiny random IDX / CIFAR-binary files are generated
-# (python3, standard library only). Exit 77 (CTest: skipped) when neither is possible.
+# Data: Fashion-MNIST, MNIST and the partial CIFAR-10 of ../shared/datasets (or $LOCKSTEP_DATASETS)
+# converted with `lockstep data convert`; without them, tiny random IDX / CIFAR-binary files are
+# generated (python3, standard library only; MNIST on its own when only it is absent). Exit 77 (CTest:
+# skipped) when neither is possible.
+# Run files that take another's final.h5 (transfer.from) run after it: model_b_on_a after model_a,
+# pretrained_classifier after pretraining_pairs. Pair runs (data.pairs) draw 256 pairs per epoch.
 set -uo pipefail
 bin=${1:?usage: run_configs.sh PATH/TO/lockstep [CONFIG.yaml...]}
 shift
@@ -24,7 +27,7 @@ log() { printf '%s\n' "$*"; }
 fail() { failures+=("$1"); log "FAIL: $1"; }
 
 # ---- data ---------------------------------------------------------------------------------------
-mkdir -p "$tmp/src/fashion" "$tmp/src/cifar"
+mkdir -p "$tmp/src/fashion" "$tmp/src/cifar" "$tmp/src/mnist"
 if [ -f "$datasets/fashion-mnist/train-images-idx3-ubyte.gz" ] && [ -f "$datasets/cifar-10/data_batch_1.first4000.bin" ]; then
   log "data: converting $datasets/fashion-mnist and the partial $datasets/cifar-10"
   fashion_src=$datasets/fashion-mnist
@@ -58,8 +61,33 @@ else
   log "SKIP: neither $datasets nor python3 is available to make test data"
   exit 77
 fi
+# MNIST (the exercise 10 run files): the real files when present, else a small random IDX set.
+if [ -f "$datasets/mnist/train-images-idx3-ubyte.gz" ]; then
+  log "data: converting $datasets/mnist"
+  mnist_src=$datasets/mnist
+elif command -v python3 >/dev/null; then
+  log "data: $datasets/mnist is absent; generating small random MNIST IDX files"
+  mnist_src=$tmp/src/mnist
+  python3 - "$mnist_src" <<'PY' || exit 1
+import os, struct, sys
+d = sys.argv[1]
+def idx(path, n, images):
+    with open(path, "wb") as f:
+        if images:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28)); f.write(os.urandom(n * 784))
+        else:
+            f.write(struct.pack(">II", 0x801, n)); f.write(bytes(i % 10 for i in range(n)))
+idx(f"{d}/train-images-idx3-ubyte", 1200, True); idx(f"{d}/train-labels-idx1-ubyte", 1200, False)
+idx(f"{d}/t10k-images-idx3-ubyte", 200, True); idx(f"{d}/t10k-labels-idx1-ubyte", 200, False)
+PY
+else
+  log "SKIP: neither $datasets/mnist nor python3 is available to make test data"
+  exit 77
+fi
 "$bin" data convert --format fashion-mnist --src "$fashion_src" --out "$tmp/fashion.h5" --compression 1 >/dev/null ||
   { log "FAIL: converting Fashion-MNIST"; exit 1; }
+"$bin" data convert --format mnist --src "$mnist_src" --out "$tmp/mnist.h5" --compression 1 >/dev/null ||
+  { log "FAIL: converting MNIST"; exit 1; }
 "$bin" data convert --format cifar10 --src "$tmp/src/cifar" --out "$tmp/cifar10.h5" --partial --compression 1 >/dev/null ||
   { log "FAIL: converting CIFAR-10"; exit 1; }
 t_data=$(date +%s)
@@ -67,22 +95,34 @@ log "data ready in $((t_data - t0)) s"
 
 # ---- one short epoch per run file -----------------------------------------------------------------
 if [ $# -gt 0 ]; then configs=("$@"); else configs=("$root"/launch/configs/*.yaml); fi
-# model_b_on_a takes its layers from model_a's final.h5: train model_a first.
+# Run files that take their layers from another run's final.h5 go last: model_b_on_a (from model_a),
+# pretrained_classifier (from pretraining_pairs).
+is_transfer() { [[ $(basename "$1") == model_b_on_a.yaml || $(basename "$1") == pretrained_classifier.yaml ]]; }
 ordered=()
-for c in "${configs[@]}"; do [[ $(basename "$c") == model_b_on_a.yaml ]] || ordered+=("$c"); done
-for c in "${configs[@]}"; do [[ $(basename "$c") == model_b_on_a.yaml ]] && ordered+=("$c"); done
+for c in "${configs[@]}"; do is_transfer "$c" || ordered+=("$c"); done
+for c in "${configs[@]}"; do is_transfer "$c" && ordered+=("$c"); done
 
 for cfg in "${ordered[@]}"; do
   name=$(basename "$cfg" .yaml)
   data=$tmp/fashion.h5
   [[ $name == cifar10* ]] && data=$tmp/cifar10.h5
+  grep -Eq '^ *(data: *\{ *)?path: *[^ ,}]*/mnist\.h5' "$cfg" && data=$tmp/mnist.h5
   epochs=1
   sets=(--set "data.path=$data" --set "data.limit=256" --set "data.validation={first: 200}"
         --set "train.epochs=$epochs" --set "train.verbose=2")
+  # A slice of the training split (split #2 of exercise 10: {start: 55000}): its last 500 images, which
+  # the generated files have too; validation comes from the slice.
+  grep -Eq '^ *(data:.*[{,] *)?subset:' "$cfg" && sets+=(--set "data.subset={start: -500}")
+  # Pairs (data.pairs): 256 per epoch, whatever the split's size.
+  grep -Eq '^ *pairs:|[{,] *pairs:' "$cfg" && sets+=(--set "data.pairs.per_epoch=256")
   if [[ $name == model_b_on_a ]]; then
     # Two epochs, the first frozen: exercises the unfreezing and the fresh optimizer.
     epochs=2
     sets+=(--set "train.epochs=2" --set "transfer.freeze_epochs=1" --set "transfer.from=$tmp/runs/model_a/final.h5")
+  fi
+  if [[ $name == pretrained_classifier ]]; then
+    # DNN A's hidden layers from pretraining_pairs' final.h5, frozen (the run file's freeze_epochs).
+    sets+=(--set "transfer.from=$tmp/runs/pretraining_pairs/final.h5")
   fi
   s0=$(date +%s%N)
   if ! "$bin" summary "$cfg" --threads 1 "${sets[@]}" >"$tmp/$name.summary.txt" 2>&1; then

@@ -11,6 +11,14 @@
 //   Fault.*   (label fault)  SIGKILL of a random rank at 20 random steps; SIGKILL of the writer at 20
 //                            points of a checkpoint write; truncated and bit-flipped checkpoints; an
 //                            unwritable run directory; a checkpoint of another model.
+//   Graph models (Keras's Functional form; labels mpi, resume, graph): a two-input model on image pairs
+//                            (data.pairs; a shared Dense called twice, concatenate, sync BN, dropout,
+//                            SGD momentum + global_clipnorm) 1 vs 2 vs 4 ranks and resumed bit-identically;
+//                            two outputs (loss_weights 1.0/0.5, a metric each: Keras's history keys, the
+//                            logged loss their weighted sum, 1 vs 2 ranks); transfer by layer name from a
+//                            graph checkpoint into a Sequential model, frozen; MC dropout predict on pairs.
+//   Cli.*     (label graph)  `lockstep summary`/`train` on Functional run files with a cycle, an unknown
+//                            input, an add of two shapes: exit 2, FILE:LINE:COL: KEY on stderr; --plot SVG.
 //
 // Faults are injected through test-only environment hooks (LOCKSTEP_TEST_SIGNAL, LOCKSTEP_TEST_DESYNC in
 // core/trainer.cpp; LOCKSTEP_TEST_CKPT_POINT, LOCKSTEP_TEST_CKPT_TRACE in core/checkpoint.cpp): they raise
@@ -43,6 +51,8 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
+#include "core/ops.h"
+#include "core/rng.h"
 #include "data/convert.h"
 #include "data/dataset.h"
 
@@ -294,12 +304,11 @@ std::string sig_env(int rank, int64_t step, int sig) {
 
 // 1, 2 and 4 ranks: same final weights and BN moving statistics (relative 1e-5), replicas compared
 // every step (check_every_steps: 1 makes the trainer fail otherwise).
-void equivalence(const RunSpec& spec, const char* label, int bn_layers = 1) {
-  Tmp t;
-  const std::string run = write_run(t / "run.yaml", spec);
+void equivalent_runs(const Tmp& t, const std::string& run, const char* label, int bn_layers = 1,
+                     const std::vector<int>& nps = {2, 4}) {
   Res r1 = train(run, t / "np1", 0);
   ASSERT_EQ(r1.rc, 0) << tail(r1.out);
-  for (int np : {2, 4}) {
+  for (int np : nps) {
     Res r = train(run, t / ("np" + std::to_string(np)), np);
     ASSERT_EQ(r.rc, 0) << tail(r.out);
     std::string where;
@@ -319,6 +328,11 @@ void equivalence(const RunSpec& spec, const char* label, int bn_layers = 1) {
       }
     EXPECT_EQ(bn, 2 * bn_layers) << "BN moving statistics not found in final.h5";
   }
+}
+
+void equivalence(const RunSpec& spec, const char* label, int bn_layers = 1) {
+  Tmp t;
+  equivalent_runs(t, write_run(t / "run.yaml", spec), label, bn_layers);
 }
 
 TEST(Equiv, SgdMomentumBatchNorm1vs2vs4) { equivalence(RunSpec{}, "sgd+momentum+BN"); }
@@ -432,9 +446,8 @@ std::vector<int64_t> stops_for(int64_t spe, int64_t total) {
   return out;
 }
 
-void resume_case(const RunSpec& spec, int np = 0, int expect_epochs = 0) {
-  Tmp t;
-  const std::string run = write_run(t / "run.yaml", spec);
+// A reference run of `run` (from spec.optimizer: whether it has slots), then the stop-and-resume chain.
+void resume_run(const Tmp& t, const std::string& run, const std::string& optimizer, int np = 0, int expect_epochs = 0) {
   int64_t spe = 0;
   const int64_t total = reference(run, t / "ref", np, &spe);
   if (expect_epochs > 0) {
@@ -443,8 +456,13 @@ void resume_case(const RunSpec& spec, int np = 0, int expect_epochs = 0) {
   ASSERT_GT(spe, 2);
   const auto stops = stops_for(spe, total);
   ASSERT_GE(stops.size(), 3u) << "the reference ran only " << total << " steps";
-  const bool plain_sgd = spec.optimizer.find("sgd") != std::string::npos && spec.optimizer.find("momentum") == std::string::npos;
+  const bool plain_sgd = optimizer.find("sgd") != std::string::npos && optimizer.find("momentum") == std::string::npos;
   stop_and_resume_chain(run, t / "ref", t / "run", np, stops, {}, !plain_sgd);
+}
+
+void resume_case(const RunSpec& spec, int np = 0, int expect_epochs = 0) {
+  Tmp t;
+  resume_run(t, write_run(t / "run.yaml", spec), spec.optimizer, np, expect_epochs);
 }
 
 TEST(Resume, AdamExponentialPerEpochEarlyStoppingRestoreBestDropout) {
@@ -849,6 +867,405 @@ TEST(Fault, NonFiniteLossKeepsTheLastGoodCheckpoint) {
   for (const auto& [name, values] : datasets(ckpts[0]))
     for (float v : values) ASSERT_TRUE(std::isfinite(v)) << name;
   EXPECT_EQ(num_attr(ckpts[0], "training_state", "epoch"), 1.0);
+}
+
+// ==================================================================================================
+// GRAPH MODELS: two inputs on pairs, two outputs, transfer, MC dropout (labels mpi, resume, graph)
+// ==================================================================================================
+
+// A two-input model (Keras's Functional form) trained on image pairs (data.pairs): tower A is a shared
+// Dense on image_a; tower B the same Dense called again on image_b (`- call: shared`), then its own
+// Dense; concatenated, a Dense without bias, a synchronized BatchNormalization, ReLU, dropout and a
+// sigmoid output (or two: out1 on top, out2 straight from the concatenation).
+struct PairRunSpec {
+  std::string optimizer = "{name: sgd, learning_rate: 0.05, momentum: 0.9, global_clipnorm: 1.0}";
+  double dropout = 0.2;
+  bool two_outputs = false;
+  int epochs = 3;
+  int limit = 256;      // images of the training split (after the validation split, the first 64)
+  int per_epoch = 256;  // training pairs per epoch
+  std::string checkpoint = "{every_epochs: 1}";
+};
+
+std::string write_pair_run(const std::string& path, const PairRunSpec& s) {
+  std::ofstream f(path);
+  f << "name: guarantee_pairs\nseed: 11\n"
+    << "data: {path: " << g_data << ", scale: 255, limit: " << s.limit << ", validation: {first: 64},\n"
+    << "       pairs: {same_fraction: 0.5, same_label: 1, per_epoch: " << s.per_epoch << "}}\n"
+    << "model:\n  name: pair_model\n  inputs:\n"
+    << "    - input: {name: image_a, shape: [28, 28]}\n    - input: {name: image_b, shape: [28, 28]}\n"
+    << "  layers:\n"
+    << "    - flatten: {name: flat_a}\n      inputs: image_a\n"
+    << "    - dense: {name: shared, units: 16, activation: relu, kernel_initializer: he_normal}\n"
+    << "    - flatten: {name: flat_b}\n      inputs: image_b\n"
+    << "    - call: shared\n      inputs: flat_b\n"
+    << "    - dense: {name: b_top, units: 8, activation: relu, kernel_initializer: he_normal}\n"
+    << "    - concatenate: {name: concat, axis: 1}\n      inputs: [\"shared[0]\", b_top]\n"
+    << "    - dense: {name: joint, units: 16, use_bias: false}\n"
+    << "    - batch_normalization: {name: bn, sync: true}\n"
+    << "    - relu: {}\n"
+    << "    - dropout: {rate: " << s.dropout << "}\n"
+    << (s.two_outputs ? "    - dense: {name: out1, units: 1, activation: sigmoid}\n"
+                        "    - dense: {name: out2, units: 1, activation: sigmoid}\n      inputs: concat\n"
+                        "  outputs: [out1, out2]\n"
+                        "loss: {out1: binary_crossentropy, out2: binary_crossentropy}\n"
+                        "loss_weights: {out1: 1.0, out2: 0.5}\n"
+                        "metrics: {out1: [accuracy], out2: [binary_accuracy]}\n"
+                      : "    - dense: {name: out, units: 1, activation: sigmoid}\n"
+                        "  outputs: out\n"
+                        "loss: binary_crossentropy\nmetrics: [accuracy]\n")
+    << "optimizer: " << s.optimizer << "\n"
+    << "train: {epochs: " << s.epochs << ", batch_size: 32, verbose: 2}\n"
+    << "distributed: {check_every_steps: 1}\n"
+    << "checkpoint: " << s.checkpoint << "\n";
+  return path;
+}
+
+// history.csv as {column: values per epoch}.
+std::map<std::string, std::vector<double>> history_columns(const std::string& dir, std::vector<std::string>* header) {
+  std::istringstream in(read_text(dir + "/history.csv"));
+  std::string line;
+  std::vector<std::string> cols;
+  std::map<std::string, std::vector<double>> out;
+  for (int row = 0; std::getline(in, line); ++row) {
+    std::istringstream ls(line);
+    std::string cell;
+    for (size_t c = 0; std::getline(ls, cell, ','); ++c) {
+      if (row == 0) cols.push_back(cell);
+      else if (c < cols.size()) out[cols[c]].push_back(cell.empty() ? NAN : std::stod(cell));
+    }
+  }
+  if (header) *header = cols;
+  return out;
+}
+
+// What (a) rests on: the dropout mask a rank draws for its slice of the global batch (first sample
+// at ctx.sample_offset, core/layers.cpp) is that slice of the mask one process draws for the whole
+// batch; slices start at any element, not only at a Philox block of 4. (Every rank drew the mask of
+// positions 0..local-1 before: N ranks masked alike, unlike one process.)
+TEST(Equiv, DropoutMaskOfARankSliceIsThatSliceOfTheGlobalMask) {
+  const int64_t rows = 9, per = 13;  // 13 per sample: the slices start at every offset modulo 4
+  std::vector<float> ones(size_t(rows * per), 1.0f);
+  for (int kind : {0, 1, 2}) {  // dropout, alpha dropout, RReLU's training slopes
+    const bool alpha = kind == 1;
+    auto draw = [&](int64_t r0, int64_t r1) {
+      Tensor x = Tensor::from_vector({r1 - r0, per}, std::vector<float>(size_t((r1 - r0) * per), -1.0f));
+      Tensor mask({r1 - r0, per}), y({r1 - r0, per});
+      const rng::Stream s{7, 1234};
+      if (kind == 2) {
+        ops::rrelu_forward_train(x, 0.125, 1.0 / 3, s, mask, y, r0 * per);
+        std::vector<float> v = mask.to_vector();
+        for (float& m : v) m = m < 0.2f ? 0.0f : m;  // slopes below 0.2 count as "dropped" below
+        return v;
+      }
+      if (alpha) ops::alpha_dropout_forward(x, 0.3, s, mask, y, r0 * per);
+      else ops::dropout_forward(x, 0.3, s, mask, y, r0 * per);
+      return mask.to_vector();
+    };
+    const std::vector<float> whole = draw(0, rows);
+    int dropped = 0;
+    for (float m : whole) dropped += m == 0.0f;
+    EXPECT_GT(dropped, 10) << "no element dropped";
+    for (int world : {2, 3, 4}) {
+      std::vector<float> joined;
+      for (int r = 0; r < world; ++r) {
+        const auto part = draw(r * rows / world, (r + 1) * rows / world);
+        joined.insert(joined.end(), part.begin(), part.end());
+      }
+      EXPECT_EQ(joined, whole) << (kind == 2 ? "RReLU slopes" : alpha ? "alpha dropout" : "dropout") << " on " << world
+                               << " ranks";
+    }
+  }
+}
+
+// (a) 1, 2 and 4 ranks train the same two-input model (shared layer, sync BN, dropout, global
+// clipping) to relative 1e-5, the tolerance of the Equiv tests above.
+TEST(Equiv, PairsTwoInputsSharedLayerSyncBatchNormDropout1vs2vs4) {
+  Tmp t;
+  const std::string run = write_pair_run(t / "run.yaml", PairRunSpec{});
+  equivalent_runs(t, run, "pairs, two inputs, shared dense, sync BN, dropout, global_clipnorm");
+  if (HasFailure()) return;
+  // The shared layer's weights exist once (one kernel and one bias for its two calls).
+  int shared = 0;
+  for (auto& [n, v] : datasets(t / "np1/final.h5")) shared += n.rfind("model_weights/shared/", 0) == 0;
+  EXPECT_EQ(shared, 2) << "the shared Dense must store one kernel and one bias";
+}
+
+// (b) The same model stopped mid-epoch, at epoch boundaries and just after, resumed with --resume auto:
+// final.h5 bit-identical and history.csv identical (1 rank; then 2 ranks stopped once mid-epoch).
+TEST(Resume, PairsTwoInputsSharedLayerDropout) {
+  PairRunSpec s;
+  s.checkpoint = "{every_epochs: 1, every_steps: 3}";
+  {
+    Tmp t;
+    resume_run(t, write_pair_run(t / "run.yaml", s), s.optimizer);
+  }
+  if (HasFailure()) return;
+  Tmp t;
+  const std::string run = write_pair_run(t / "run.yaml", s);
+  int64_t spe = 0;
+  reference(run, t / "ref", 2, &spe);
+  ASSERT_GT(spe, 2);
+  stop_and_resume_chain(run, t / "ref", t / "run", 2, {spe + spe / 2});
+}
+
+// (c) Two outputs, loss weights 1.0 and 0.5, a metric per output: Keras's history keys, the logged
+// loss = 1.0·out1_loss + 0.5·out2_loss (no regularization here) on training and validation, and 1 vs 2
+// ranks equivalent.
+TEST(Equiv, TwoOutputsKerasKeysWeightedLoss1vs2) {
+  PairRunSpec s;
+  s.two_outputs = true;
+  s.epochs = 2;
+  Tmp t;
+  const std::string run = write_pair_run(t / "run.yaml", s);
+  equivalent_runs(t, run, "two outputs, loss weights 1.0/0.5", 1, {2});
+  if (HasFailure()) return;
+  for (const char* dir : {"np1", "np2"}) {
+    std::vector<std::string> header;
+    auto h = history_columns(t / dir, &header);
+    const std::vector<std::string> want = {"epoch", "loss", "out1_loss", "out2_loss", "out1_accuracy",
+                                           "out2_binary_accuracy", "val_loss", "val_out1_loss", "val_out2_loss",
+                                           "val_out1_accuracy", "val_out2_binary_accuracy", "lr", "seconds"};
+    EXPECT_EQ(header, want) << read_text(t / dir + "/history.csv");
+    ASSERT_EQ(h["loss"].size(), 2u);
+    for (const std::string p : {"", "val_"})
+      for (size_t e = 0; e < 2; ++e) {
+        const double total = h[p + "loss"][e], l1 = h[p + "out1_loss"][e], l2 = h[p + "out2_loss"][e];
+        EXPECT_TRUE(std::isfinite(total) && l1 > 0 && l2 > 0) << p << "loss epoch " << e + 1;
+        EXPECT_NEAR(total, 1.0 * l1 + 0.5 * l2, 1e-6 * std::fabs(total)) << dir << " " << p << "loss, epoch " << e + 1;
+        EXPECT_NE(total, l1 + l2) << "the weight 0.5 of out2 was not applied";
+        for (const char* m : {"out1_accuracy", "out2_binary_accuracy"}) {
+          const double a = h[p + m][e];
+          EXPECT_TRUE(a >= 0 && a <= 1) << p << m << " = " << a;
+        }
+      }
+  }
+}
+
+// (d) Exercise 10's flow: a graph model's checkpoint (towers a_hidden1..3 / b_hidden1..3 on pairs)
+// gives a Sequential classifier its a_hidden1..3 by name, frozen for the whole run: the transferred
+// weights stay bit-identical to the source's, the new output layer trains.
+TEST(Graph, TransferByNameFromGraphCheckpointIntoSequentialFrozen) {
+  Tmp t;
+  {
+    std::ofstream f(t / "pretrain.yaml");
+    f << "name: pretrain\nseed: 3\n"
+      << "data: {path: " << g_data << ", scale: 255, limit: 256, pairs: {same_fraction: 0.5, same_label: 0}}\n"
+      << "model:\n  inputs:\n    - input: {name: image_a, shape: [28, 28]}\n    - input: {name: image_b, shape: [28, 28]}\n"
+      << "  layers:\n    - flatten: {name: flatten_a}\n      inputs: image_a\n";
+    for (int i = 1; i <= 3; ++i) f << "    - dense: {name: a_hidden" << i << ", units: 12, activation: elu, kernel_initializer: he_normal}\n";
+    f << "    - flatten: {name: flatten_b}\n      inputs: image_b\n";
+    for (int i = 1; i <= 3; ++i) f << "    - dense: {name: b_hidden" << i << ", units: 12, activation: elu, kernel_initializer: he_normal}\n";
+    f << "    - concatenate: {axis: 1}\n      inputs: [a_hidden3, b_hidden3]\n"
+      << "    - dense: {name: hidden, units: 6, activation: elu}\n    - dense: {name: output, units: 1, activation: sigmoid}\n"
+      << "loss: binary_crossentropy\nmetrics: [accuracy]\n"
+      << "optimizer: {name: sgd, learning_rate: 0.01, momentum: 0.95, nesterov: true}\n"
+      << "train: {epochs: 1, batch_size: 32, verbose: 2}\n";
+  }
+  Res a = train(t / "pretrain.yaml", t / "pretrain", 0);
+  ASSERT_EQ(a.rc, 0) << tail(a.out);
+  {
+    std::ofstream f(t / "classifier.yaml");
+    f << "name: classifier\nseed: 4\n"
+      << "data: {path: " << g_data << ", scale: 255, limit: 256}\n"
+      << "model:\n  input_shape: [28, 28]\n  layers:\n    - flatten: {}\n";
+    for (int i = 1; i <= 3; ++i) f << "    - dense: {name: a_hidden" << i << ", units: 12, activation: elu, kernel_initializer: he_normal}\n";
+    f << "    - dense: {name: digit, units: 10, activation: softmax}\n"
+      << "loss: sparse_categorical_crossentropy\nmetrics: [accuracy]\n"
+      << "optimizer: {name: sgd, learning_rate: 0.01, momentum: 0.95, nesterov: true}\n"
+      << "train: {epochs: 2, batch_size: 32, verbose: 2}\ncheckpoint: {every_epochs: 1}\n"
+      << "transfer: {from: " << (t / "pretrain/final.h5") << ", layers: [a_hidden1, a_hidden2, a_hidden3], freeze_epochs: 1000}\n";
+  }
+  Res b = train(t / "classifier.yaml", t / "classifier", 0);
+  ASSERT_EQ(b.rc, 0) << tail(b.out);
+  const auto src = datasets(t / "pretrain/final.h5");
+  const auto dst = datasets(t / "classifier/final.h5");
+  std::string first_ckpt;
+  for (const auto& e : fs::directory_iterator(t / "classifier/checkpoints")) {
+    if (first_ckpt.empty() || e.path().string() < first_ckpt) first_ckpt = e.path().string();
+  }
+  ASSERT_FALSE(first_ckpt.empty());
+  const auto mid = datasets(first_ckpt);
+  int compared = 0;
+  for (int i = 1; i <= 3; ++i)
+    for (const char* w : {"kernel:0", "bias:0"}) {
+      const std::string n = "model_weights/a_hidden" + std::to_string(i) + "/a_hidden" + std::to_string(i) + "/" + w;
+      ASSERT_TRUE(src.count(n) && dst.count(n)) << n;
+      EXPECT_EQ(src.at(n), dst.at(n)) << n << " changed: the frozen transferred layer trained";
+      ++compared;
+    }
+  EXPECT_EQ(compared, 6);
+  const std::string out = "model_weights/digit/digit/kernel:0";
+  ASSERT_TRUE(dst.count(out) && mid.count(out));
+  EXPECT_NE(dst.at(out), mid.at(out)) << "the new output layer did not train in epoch 2";
+  // The pretraining's other layers were not taken (the classifier has no b_hidden*).
+  for (auto& [n, v] : dst) EXPECT_EQ(n.find("b_hidden"), std::string::npos) << n;
+}
+
+// Reads an int32 or float dataset of an HDF5 file as doubles.
+std::vector<double> read_doubles(const std::string& path, const char* name) {
+  Silence q;
+  std::vector<double> v;
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (f < 0) return v;
+  hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+  if (d >= 0) {
+    hid_t sp = H5Dget_space(d);
+    v.resize(size_t(H5Sget_simple_extent_npoints(sp)));
+    H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+    H5Sclose(sp);
+    H5Dclose(d);
+  }
+  H5Fclose(f);
+  return v;
+}
+
+// (e) MC dropout on the two-input model: `predict --mc-samples` runs on the validation pairs, its
+// passes differ (std > 0 somewhere) and the labels written are the pairs' labels (position p of a
+// fixed draw at same_fraction 0.5 is a same pair iff p is odd: label same_label = 1), not the digits.
+TEST(Graph, McDropoutPredictOnPairs) {
+  PairRunSpec s;
+  s.epochs = 1;
+  s.dropout = 0.5;
+  Tmp t;
+  const std::string run = write_pair_run(t / "run.yaml", s);
+  Res a = train(run, t / "run", 0);
+  ASSERT_EQ(a.rc, 0) << tail(a.out);
+  Res p = sh(std::string(LOCKSTEP_BIN) + " predict " + run + " --threads 1 --checkpoint " + t / "run/final.h5" +
+             " --split validation --mc-samples 4 --out " + t / "mc.h5");
+  ASSERT_EQ(p.rc, 0) << tail(p.out);
+  const auto prob = read_doubles(t / "mc.h5", "probabilities");
+  const auto sd = read_doubles(t / "mc.h5", "std");
+  const auto labels = read_doubles(t / "mc.h5", "labels");
+  ASSERT_EQ(prob.size(), 64u);
+  ASSERT_EQ(sd.size(), 64u);
+  double max_sd = 0;
+  for (size_t i = 0; i < prob.size(); ++i) {
+    EXPECT_TRUE(prob[i] >= 0 && prob[i] <= 1) << i;
+    max_sd = std::max(max_sd, sd[i]);
+  }
+  EXPECT_GT(max_sd, 0.0) << "the MC passes are identical: dropout was not active";
+  ASSERT_EQ(labels.size(), 64u);
+  for (size_t i = 0; i < labels.size(); ++i) EXPECT_EQ(labels[i], i % 2 == 1 ? 1.0 : 0.0) << "row " << i;
+  // Deterministic predict (no MC) on the training split, whose pairs per epoch (300) exceed its 256
+  // images: one row per pair (it overran its buffer, one row per image, before), labels the pairs'.
+  Res d = sh(std::string(LOCKSTEP_BIN) + " predict " + run + " --threads 1 --checkpoint " + t / "run/final.h5" +
+             " --split train --set data.pairs.per_epoch=300 --out " + t / "det.h5");
+  ASSERT_EQ(d.rc, 0) << tail(d.out);
+  EXPECT_EQ(read_doubles(t / "det.h5", "probabilities").size(), 300u);
+  EXPECT_TRUE(read_doubles(t / "det.h5", "std").empty());
+  const auto train_labels = read_doubles(t / "det.h5", "labels");
+  ASSERT_EQ(train_labels.size(), 300u);
+  for (size_t i = 0; i < train_labels.size(); ++i) EXPECT_EQ(train_labels[i], i % 2 == 1 ? 1.0 : 0.0) << "train row " << i;
+}
+
+// ---- the CLI on Functional run files with errors ---------------------------------------------------
+
+struct CliRes {
+  int rc = -1;
+  std::string out, err;
+};
+
+// `cmd` with stdout and stderr captured apart.
+CliRes cli(const Tmp& t, const std::string& cmd, int limit_s = 60) {
+  CliRes c;
+  Res r = sh(cmd + " >" + t / "cli.out" + " 2>" + t / "cli.err", limit_s);
+  c.rc = r.rc;
+  c.out = read_text(t / "cli.out");
+  c.err = read_text(t / "cli.err");
+  return c;
+}
+
+std::string functional_file(const Tmp& t, const std::string& name, const std::string& layers) {
+  const std::string path = t / name;
+  std::ofstream f(path);
+  f << "name: bad\nseed: 1\n"
+    << "data: {path: " << g_data << ", scale: 255, limit: 128, pairs: {}}\n"
+    << "model:\n"
+    << "  inputs:\n"
+    << "    - input: {name: image_a, shape: [28, 28]}\n"
+    << "    - input: {name: image_b, shape: [28, 28]}\n"
+    << "  layers:\n"
+    << layers
+    << "loss: binary_crossentropy\n"
+    << "optimizer: {name: sgd}\n"
+    << "train: {epochs: 1, batch_size: 32, verbose: 2}\n";
+  return path;
+}
+
+// `lockstep summary` and `lockstep train` (1 process, and 2 ranks for one case) exit 2 with
+// FILE:LINE:COL: KEY: message on stderr for a cycle, an unknown input name and an add of two shapes.
+TEST(Cli, FunctionalRunFileErrorsExit2WithFileLineAndKey) {
+  Tmp t;
+  struct Case {
+    std::string file, layers;
+    int line;            // of the entry (1-based) the error must point at
+    std::string key;     // the key path printed after FILE:LINE:COL
+    std::string message;
+  };
+  // The layers start at line 9 of the file (functional_file's header takes 8).
+  const std::vector<Case> cases = {
+      {"cycle.yaml",
+       "    - flatten: {name: fa}\n      inputs: image_a\n"              // 9
+       "    - add: {name: loop}\n      inputs: [fa, d2]\n"               // 11
+       "    - dense: {name: d1, units: 784}\n"                           // 13
+       "    - dense: {name: d2, units: 784}\n"                           // 14
+       "    - flatten: {name: fb}\n      inputs: image_b\n"              // 15
+       "    - concatenate: {}\n      inputs: [d2, fb]\n"                 // 17
+       "    - dense: {name: out, units: 1, activation: sigmoid}\n",      // 19
+       11, "model.layers[1]", "the layers form a cycle"},
+      {"unknown.yaml",
+       "    - flatten: {name: fa}\n      inputs: image_a\n"               // 9
+       "    - flatten: {name: fb}\n      inputs: imgae_b\n"               // 11-12
+       "    - concatenate: {}\n      inputs: [fa, fb]\n"
+       "    - dense: {name: out, units: 1, activation: sigmoid}\n",
+       12, "model.layers[1].inputs", "no layer or input named 'imgae_b'"},
+      {"add.yaml",
+       "    - flatten: {name: fa}\n      inputs: image_a\n"               // 9
+       "    - dense: {name: da, units: 8}\n"                              // 11
+       "    - flatten: {name: fb}\n      inputs: image_b\n"               // 12
+       "    - dense: {name: db, units: 6}\n"                              // 14
+       "    - add: {name: sum}\n      inputs: [da, db]\n"                 // 15
+       "    - dense: {name: out, units: 1, activation: sigmoid}\n",
+       15, "model.layers[4]", "(None, 8)"},
+  };
+  for (const Case& c : cases) {
+    const std::string file = functional_file(t, c.file, c.layers);
+    for (const std::string verb : {"summary", "train"}) {
+      for (int np : verb == "train" && c.file == "add.yaml" ? std::vector<int>{0, 2} : std::vector<int>{0}) {
+        std::string cmd = np ? mpirun(np, 30) : "";
+        cmd += std::string(LOCKSTEP_BIN) + " " + verb + " " + file + " --threads 1";
+        if (verb == "train") cmd += " --run-dir " + t / ("run-" + c.file);
+        CliRes r = cli(t, cmd);
+        const std::string what = c.file + " " + verb + (np ? " on 2 ranks" : "");
+        std::cout << "[cli] " << what << " -> " << r.rc << ": " << r.err.substr(0, r.err.find('\n')) << "\n";
+        EXPECT_EQ(r.rc, 2) << what << "\n" << r.err << r.out;
+        const std::regex where(file + ":([0-9]+):[0-9]+: ([^ :]+(\\[[0-9]+\\])*[^ :]*):");
+        std::smatch m;
+        ASSERT_TRUE(std::regex_search(r.err, m, where)) << what << ": no FILE:LINE:COL: KEY: on stderr:\n" << r.err;
+        if (c.line > 0) {
+          EXPECT_EQ(std::stoi(m[1]), c.line) << what << "\n" << r.err;
+        }
+        EXPECT_EQ(m[2].str().rfind(c.key, 0), 0u) << what << ": key " << m[2] << ", expected " << c.key << "\n" << r.err;
+        EXPECT_NE(r.err.find(c.message), std::string::npos) << what << "\n" << r.err;
+        EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+      }
+    }
+  }
+}
+
+// `lockstep summary --plot out.svg` draws the two-input model with Graphviz's dot.
+TEST(Cli, SummaryPlotWritesSvg) {
+  if (sh("command -v dot").rc != 0) GTEST_SKIP() << "Graphviz's dot is not on PATH: summary --plot is not tested";
+  Tmp t;
+  const std::string run = write_pair_run(t / "run.yaml", PairRunSpec{});
+  CliRes r = cli(t, std::string(LOCKSTEP_BIN) + " summary " + run + " --plot " + t / "model.svg");
+  ASSERT_EQ(r.rc, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("Connected to"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("shared[1][0]"), std::string::npos) << "the second call of the shared layer\n" << r.out;
+  const std::string svg = read_text(t / "model.svg");
+  EXPECT_NE(svg.find("<svg"), std::string::npos) << svg.substr(0, 300);
+  for (const char* n : {"image_a", "image_b", "shared", "concat", "bn"}) EXPECT_NE(svg.find(n), std::string::npos) << n;
 }
 
 // ---- the dataset fixture ---------------------------------------------------------------------------
