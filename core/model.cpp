@@ -27,14 +27,16 @@ std::string keras_snake_case(const std::string& name) {
 }
 
 namespace {
-// A graph error at one call (in the order given): Model::from_config points at that call's entry.
+// A graph error at one call (in the order given) or one input: Model::from_config points at that
+// call's or input's entry.
 class GraphError : public ConfigError {
  public:
-  GraphError(int call, const std::string& what) : ConfigError(what), call_(call) {}
+  GraphError(int call, const std::string& what, int input = -1) : ConfigError(what), call_(call), input_(input) {}
   int call() const { return call_; }
+  int input() const { return input_; }
 
  private:
-  int call_;
+  int call_, input_;
 };
 
 // Keras's automatic names, in creation order: the class's snake_case stem, then stem_1, stem_2, ...;
@@ -125,7 +127,7 @@ void Model::build(Graph g) {
   for (int v : g.outputs) visit(v, v);
   for (int v = 0; v < n_values; ++v)
     if (state[size_t(v)] != 2) {
-      if (v < n_in) throw GraphError(-1, str_cat("input ", value_name(v), " is not used by any output"));
+      if (v < n_in) throw GraphError(-1, str_cat("input ", value_name(v), " is not used by any output"), v);
       throw GraphError(v - n_in, str_cat("the output of layer ", value_name(v),
                                          " reaches no model output (a dangling layer): use it, or list it in `outputs`"));
     }
@@ -217,7 +219,7 @@ void Model::build(Graph g) {
     for (int64_t d : input_shapes_[size_t(i)])
       if (d < 1)
         throw GraphError(-1, str_cat("input ", value_name(i), ": expected positive dimensions, got ",
-                                     shape_str(input_shapes_[size_t(i)])));
+                                     shape_str(input_shapes_[size_t(i)])), i);
     if (input_layers_[size_t(i)] >= 0) layers_[size_t(input_layers_[size_t(i)])]->build(input_shapes_[size_t(i)]);
   }
   std::vector<Shape> shapes(static_cast<size_t>(n_values));
@@ -230,8 +232,10 @@ void Model::build(Graph g) {
     try {
       LS_REQUIRE(int(in.size()) >= l.min_inputs() && int(in.size()) <= l.max_inputs(), ConfigError, "layer ", l.name(),
                  " (", l.keras_class(), ") takes ",
-                 l.max_inputs() == 1 ? std::string("one input") : str_cat("at least ", l.min_inputs(), " inputs"), ", got ",
-                 in.size());
+                 l.max_inputs() == 1               ? std::string("one input")
+                 : l.max_inputs() == l.min_inputs() ? str_cat("exactly ", l.min_inputs(), " inputs")
+                                                    : str_cat("at least ", l.min_inputs(), " inputs"),
+                 ", got ", in.size());
       shapes[size_t(n_in + k)] = l.build_multi(in);
     } catch (const GraphError&) {
       throw;
@@ -426,11 +430,14 @@ std::unique_ptr<Model> functional_from_config(const ConfigNode& m, Device device
   }
   for (size_t i = 0; i < g.outputs.size(); ++i)
     for (size_t j = 0; j < i; ++j)
-      if (g.outputs[i] == g.outputs[j]) outs.fail("an output is listed twice");
+      if (g.outputs[i] == g.outputs[j])
+        outs[i].fail(str_cat("'", outs[i].as_string(), "' is listed twice in outputs (the same value as output ", j,
+                             ", '", outs[j].as_string(), "')"));
   try {
     return std::make_unique<Model>(std::move(g), std::move(layers), m.get("name", "model"), device, dtype);
   } catch (const GraphError& e) {
     if (e.call() >= 0) entries[size_t(e.call())].node.fail(e.what());
+    if (e.input() >= 0) input_nodes[size_t(e.input())].fail(e.what());
     (outs.defined() ? outs : ins).fail(e.what());
   } catch (const ConfigError& e) {
     ls.fail(e.what());
@@ -731,6 +738,16 @@ void Model::graph_backward(const std::vector<Tensor>& douts, Context& ctx, const
   };
   for (size_t j = 0; j < outputs_.size(); ++j)
     if (need[size_t(outputs_[j])]) accumulate(outputs_[j], douts[j]);
+  // A call's backward is done: after a layer's last call, a shared layer's gradient is the sum over its
+  // calls, and the layer's gradients are final.
+  auto finish = [&](int k) {
+    const int layer = calls_[size_t(k)].layer;
+    if (--pending_[size_t(layer)] > 0) return;
+    if (layers_[size_t(layer)]->shared() && layers_[size_t(layer)]->trainable())
+      for (const CloneWeight& cw : clone_weights_)
+        if (cw.layer == layer) ops::axpy(1.0, cw.mine->grad, cw.first->grad);
+    if (on_layer_done) on_layer_done(layer);
+  };
   std::vector<bool> need_dx;
   for (int k = n_calls - 1; k >= 0; --k) {
     const int v = n_in + k;
@@ -738,6 +755,22 @@ void Model::graph_backward(const std::vector<Tensor>& douts, Context& ctx, const
     const LayerCall& c = calls_[size_t(k)];
     const Tensor& dy = value_grads_[size_t(v)];
     LS_CHECK(dy.defined(), "model ", name_, ": no gradient reached the output of ", op(k).name());
+    // A normalisation whose inputs need no gradient (BN on a model input), read only by this call,
+    // takes its sums from this call's products, as in the chain (Layer::normalized_output).
+    if (c.inputs.size() == 1 && c.inputs[0] >= n_in && consumers_[size_t(c.inputs[0])] == 1 &&
+        calls_of_layer_[size_t(c.layer)] == 1) {
+      const int j = c.inputs[0] - n_in;
+      bool below_needs = calls_of_layer_[size_t(calls_[size_t(j)].layer)] != 1;
+      for (int u : calls_[size_t(j)].inputs) below_needs = below_needs || need[size_t(u)];
+      NormalizedOutput below;
+      if (!below_needs && op(j).normalized_output(&below) && op(k).backward_to_normalized(dy, ctx, below)) {
+        finish(k);
+        op(j).backward_from_sums(below);
+        finish(j);
+        need[size_t(c.inputs[0])] = 0;
+        continue;
+      }
+    }
     need_dx.assign(c.inputs.size(), false);
     for (size_t i = 0; i < c.inputs.size(); ++i) need_dx[i] = need[size_t(c.inputs[i])] != 0;
     if (c.inputs.size() == 1 && op(k).max_inputs() == 1) {
@@ -748,12 +781,7 @@ void Model::graph_backward(const std::vector<Tensor>& douts, Context& ctx, const
       for (size_t i = 0; i < c.inputs.size(); ++i)
         if (need_dx[i]) accumulate(c.inputs[i], dx[i]);
     }
-    if (--pending_[size_t(c.layer)] > 0) continue;
-    // The layer's last call: a shared layer's gradient is the sum over its calls.
-    if (layers_[size_t(c.layer)]->shared() && layers_[size_t(c.layer)]->trainable())
-      for (const CloneWeight& cw : clone_weights_)
-        if (cw.layer == c.layer) ops::axpy(1.0, cw.mine->grad, cw.first->grad);
-    if (on_layer_done) on_layer_done(c.layer);
+    finish(k);
   }
 }
 
