@@ -311,7 +311,8 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   ConfigNode sch = run_["schedule"];
   schedule_ = LearningRateSchedule::from_config(sch, optimizer_->learning_rate());
   ConfigNode cb = run_["callbacks"];
-  if (cb.defined()) cb.allow_keys({"early_stopping", "reduce_lr_on_plateau"});
+  if (cb.defined()) cb.allow_keys({"early_stopping", "reduce_lr_on_plateau", "tensorboard"});
+  if (cb.has("tensorboard")) tensorboard_ = TensorBoardOptions::from_config(cb["tensorboard"]);
   if (cb.has("early_stopping"))
     early_stopping_ = std::make_unique<EarlyStopping>(EarlyStopping::from_config(cb["early_stopping"]));
   if (cb.has("reduce_lr_on_plateau"))
@@ -795,6 +796,7 @@ std::string Trainer::find_resume_checkpoint(const std::string& run_dir, const st
 FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   const bool root = comm_.rank() == 0;
   FitResult result;
+  std::unique_ptr<TensorBoardCallback> tensorboard;  // rank 0's, when callbacks.tensorboard is set
   {
     std::string error;
     if (root) {
@@ -803,9 +805,15 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       if (ec) error = str_cat(run_dir, ": cannot create the run directory (", ec.message(), ")");
       else if (access((fs::path(run_dir) / "checkpoints").c_str(), W_OK) != 0)
         error = str_cat(run_dir, "/checkpoints: the run directory is not writable");
+      // The TensorBoard callback creates and probes its log_dir now: an unusable one stops the run here.
+      if (error.empty() && tensorboard_) try {
+          tensorboard = std::make_unique<TensorBoardCallback>(*tensorboard_, run_dir);
+        } catch (const ConfigError& e) {
+          error = e.what();
+        }
     }
     const int ok = comm_.size() > 1 ? comm_.all_reduce_value<int64_t>(error.empty() ? 1 : 0, comm::ReduceOp::Min) : error.empty();
-    if (!ok) throw UserError(error.empty() ? run_dir + ": rank 0 cannot use the run directory" : error);
+    if (!ok) throw UserError(error.empty() ? run_dir + ": rank 0 cannot use the run directory or the TensorBoard log_dir" : error);
   }
 
   Resume r;
@@ -881,6 +889,9 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   };
 
   int64_t global_step = optimizer_->iterations();
+  // TensorBoard's step: batches done since the run began (the optimizer's iterations restart at an
+  // unfreeze, as Keras's compile() does; the logs' steps go on).
+  if (tensorboard) tensorboard->on_train_begin(*model_, r.epoch, r.epoch * steps + r.step_in_epoch);
   comm_.set_timeout(step_timeout_);
   const TestHook test_signal = read_test_hook("LOCKSTEP_TEST_SIGNAL"), test_desync = read_test_hook("LOCKSTEP_TEST_DESYNC");
   for (int64_t epoch = r.epoch; epoch < epochs_; ++epoch) {
@@ -924,6 +935,12 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       for (size_t i = 0; i < nsums; ++i) sums[i] += step_sums[i];
       ++global_step;
       ++done;
+      if (tensorboard && tensorboard->wants_batch(epoch * steps + done)) {
+        // Keras's batch logs: the running means of the epoch so far.
+        TensorBoardCallback::Logs bl{{"loss", sums[0] / std::max(sums[1], 1.0) + reg}};
+        for (size_t i = 0; i < metrics_.size(); ++i) bl.emplace_back(metrics_[i].name, sums[2 + i] / std::max(sums[1], 1.0));
+        tensorboard->on_train_batch_end(epoch * steps + done, bl);
+      }
       if (check_every_steps_ > 0 && comm_.size() > 1 && global_step % check_every_steps_ == 0) {
         const Tensor w = model_->weights_arena().device() == Device::CPU ? model_->weights_arena()
                                                                           : model_->weights_arena().to(Device::CPU);
@@ -953,8 +970,16 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
     log.epoch = epoch;
     log.values["loss"] = sums[0] / std::max(sums[1], 1.0) + model_->regularization_loss();
     for (size_t i = 0; i < metrics_.size(); ++i) log.values[metrics_[i].name] = sums[2 + i] / std::max(sums[1], 1.0);
-    if (dataset_.validation)
-      for (auto& [k, val] : evaluate(*dataset_.validation)) log.values["val_" + k] = val;
+    if (dataset_.validation) {
+      if (tensorboard) tensorboard->on_test_begin();
+      const std::map<std::string, double> v = evaluate(*dataset_.validation);
+      for (auto& [k, val] : v) log.values["val_" + k] = val;
+      if (tensorboard) {
+        TensorBoardCallback::Logs tl;
+        for (const std::string& k : logged_keys(false)) tl.emplace_back(k, v.at(k));
+        tensorboard->on_test_end(epoch * steps + done, tl);
+      }
+    }
     log.values["lr"] = optimizer_->effective_learning_rate();
     log.values["seconds"] = now_s() - t0;
     if (root && verbose_ > 0) {
@@ -973,6 +998,17 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       row << "," << csv_cell(log.values["lr"]) << "," << std::fixed << std::setprecision(3) << log.values["seconds"] << "\n";
       history_csv += row.str();
       if (root) csv << row.str() << std::flush;
+    }
+    if (tensorboard) {
+      TensorBoardCallback::Logs logs;
+      for (const std::string& k : logged_keys(dataset_.validation != nullptr))
+        if (log.values.count(k)) logs.emplace_back(k, log.values[k]);
+      // Keras: `lr` in the logs (epoch_lr) from ReduceLROnPlateau or a per-epoch scheduler; a
+      // LearningRateSchedule object gives epoch_learning_rate; a constant rate gives neither.
+      if (plateau_ || (schedule_ && schedule_->per_epoch())) logs.emplace_back("lr", optimizer_->learning_rate());
+      std::optional<double> lr;
+      if (schedule_ && !schedule_->per_epoch()) lr = schedule_->learning_rate(global_step, epoch);
+      tensorboard->on_epoch_end(epoch, logs, *model_, lr);
     }
     if (plateau_) {
       const double lr = plateau_->on_epoch_end(epoch, log.values, optimizer_->learning_rate());
@@ -1006,6 +1042,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       return result;
     }
   }
+  if (tensorboard) tensorboard->on_train_end();
   if (early_stopping_) early_stopping_->on_train_end(*model_);
   if (root) {
     CheckpointContents c = model_state(history_csv);

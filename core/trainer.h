@@ -20,6 +20,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,7 @@
 #include "core/model.h"
 #include "core/optimizers.h"
 #include "core/schedules.h"
+#include "core/tensorboard.h"
 #include "core/update_step.h"
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -151,6 +153,7 @@ class Trainer {
   std::unique_ptr<LearningRateSchedule> schedule_;
   std::unique_ptr<EarlyStopping> early_stopping_;
   std::unique_ptr<ReduceLROnPlateau> plateau_;
+  std::optional<TensorBoardOptions> tensorboard_;  // callbacks.tensorboard (rank 0 writes)
   // Gradient synchronisation.
   comm::BucketOptions bucket_options_;
   std::unique_ptr<UpdateStep> update_;
