@@ -5,12 +5,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/config.h"
@@ -329,10 +333,35 @@ int cmd_lr_find(const std::vector<std::string>& args) {
 
 // Report an error and exit with `code`. Under several ranks an error seen by one rank must end the
 // whole job (the others would wait in a collective): MPI_Abort with the same code.
-int fail(const std::string& verb, const char* kind, const std::string& what, int code) {
-  std::cerr << "lockstep " << verb << ": " << kind << ": " << what << "\n" << std::flush;
-  if (g_comm && g_comm->size() > 1) g_comm->abort(code, what);
+//
+// Errors once: a user error (status 2) that every rank meets, such as a bad run file or a missing data
+// file, is printed by rank 0 alone. The other ranks wait a grace period before reporting, and rank 0's
+// abort (or its non-zero exit, before the communicator exists: the launcher then ends the job) ends
+// them first; an error that only they meet is still reported, after the grace period.
+int launcher_value(std::initializer_list<const char*> names, int fallback) {
+  for (const char* n : names)
+    if (const char* v = std::getenv(n); v && *v) return std::atoi(v);
+  return fallback;
+}
+
+// Print `line` (one write, so that lines of several ranks do not interleave) and abort the job.
+int report(const std::string& verb, const std::string& line, int code) {
+  const int rank = g_comm ? g_comm->rank() : launcher_value({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
+  const int size = g_comm ? g_comm->size() : launcher_value({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"}, 1);
+  if (code == 2 && size > 1 && rank != 0) {
+    // Rank 0's abort signals this process: let the signal end it (the stop handlers would only note it).
+    for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) std::signal(sig, SIG_DFL);
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+  }
+  const std::string text = size > 1 ? str_cat(line, " (rank ", rank, ")\n") : line + "\n";
+  std::fwrite(text.data(), 1, text.size(), stderr);
+  std::fflush(stderr);
+  if (g_comm && g_comm->size() > 1) g_comm->abort(code, str_cat("lockstep ", verb, ": the error above"));
   return code;
+}
+
+int fail(const std::string& verb, const char* kind, const std::string& what, int code) {
+  return report(verb, str_cat("lockstep ", verb, ": ", kind, ": ", what), code);
 }
 
 int run_verb(int argc, char** argv);
@@ -370,8 +399,7 @@ int run_verb(int argc, char** argv) {
     }
     return it->second(args);
   } catch (const po::error& e) {
-    std::cerr << "lockstep " << verb << ": " << e.what() << " (see lockstep " << verb << " --help)\n";
-    return 2;
+    return report(verb, str_cat("lockstep ", verb, ": ", e.what(), " (see lockstep ", verb, " --help)"), 2);
   } catch (const UserError& e) {
     return fail(verb, "error", e.what(), 2);
   } catch (const NonFiniteLoss& e) {
