@@ -826,6 +826,7 @@ std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std
   }
   if (a.has("name")) layer->set_name(a["name"].as_string());
   layer->set_trainable(a.get("trainable", true));
+  layer->set_args(a);
   return layer;
 }
 

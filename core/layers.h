@@ -104,6 +104,10 @@ class Layer {
   void set_name(std::string n) { name_ = std::move(n); }
   int index() const { return index_; }
   void set_index(int i) { index_ = i; }
+  // The run file's arguments this layer was made from (`{units: 100, ...}`; undefined when made in
+  // code): what an exporter writes as Keras's layer config, with Keras's defaults for the rest.
+  const ConfigNode& args() const { return args_; }
+  void set_args(ConfigNode a) { args_ = std::move(a); }
 
   virtual Shape build(const Shape& input_shape) = 0;
   virtual Tensor forward(const Tensor& x, Context& ctx) = 0;
@@ -174,6 +178,7 @@ class Layer {
   }
 
   std::string name_;
+  ConfigNode args_;
   int index_ = 0;
   bool trainable_ = true;
   bool shared_ = false;
