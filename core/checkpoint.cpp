@@ -1,4 +1,5 @@
 #include "core/checkpoint.h"
+#include "core/keras_io.h"
 
 #include <fcntl.h>
 #include <hdf5.h>
@@ -371,6 +372,11 @@ std::string checkpoint_run_config(const std::string& path) {
 
 CheckpointContents load_checkpoint(const std::string& path, Model& model, const std::vector<int>* only_layers) {
   Quiet quiet;
+  // A Keras .h5 (model.save / save_weights): its weights by layer name (core/keras_io.h).
+  if (is_keras_file(path)) {
+    load_keras_weights(path, model, only_layers);
+    return {};
+  }
   Handle file = open_checkpoint(path);
   CheckpointContents out;
   uLong crc = crc32(0L, Z_NULL, 0);

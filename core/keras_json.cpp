@@ -1,6 +1,8 @@
 #include "core/keras_json.h"
 
 #include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -39,55 +41,232 @@ size_t escape_utf8(const std::string& s, size_t i, std::string* out) {
   return len;
 }
 
-std::string shape_json(const Shape& per_sample) {
-  std::string s = "[null";
-  for (int64_t d : per_sample) s += ", " + std::to_string(d);
-  return s + "]";
+using ojson = nlohmann::ordered_json;
+
+double f32(double x) { return double(float(x)); }
+
+ojson batch_shape(const Shape& per_sample) {
+  ojson a = ojson::array();
+  a.push_back(nullptr);
+  for (int64_t d : per_sample) a.push_back(d);
+  return a;
 }
 
-std::string int_list(const Shape& dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
+const char* dtype_name(const Model& model) { return model.dtype() == DType::F64 ? "float64" : "float32"; }
+
+ojson cls(const std::string& name, ojson config) {
+  ojson o;
+  o["class_name"] = name;
+  o["config"] = std::move(config);
+  return o;
 }
 
-const char* bool_json(bool b) { return b ? "true" : "false"; }
-
-std::string dtype_json(const Model& model) { return model.dtype() == DType::F64 ? "\"float64\"" : "\"float32\""; }
-
-bool has_weight(const Layer& l, const std::string& name) {
-  for (const Weight& w : l.weights())
-    if (w.name == name) return true;
-  return false;
-}
-
-// The keys after name/trainable/dtype (and batch_input_shape) that the public Layer interface gives.
-std::string layer_extra_keys(const Layer& l) {
-  const std::string cls = l.keras_class();
-  if (cls == "Flatten") return ", \"data_format\": \"channels_last\"";
-  if (cls == "Dense") {
-    const Shape& out = l.output_shape();
-    return str_cat(", \"units\": ", out.empty() ? 0 : out.back(), ", \"activation\": ",
-                   json_quote(activation_name(l.output_activation())), ", \"use_bias\": ", bool_json(has_weight(l, "bias")));
+// A run-file initializer (`he_normal`, `{constant: {value: 0.1}}`, ...) as Keras's legacy form.
+ojson initializer_json(const ConfigNode& node, const std::string& def) {
+  std::string name = def;
+  ConfigNode args;
+  if (node.defined()) {
+    if (node.is_scalar()) {
+      name = node.as_string();
+    } else {
+      name = node.keys().at(0);
+      args = node[name];
+    }
   }
-  if (cls == "Activation") return ", \"activation\": " + json_quote(activation_name(l.output_activation()));
-  if (cls == "BatchNormalization")
-    return str_cat(", \"center\": ", bool_json(has_weight(l, "beta")), ", \"scale\": ", bool_json(has_weight(l, "gamma")));
-  if (cls == "Reshape") return ", \"target_shape\": " + int_list(l.output_shape());
-  return "";
+  const bool map = args.defined() && args.is_map();
+  auto num = [&](const char* k, double d) { return map ? args.get(k, d) : d; };
+  ojson seed = nullptr;
+  if (map && args.has("seed")) seed = args["seed"].as_int();
+  ojson c = ojson::object();
+  static const std::vector<std::pair<std::string, std::string>> vs = {
+      {"glorot_uniform", "GlorotUniform"}, {"glorot_normal", "GlorotNormal"}, {"he_normal", "HeNormal"},
+      {"he_uniform", "HeUniform"},         {"lecun_normal", "LecunNormal"},   {"lecun_uniform", "LecunUniform"}};
+  for (const auto& [k, v] : vs)
+    if (name == k) {
+      c["seed"] = seed;
+      return cls(v, c);
+    }
+  if (name == "zeros") return cls("Zeros", c);
+  if (name == "ones") return cls("Ones", c);
+  if (name == "constant") {
+    c["value"] = args.defined() && args.is_scalar() ? args.as_double() : num("value", 0.0);
+    return cls("Constant", c);
+  }
+  if (name == "random_normal" || name == "truncated_normal") {
+    c["mean"] = num("mean", 0.0);
+    c["stddev"] = num("stddev", 0.05);
+    c["seed"] = seed;
+    return cls(name == "random_normal" ? "RandomNormal" : "TruncatedNormal", c);
+  }
+  if (name == "random_uniform") {
+    c["minval"] = num("minval", -0.05);
+    c["maxval"] = num("maxval", 0.05);
+    c["seed"] = seed;
+    return cls("RandomUniform", c);
+  }
+  if (name == "variance_scaling") {
+    c["scale"] = num("scale", 1.0);
+    c["mode"] = map ? args.get("mode", "fan_in") : std::string("fan_in");
+    std::string dist = map ? args.get("distribution", "truncated_normal") : std::string("truncated_normal");
+    c["distribution"] = dist == "normal" ? "truncated_normal" : dist;
+    c["seed"] = seed;
+    return cls("VarianceScaling", c);
+  }
+  throw UserError(str_cat("initializer '", name, "' has no Keras equivalent"));
 }
 
-std::string layer_config(const Model& model, const Layer& l, const std::string& batch_input_shape) {
-  std::string c = "{\"name\": " + json_quote(l.name()) + ", \"trainable\": " + bool_json(l.trainable()) +
-                  ", \"dtype\": " + dtype_json(model);
-  if (!batch_input_shape.empty()) c += ", \"batch_input_shape\": " + batch_input_shape;
-  return c + layer_extra_keys(l) + "}";
+ojson regularizer_json(const ConfigNode& node) {
+  const Regularizer r = parse_regularizer(node);
+  if (!r.active()) return nullptr;
+  ojson c = ojson::object();
+  if (r.l1 != 0 && r.l2 != 0) {
+    c["l1"] = f32(r.l1);
+    c["l2"] = f32(r.l2);
+    return cls("L1L2", c);
+  }
+  if (r.l1 != 0) {
+    c["l1"] = f32(r.l1);
+    return cls("L1", c);
+  }
+  c["l2"] = f32(r.l2);
+  return cls("L2", c);
 }
 
-std::string input_layer_config(const Model& model, const std::string& name, const Shape& shape) {
-  return "{\"batch_input_shape\": " + shape_json(shape) + ", \"dtype\": " + dtype_json(model) +
-         ", \"sparse\": false, \"ragged\": false, \"name\": " + json_quote(name) + "}";
+ojson constraint_json(const ConfigNode& node) {
+  const MaxNormConstraint m = parse_constraint(node);
+  if (!m.active()) return nullptr;
+  ojson c;
+  c["max_value"] = m.max_value;
+  c["axis"] = m.axis;
+  return cls("MaxNorm", c);
 }
+
+ojson input_layer_config(const Model& model, const std::string& name, const Shape& shape) {
+  ojson c;
+  c["batch_input_shape"] = batch_shape(shape);
+  c["dtype"] = dtype_name(model);
+  c["sparse"] = false;
+  c["ragged"] = false;
+  c["name"] = name;
+  return c;
+}
+
+// The activation string of a Dense/Activation layer (Keras's function names).
+std::string activation_json(const Layer& l) {
+  const ConfigNode a = l.args()["activation"];
+  if (a.defined() && a.is_map()) {
+    double alpha = 0;
+    const ops::Activation act = parse_activation(a, &alpha);
+    const double def = act == ops::Activation::LeakyRelu ? 0.2 : act == ops::Activation::Elu ? 1.0 : alpha;
+    if (alpha != def)
+      throw UserError(str_cat("layer '", l.name(), "': activation ", activation_name(act), " with alpha ", alpha,
+                              " has no Keras activation string (Keras's function uses alpha ", def,
+                              "); use a linear ", l.keras_class(), " followed by a ",
+                              act == ops::Activation::Elu ? "ELU" : "LeakyReLU", " layer"));
+  }
+  return activation_name(l.output_activation());
+}
+
+}  // namespace
+
+ojson keras_layer_json(const Model& model, const Layer& l) {
+  if (const auto* in = dynamic_cast<const InputLayer*>(&l))
+    return cls("InputLayer", input_layer_config(model, l.name(), in->shape()));
+  const ConfigNode& a = l.args();
+  const std::string key = l.key();
+  std::string cname = l.keras_class();
+  ojson c;
+  c["name"] = l.name();
+  c["trainable"] = l.trainable();
+  c["dtype"] = dtype_name(model);
+  if (key == "flatten") {
+    c["data_format"] = "channels_last";
+  } else if (key == "dense") {
+    const Shape& out = l.output_shape();
+    c["units"] = a.defined() ? a.get("units", int64_t(0)) : (out.empty() ? 0 : out.back());
+    c["activation"] = activation_json(l);
+    c["use_bias"] = a.get("use_bias", true);
+    c["kernel_initializer"] = initializer_json(a["kernel_initializer"], "glorot_uniform");
+    c["bias_initializer"] = initializer_json(a["bias_initializer"], "zeros");
+    c["kernel_regularizer"] = regularizer_json(a["kernel_regularizer"]);
+    c["bias_regularizer"] = regularizer_json(a["bias_regularizer"]);
+    c["activity_regularizer"] = nullptr;
+    c["kernel_constraint"] = constraint_json(a["kernel_constraint"]);
+    c["bias_constraint"] = nullptr;
+  } else if (key == "batch_normalization") {
+    // Keras stores the built axis as a list of positive axes of the batched input.
+    const int rank = int(l.input_shape().size()) + 1;
+    int axis = int(a.get("axis", int64_t(-1)));
+    if (axis < 0) axis += rank;
+    c["axis"] = ojson::array({axis});
+    c["momentum"] = a.get("momentum", 0.99);
+    c["epsilon"] = a.get("epsilon", 1e-3);
+    c["center"] = a.get("center", true);
+    c["scale"] = a.get("scale", true);
+    c["beta_initializer"] = initializer_json(a["beta_initializer"], "zeros");
+    c["gamma_initializer"] = initializer_json(a["gamma_initializer"], "ones");
+    c["moving_mean_initializer"] = initializer_json(a["moving_mean_initializer"], "zeros");
+    c["moving_variance_initializer"] = initializer_json(a["moving_variance_initializer"], "ones");
+    c["beta_regularizer"] = nullptr;
+    c["gamma_regularizer"] = nullptr;
+    c["beta_constraint"] = nullptr;
+    c["gamma_constraint"] = nullptr;
+  } else if (key == "activation") {
+    c["activation"] = activation_json(l);
+  } else if (key == "relu") {
+    c["max_value"] = nullptr;
+    c["negative_slope"] = 0.0;
+    c["threshold"] = 0.0;
+  } else if (key == "softmax") {
+    c["axis"] = -1;
+  } else if (key == "leaky_relu") {
+    c["alpha"] = f32(a.get("alpha", 0.3));
+  } else if (key == "elu") {
+    c["alpha"] = f32(a.get("alpha", 1.0));
+  } else if (key == "rrelu") {
+    cname = "LeakyReLU";
+    c["alpha"] = f32((a.get("lower", 1.0 / 8) + a.get("upper", 1.0 / 3)) / 2);
+  } else if (key == "prelu") {
+    c["alpha_initializer"] = initializer_json(a["alpha_initializer"], "zeros");
+    c["alpha_regularizer"] = regularizer_json(a["alpha_regularizer"]);
+    c["alpha_constraint"] = constraint_json(a["alpha_constraint"]);
+    if (a.has("shared_axes")) c["shared_axes"] = a["shared_axes"].as_int_list();
+    else c["shared_axes"] = nullptr;
+  } else if (key == "dropout" || key == "mc_dropout") {
+    cname = "Dropout";
+    c["rate"] = a.get("rate", 0.0);
+    c["noise_shape"] = nullptr;
+    c["seed"] = a.has("seed") ? ojson(a["seed"].as_int()) : ojson(nullptr);
+  } else if (key == "alpha_dropout" || key == "mc_alpha_dropout") {
+    cname = "AlphaDropout";
+    c["rate"] = a.get("rate", 0.0);
+    c["seed"] = a.has("seed") ? ojson(a["seed"].as_int()) : ojson(nullptr);
+  } else if (key == "reshape") {
+    c["target_shape"] = a.defined() && a.has("target_shape") ? ojson(a["target_shape"].as_int_list())
+                                                              : ojson(l.output_shape());
+  } else if (key == "concatenate") {
+    c["axis"] = a.get("axis", int64_t(-1));
+  }
+  // add, subtract, multiply, average, maximum, minimum: the base keys only.
+  return cls(cname, c);
+}
+
+std::vector<std::string> keras_export_notes(const Model& model) {
+  std::vector<std::string> notes;
+  for (const auto& l : model.layers()) {
+    const std::string k = l->key();
+    if (k == "rrelu")
+      notes.push_back(str_cat("layer '", l->name(), "' (rrelu) is written as LeakyReLU with alpha = (lower + upper) / 2, "
+                              "its inference function; Keras has no RReLU (training with random slopes is lost)"));
+    if (k == "mc_dropout" || k == "mc_alpha_dropout")
+      notes.push_back(str_cat("layer '", l->name(), "' (", k, ") is written as ", k == "mc_dropout" ? "Dropout" : "AlphaDropout",
+                              ": Keras applies it only in training (MC dropout needs model(x, training=True) "
+                              "or the book's custom MCDropout class)"));
+  }
+  return notes;
+}
+
+namespace {
 
 // Model::value_ref's "name[node][0]" as (name, node).
 std::pair<std::string, int> parse_ref(const std::string& ref) {
@@ -100,52 +279,58 @@ std::pair<std::string, int> parse_ref(const std::string& ref) {
   return {head.substr(0, open), std::stoi(head.substr(open + 1, head.size() - open - 2))};
 }
 
-std::string node_entry(const std::pair<std::string, int>& r, bool with_kwargs) {
-  return "[" + json_quote(r.first) + ", " + std::to_string(r.second) + ", 0" + (with_kwargs ? ", {}]" : "]");
+ojson node_entry(const std::pair<std::string, int>& r, bool with_kwargs) {
+  ojson e = ojson::array({r.first, r.second, 0});
+  if (with_kwargs) e.push_back(ojson::object());
+  return e;
 }
 
-std::string sequential_config(const Model& model) {
+ojson sequential_config(const Model& model) {
   const auto& layers = model.layers();
-  std::string s = "{\"name\": " + json_quote(model.name()) + ", \"layers\": [";
+  ojson c;
+  c["name"] = model.name();
+  ojson ls = ojson::array();
   const std::string first = layers.empty() ? std::string("sequential") : layers[0]->name();
-  s += "{\"class_name\": \"InputLayer\", \"config\": " + input_layer_config(model, first + "_input", model.input_shape()) + "}";
-  for (size_t i = 0; i < layers.size(); ++i)
-    s += ", {\"class_name\": " + json_quote(layers[i]->keras_class()) +
-         ", \"config\": " + layer_config(model, *layers[i], i == 0 ? shape_json(model.input_shape()) : "") + "}";
-  return s + "]}";
+  ls.push_back(cls("InputLayer", input_layer_config(model, first + "_input", model.input_shape())));
+  for (const auto& l : layers) ls.push_back(keras_layer_json(model, *l));
+  c["layers"] = std::move(ls);
+  return c;
 }
 
-std::string functional_config(const Model& model) {
+ojson functional_config(const Model& model) {
   const auto& layers = model.layers();
   const auto& calls = model.calls();
   const int n_in = model.num_inputs();
   std::vector<int> consumers(size_t(n_in) + calls.size(), 0);
   for (const LayerCall& c : calls)
     for (int v : c.inputs) ++consumers[size_t(v)];
-  std::string s = "{\"name\": " + json_quote(model.name()) + ", \"trainable\": true, \"layers\": [";
+  ojson cfg;
+  cfg["name"] = model.name();
+  cfg["trainable"] = true;
+  ojson ls = ojson::array();
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer& layer = *layers[l];
-    if (l) s += ", ";
-    s += "{\"class_name\": " + json_quote(layer.keras_class()) + ", \"config\": ";
-    if (const auto* in = dynamic_cast<const InputLayer*>(&layer)) s += input_layer_config(model, layer.name(), in->shape());
-    else s += layer_config(model, layer, "");
-    s += ", \"name\": " + json_quote(layer.name()) + ", \"inbound_nodes\": [";
+    ojson e = keras_layer_json(model, layer);
+    e["name"] = layer.name();
+    ojson nodes = ojson::array();
     // This layer's calls in node order (Keras: one inbound node per call).
     std::vector<std::pair<int, size_t>> mine;  // node index, call
     for (size_t k = 0; k < calls.size(); ++k)
       if (calls[k].layer == int(l)) mine.push_back({parse_ref(model.value_ref(n_in + int(k))).second, k});
     std::sort(mine.begin(), mine.end());
-    for (size_t j = 0; j < mine.size(); ++j) {
-      s += j ? ", [" : "[";
-      const auto& ins = calls[mine[j].second].inputs;
-      for (size_t i = 0; i < ins.size(); ++i) s += (i ? ", " : "") + node_entry(parse_ref(model.value_ref(ins[i])), true);
-      s += "]";
+    for (const auto& [node, k] : mine) {
+      ojson ins = ojson::array();
+      for (int v : calls[k].inputs) ins.push_back(node_entry(parse_ref(model.value_ref(v)), true));
+      nodes.push_back(std::move(ins));
     }
-    s += "]}";
+    e["inbound_nodes"] = std::move(nodes);
+    ls.push_back(std::move(e));
   }
-  s += "], \"input_layers\": [";
-  for (int i = 0; i < n_in; ++i) s += (i ? ", " : "") + node_entry({model.input_name(i), 0}, false);
-  s += "], \"output_layers\": [";
+  cfg["layers"] = std::move(ls);
+  ojson ins = ojson::array();
+  for (int i = 0; i < n_in; ++i) ins.push_back(node_entry({model.input_name(i), 0}, false));
+  cfg["input_layers"] = std::move(ins);
+  ojson outs = ojson::array();
   for (int j = 0; j < model.num_outputs(); ++j) {
     // The output's value is not public: take the call of the output's layer that nothing consumes
     // (else its last call); an output that is a model input is that input's node 0.
@@ -157,9 +342,45 @@ std::string functional_config(const Model& model) {
       ref = parse_ref(model.value_ref(v));
       if (consumers[size_t(v)] == 0) break;
     }
-    s += (j ? ", " : "") + node_entry(ref, false);
+    outs.push_back(node_entry(ref, false));
   }
-  return s + "]}";
+  cfg["output_layers"] = std::move(outs);
+  return cfg;
+}
+
+void dump(const ojson& j, std::string* out) {
+  switch (j.type()) {
+    case ojson::value_t::object: {
+      *out += '{';
+      bool first = true;
+      for (const auto& [k, v] : j.items()) {
+        if (!first) *out += ", ";
+        first = false;
+        *out += json_quote(k) + ": ";
+        dump(v, out);
+      }
+      *out += '}';
+      return;
+    }
+    case ojson::value_t::array: {
+      *out += '[';
+      for (size_t i = 0; i < j.size(); ++i) {
+        if (i) *out += ", ";
+        dump(j[i], out);
+      }
+      *out += ']';
+      return;
+    }
+    case ojson::value_t::string: *out += json_quote(j.get<std::string>()); return;
+    case ojson::value_t::number_float: {
+      const double d = j.get<double>();
+      if (std::isnan(d)) *out += "NaN";
+      else if (std::isinf(d)) *out += d > 0 ? "Infinity" : "-Infinity";
+      else *out += j.dump();
+      return;
+    }
+    default: *out += j.dump(); return;
+  }
 }
 
 }  // namespace
@@ -194,15 +415,24 @@ std::string json_quote(const std::string& s) {
   return out + "\"";
 }
 
-std::string keras_model_config(const Model& model) {
-  if (model.is_sequential()) return "{\"class_name\": \"Sequential\", \"config\": " + sequential_config(model) + "}";
-  return "{\"class_name\": \"Functional\", \"config\": " + functional_config(model) + "}";
+ojson keras_model_config_json(const Model& model) {
+  if (model.is_sequential()) return cls("Sequential", sequential_config(model));
+  return cls("Functional", functional_config(model));
 }
 
+std::string python_json_dump(const ojson& j) {
+  std::string s;
+  dump(j, &s);
+  return s;
+}
+
+std::string keras_model_config(const Model& model) { return python_json_dump(keras_model_config_json(model)); }
+
 std::string keras_model_json(const Model& model, const std::string& keras_version, const std::string& backend) {
-  std::string s = keras_model_config(model);
-  s.pop_back();  // the closing brace
-  return s + ", \"keras_version\": " + json_quote(keras_version) + ", \"backend\": " + json_quote(backend) + "}";
+  ojson j = keras_model_config_json(model);
+  j["keras_version"] = keras_version;
+  j["backend"] = backend;
+  return python_json_dump(j);
 }
 
 }  // namespace lockstep

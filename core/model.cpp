@@ -1,4 +1,5 @@
 #include "core/model.h"
+#include "core/keras_io.h"
 
 #include <algorithm>
 #include <iomanip>
@@ -448,6 +449,12 @@ std::unique_ptr<Model> functional_from_config(const ConfigNode& m, Device device
 std::unique_ptr<Model> Model::from_config(const ConfigNode& m, Device device, DType dtype) {
   if (!m.defined()) m.fail("the run file needs a `model:` section with input_shape and layers (or inputs, layers, outputs)");
   m.expect_map();
+  // `model: {from_keras: FILE}`: the Keras file's architecture, as the run-file form (core/keras_io.h).
+  if (YAML::Node translated; m.has("from_keras")) {
+    std::string weights;
+    resolve_from_keras(m, &translated, &weights);
+    return from_config(ConfigNode(translated, std::make_shared<const std::string>(m.file()), m.path()), device, dtype);
+  }
   if (m.has("inputs") || m.has("outputs")) {
     if (m.has("input_shape"))
       m["input_shape"].fail("a model with `inputs:` (Keras's Functional form) declares each input's shape there; drop input_shape");

@@ -1,4 +1,5 @@
 #include "core/trainer.h"
+#include "core/keras_io.h"
 
 #include <unistd.h>
 
@@ -288,6 +289,12 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
 
   const fs::path dir = fs::path(run_file).parent_path();
   dataset_ = data::open_dataset(data::parse_data_config(run_["data"], dir.string()));
+  // model: {from_keras: FILE}: the run file's model becomes the Keras file's, translated (so the
+  // checkpoints' run_config is self-contained); its weights replace the initial ones below.
+  if (YAML::Node translated; resolve_from_keras(run_["model"], &translated, &keras_weights_)) {
+    YAML::Node root = run_.yaml();
+    root["model"] = translated;
+  }
   model_ = Model::from_config(run_["model"], device_);
   {
     ConfigNode m = run_["model"];
@@ -303,6 +310,7 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
                            model_->input_name(i), "'s shape is ", shape_str(model_->input_shapes()[size_t(i)])));
   }
   model_->init(seed_);
+  if (!keras_weights_.empty()) load_keras_weights(keras_weights_, *model_);
   parse_heads();
   optimizer_ = Optimizer::from_config(run_["optimizer"]);
   optimizer_->bind(*model_);
@@ -830,6 +838,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       if (root) std::cout << "No checkpoint to resume from in " << run_dir << "/checkpoints: starting fresh\n";
       // Undo anything a rejected candidate loaded.
       model_->init(seed_);
+      if (!keras_weights_.empty()) load_keras_weights(keras_weights_, *model_);
       if (!transfer_source_.empty()) {
         load_checkpoint(transfer_source_, *model_, &transferred_);
         if (freeze_epochs_ > 0 && !frozen_) set_frozen(true);

@@ -162,6 +162,7 @@ class Trainer {
   // Transfer learning: layers taken from a source model, frozen for the first freeze_epochs.
   std::vector<int> transferred_;
   std::string transfer_source_;  // transfer.from, resolved against the run file's folder
+  std::string keras_weights_;    // model.from_keras: the Keras file whose weights replace the initial ones
   int64_t freeze_epochs_ = 0;
   double unfreeze_lr_ = 0;
   bool frozen_ = false;

@@ -12,6 +12,7 @@ pkgs=(
   libopenblas-dev                     # CBLAS
   libxsmm-dev                         # small-matrix products (JIT)
   libyaml-cpp-dev                     # run files
+  nlohmann-json3-dev                  # Keras model JSON (lockstep export, from_keras import)
   libgtest-dev libgmock-dev           # tests
   zlib1g-dev                          # gzipped IDX files
   libcurl4-openssl-dev libssl-dev libarchive-dev   # lockstep data fetch

@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/ops.h"
 #include "core/checkpoint.h"
+#include "core/keras_io.h"
 #include "core/trainer.h"
 #include "comm/communicator.h"
 #include "data/cli.h"
@@ -39,7 +40,8 @@ verbs:
   evaluate RUN.yaml --checkpoint PATH   loss and metrics of a saved model on the test split
   predict RUN.yaml --checkpoint PATH --out FILE [--mc-samples N]   class probabilities (MC dropout)
   lr-find RUN.yaml          one epoch with an exponentially growing rate: loss vs learning rate
-  summary RUN.yaml          print the model's table (layers, output shapes, parameter counts)
+  summary RUN.yaml          print the model's table (layers, output shapes, parameter counts); also a Keras .h5/.json
+  export CHECKPOINT --out MODEL.h5   a checkpoint as a Keras .h5 (tf_keras / Keras 3 load_model)
   plot RUN_DIR... --out curves.svg   learning curves of runs (history.csv), overlaid; a PNG too with rsvg-convert
   data convert|fetch|inspect  datasets: official files -> lockstep's HDF5 layout, download, inspect
 
@@ -106,8 +108,15 @@ int cmd_summary(const std::vector<std::string>& args) {
   add_common(d, threads, sets);
   d.add_options()("plot", po::value<std::string>(&plot), "also draw the model's graph into this file (.svg, .png or .pdf)");
   if (!parse(args, d, run_file, "summary")) return 0;
-  ConfigNode cfg = load_run_file(run_file, sets);
-  auto model = Model::from_config(cfg["model"]);
+  std::unique_ptr<Model> model;
+  const bool h5 = run_file.size() > 3 && (run_file.substr(run_file.size() - 3) == ".h5" || run_file.substr(run_file.size() - 5 < run_file.size() ? run_file.size() - 5 : 0) == ".hdf5");
+  if (h5 || is_keras_file(run_file)) {
+    // A Keras .h5 or model.to_json() file: its architecture as lockstep builds it (docs/keras.md).
+    model = Model::from_config(ConfigNode(keras_model_yaml(run_file), std::make_shared<const std::string>(run_file), "model"));
+  } else {
+    ConfigNode cfg = load_run_file(run_file, sets);
+    model = Model::from_config(cfg["model"]);
+  }
   std::cout << model->summary();
   if (!plot.empty()) {
     try {
@@ -117,6 +126,28 @@ int cmd_summary(const std::vector<std::string>& args) {
     }
     std::cout << "Graph written to " << plot << "\n";
   }
+  return 0;
+}
+
+// `lockstep export CHECKPOINT --out model.h5`: a lockstep checkpoint as a Keras legacy .h5 (docs/keras.md).
+int cmd_export(const std::vector<std::string>& args) {
+  int threads = 0;
+  std::vector<std::string> sets;
+  std::string checkpoint, out;
+  po::options_description d(
+      "lockstep export CHECKPOINT --out MODEL.h5\n\n"
+      "Writes the checkpoint's model (architecture from its stored run file, weights, loss/metrics/optimizer and\n"
+      "the optimizer's state) as the .h5 file Keras's model.save() writes, which tf_keras.models.load_model and\n"
+      "keras.saving.load_model open. rrelu is written as LeakyReLU (its inference function) and\n"
+      "mc_dropout/mc_alpha_dropout as Dropout/AlphaDropout, with a note (docs/keras.md).\n"
+      "Example:\n  lockstep export runs/model_a/final.h5 --out my_model_A.h5\n\nOptions");
+  add_common(d, threads, sets);
+  d.add_options()("out", po::value<std::string>(&out), "the Keras file to write (.h5)");
+  if (!parse(args, d, checkpoint, "export")) return 0;
+  if (out.empty()) throw UserError("export: --out MODEL.h5 is required");
+  if (is_keras_file(checkpoint)) throw UserError(str_cat("export: ", checkpoint, " is already a Keras file"));
+  for (const std::string& note : export_checkpoint_to_keras(checkpoint, out)) std::cerr << "note: " << note << "\n";
+  std::cout << "Keras model written to " << out << "\n";
   return 0;
 }
 
@@ -382,6 +413,7 @@ int run_verb(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   const std::map<std::string, int (*)(const std::vector<std::string>&)> verbs = {
       {"summary", cmd_summary},
+      {"export", cmd_export},
       {"train", cmd_train},
       {"evaluate", cmd_evaluate},
       {"predict", cmd_predict},

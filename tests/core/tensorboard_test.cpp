@@ -825,16 +825,26 @@ TEST(TensorBoardCallback, WriteErrorStopsWritingNotTraining) {
 
 TEST(TensorBoardKerasJson, SequentialAndFunctional) {
   auto seq = small_model();
+  // Complete layer configs (Keras defaults filled in, core/keras_json.h); no batch_input_shape after the
+  // InputLayer (keras-files.md §5.2).
   EXPECT_EQ(keras_model_config(*seq),
             "{\"class_name\": \"Sequential\", \"config\": {\"name\": \"sequential\", \"layers\": ["
             "{\"class_name\": \"InputLayer\", \"config\": {\"batch_input_shape\": [null, 4], \"dtype\": \"float32\", "
             "\"sparse\": false, \"ragged\": false, \"name\": \"dense_input\"}}, "
             "{\"class_name\": \"Dense\", \"config\": {\"name\": \"dense\", \"trainable\": true, \"dtype\": \"float32\", "
-            "\"batch_input_shape\": [null, 4], \"units\": 3, \"activation\": \"relu\", \"use_bias\": true}}, "
+            "\"units\": 3, \"activation\": \"relu\", \"use_bias\": true, \"kernel_initializer\": {\"class_name\": \"GlorotUniform\", "
+            "\"config\": {\"seed\": null}}, \"bias_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, \"kernel_regularizer\": null, "
+            "\"bias_regularizer\": null, \"activity_regularizer\": null, \"kernel_constraint\": null, \"bias_constraint\": null}}, "
             "{\"class_name\": \"BatchNormalization\", \"config\": {\"name\": \"batch_normalization\", \"trainable\": true, "
-            "\"dtype\": \"float32\", \"center\": true, \"scale\": true}}, "
+            "\"dtype\": \"float32\", \"axis\": [1], \"momentum\": 0.99, \"epsilon\": 0.001, \"center\": true, \"scale\": true, "
+            "\"beta_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, \"gamma_initializer\": {\"class_name\": \"Ones\", "
+            "\"config\": {}}, \"moving_mean_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, "
+            "\"moving_variance_initializer\": {\"class_name\": \"Ones\", \"config\": {}}, \"beta_regularizer\": null, "
+            "\"gamma_regularizer\": null, \"beta_constraint\": null, \"gamma_constraint\": null}}, "
             "{\"class_name\": \"Dense\", \"config\": {\"name\": \"dense_1\", \"trainable\": true, \"dtype\": \"float32\", "
-            "\"units\": 2, \"activation\": \"softmax\", \"use_bias\": true}}]}}");
+            "\"units\": 2, \"activation\": \"softmax\", \"use_bias\": true, \"kernel_initializer\": {\"class_name\": \"GlorotUniform\", "
+            "\"config\": {\"seed\": null}}, \"bias_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, \"kernel_regularizer\": null, "
+            "\"bias_regularizer\": null, \"activity_regularizer\": null, \"kernel_constraint\": null, \"bias_constraint\": null}}]}}");
   EXPECT_EQ(keras_model_json(*seq), keras_model_config(*seq).substr(0, keras_model_config(*seq).size() - 1) +
                                         ", \"keras_version\": \"2.12.0\", \"backend\": \"tensorflow\"}");
   // Functional: two inputs, a shared layer called twice, a merge; list-form inbound nodes.

@@ -1,0 +1,356 @@
+// Keras .h5 export/import (core/keras_io.h, docs/keras.md): structure of exported files, round trips,
+// every fixture of ../shared/datasets/keras-h5 read or refused by name, bad input. No TensorFlow needed.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/checkpoint.h"
+#include "core/keras_io.h"
+#include "core/keras_json.h"
+#include <nlohmann/json.hpp>
+#include "core/model.h"
+
+namespace lockstep {
+namespace {
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "lockstep-keras-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::unique_ptr<Model> build(const std::string& yaml, uint64_t seed = 3) {
+  ConfigNode c = load_config_string(yaml);
+  auto m = Model::from_config(c["model"]);
+  m->init(seed);
+  return m;
+}
+
+std::unique_ptr<Model> import(const std::string& path, const std::string& weights = "") {
+  auto m = Model::from_config(ConfigNode(keras_model_yaml(path), std::make_shared<const std::string>(path), "model"));
+  const std::string w = weights.empty() ? path : weights;
+  if (w.size() < 5 || w.substr(w.size() - 5) != ".json") load_keras_weights(w, *m);
+  return m;
+}
+
+std::vector<float> values(const Tensor& t) {
+  Tensor c = t.to(Device::CPU).to(DType::F32);
+  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
+}
+
+void expect_same_weights(const Model& a, const Model& b) {
+  ASSERT_EQ(a.layers().size(), b.layers().size());
+  for (size_t i = 0; i < a.layers().size(); ++i) {
+    const auto& la = *a.layers()[i];
+    const Layer* lb = b.layers()[size_t(b.find_layer(la.name()))].get();
+    ASSERT_EQ(la.weights().size(), lb->weights().size()) << la.name();
+    for (size_t k = 0; k < la.weights().size(); ++k)
+      EXPECT_EQ(values(la.weights()[k].value), values(lb->weights()[k].value)) << la.name() << "/" << la.weights()[k].name;
+  }
+}
+
+const char* kSequential = R"(model:
+  name: seq
+  input_shape: [4, 3]
+  layers:
+    - flatten: {}
+    - dense: {units: 5, activation: selu, kernel_initializer: lecun_normal, kernel_regularizer: {l2: 0.0001}, kernel_constraint: {max_norm: 1.0}}
+    - batch_normalization: {momentum: 0.9}
+    - leaky_relu: {alpha: 0.2}
+    - dropout: {rate: 0.2}
+    - dense: {units: 4}
+    - prelu: {}
+    - elu: {alpha: 0.7}
+    - alpha_dropout: {rate: 0.1}
+    - relu: {}
+    - reshape: {target_shape: [2, 2]}
+    - flatten: {}
+    - activation: {activation: tanh}
+    - dense: {units: 3, activation: softmax}
+)";
+
+const char* kFunctional = R"(model:
+  name: fn
+  inputs:
+    - input: {name: a, shape: [3]}
+    - input: {name: b, shape: [3]}
+  layers:
+    - dense: {name: d1, units: 4, activation: relu}
+      inputs: a
+    - dense: {name: d2, units: 4}
+      inputs: b
+    - add: {}
+      inputs: [d1, d2]
+    - subtract: {}
+      inputs: [d1, d2]
+    - multiply: {}
+      inputs: [d1, d2]
+    - average: {}
+      inputs: [d1, d2]
+    - maximum: {}
+      inputs: [d1, d2]
+    - minimum: {}
+      inputs: [d1, d2]
+    - concatenate: {axis: -1}
+      inputs: [add, subtract, multiply, average, maximum, minimum]
+    - softmax: {}
+  outputs: softmax
+)";
+
+std::string root_string(const std::string& path, const char* name, H5T_cset_t* cset, bool* vlen) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  hid_t t = H5Aget_type(a);
+  *cset = H5Tget_cset(t);
+  *vlen = H5Tis_variable_str(t) > 0;
+  H5Tclose(t);
+  H5Aclose(a);
+  H5Fclose(f);
+  return "";
+}
+
+TEST(KerasExport, StringTypesFollowTheProfile) {
+  TempDir tmp;
+  auto m = build(kSequential);
+  const std::string p = tmp.path() + "/m.h5";
+  write_keras_h5(p, *m, ConfigNode(), nullptr);
+  H5T_cset_t cs;
+  bool vlen;
+  root_string(p, "keras_version", &cs, &vlen);
+  EXPECT_EQ(cs, H5T_CSET_UTF8);
+  EXPECT_TRUE(vlen);
+  root_string(p, "model_config", &cs, &vlen);
+  EXPECT_EQ(cs, H5T_CSET_ASCII);
+  EXPECT_TRUE(vlen);
+  EXPECT_TRUE(is_keras_file(p));
+}
+
+TEST(KerasExport, SequentialRoundTripIsBitIdentical) {
+  TempDir tmp;
+  auto m = build(kSequential);
+  const std::string p = tmp.path() + "/m.h5";
+  write_keras_h5(p, *m, ConfigNode(), nullptr);
+  auto back = import(p);
+  expect_same_weights(*m, *back);
+  EXPECT_EQ(keras_model_config(*m), keras_model_config(*back));
+  EXPECT_EQ(m->summary(), back->summary());
+  // Export again: the same file contents (configs equal).
+  const std::string p2 = tmp.path() + "/m2.h5";
+  write_keras_h5(p2, *back, ConfigNode(), nullptr);
+  EXPECT_EQ(python_json_dump(keras_model_config_json(*back)), keras_model_config(*import(p2)));
+}
+
+TEST(KerasExport, FunctionalRoundTripIsBitIdentical) {
+  TempDir tmp;
+  auto m = build(kFunctional);
+  const std::string p = tmp.path() + "/f.h5";
+  write_keras_h5(p, *m, ConfigNode(), nullptr);
+  auto back = import(p);
+  expect_same_weights(*m, *back);
+  EXPECT_EQ(keras_model_config(*m), keras_model_config(*back));
+}
+
+TEST(KerasExport, CompleteLayerConfigs) {
+  auto m = build(kSequential);
+  const std::string j = keras_model_config(*m);
+  for (const char* want :
+       {"\"kernel_regularizer\": {\"class_name\": \"L2\", \"config\": {\"l2\": 9.999999747378752e-05}}",
+        "\"kernel_initializer\": {\"class_name\": \"LecunNormal\", \"config\": {\"seed\": null}}",
+        "\"kernel_constraint\": {\"class_name\": \"MaxNorm\", \"config\": {\"max_value\": 1.0, \"axis\": 0}}",
+        "\"axis\": [1], \"momentum\": 0.9, \"epsilon\": 0.001", "\"alpha\": 0.20000000298023224",
+        "\"rate\": 0.2, \"noise_shape\": null, \"seed\": null", "\"alpha\": 0.699999988079071",
+        "\"max_value\": null, \"negative_slope\": 0.0, \"threshold\": 0.0", "\"target_shape\": [2, 2]",
+        "\"shared_axes\": null", "\"activity_regularizer\": null"})
+    EXPECT_NE(j.find(want), std::string::npos) << want << "\n" << j;
+}
+
+TEST(KerasExport, RReluAndMcDropoutAreWrittenAsTheirKerasEquivalents) {
+  auto m = build("model:\n  input_shape: [3]\n  layers:\n    - rrelu: {lower: 0.1, upper: 0.3}\n    - mc_dropout: {rate: 0.5}\n"
+                 "    - mc_alpha_dropout: {rate: 0.5}\n");
+  const std::string j = keras_model_config(*m);
+  EXPECT_NE(j.find("{\"class_name\": \"LeakyReLU\", \"config\": {\"name\": \"r_re_lu\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"class_name\": \"Dropout\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"class_name\": \"AlphaDropout\""), std::string::npos) << j;
+  EXPECT_EQ(keras_export_notes(*m).size(), 3u);
+}
+
+// For check_export.py: a Sequential and a Functional export under $LOCKSTEP_KERAS_SAMPLE_DIR (with a
+// training_config and optimizer state, as `lockstep export` writes them).
+TEST(KerasExport, WriteSample) {
+  const char* out = std::getenv("LOCKSTEP_KERAS_SAMPLE_DIR");
+  if (!out) GTEST_SKIP() << "LOCKSTEP_KERAS_SAMPLE_DIR not set (tests/keras/check_export.py sets it)";
+  ConfigNode run = load_config_string("loss: sparse_categorical_crossentropy\nmetrics: [accuracy]\n"
+                                      "optimizer: {name: nadam, learning_rate: 0.002}\n");
+  for (const auto& [name, yaml] : {std::pair{"sequential", kSequential}, std::pair{"functional", kFunctional}}) {
+    auto m = build(yaml);
+    CheckpointContents c;
+    c.state["optimizer.iterations"] = 7;
+    c.state["optimizer.momentum_cache"] = 0.5;
+    for (const char* slot : {"m", "v"})  // Keras's legacy Nadam order: all m, then all v
+      for (const WeightRef& r : m->weight_refs())
+        if (r.grad_offset >= 0)
+          c.optimizer.emplace_back(str_cat("Nadam/", m->layers()[size_t(r.layer)]->name(), "/", r.weight->name, "/", slot, ":0"),
+                                   r.weight->value.to(DType::F32));
+    write_keras_h5(std::string(out) + "/" + name + ".h5", *m, run, &c);
+  }
+}
+
+// ---- the fixtures (../shared/datasets/keras-h5) ----------------------------------------------------
+
+std::string fixtures() {
+  const char* env = std::getenv("LOCKSTEP_KERAS_FIXTURES");
+  return env ? env : LOCKSTEP_KERAS_FIXTURES_DIR;
+}
+
+TEST(KerasImport, EveryFixtureIsReadOrRefusedByName) {
+  const std::string dir = fixtures();
+  if (!fs::exists(dir)) GTEST_SKIP() << dir << " is absent (the shared datasets are not checked out)";
+  const std::map<std::string, int64_t> params = {
+      {"Kuz-man__kv2.2.4-tf__my_model_A.h5", 276158},
+      {"hopezh__kv2.3.0-tf__my_model_A.h5", 276158},
+      {"s-samarth__kv2.3.0-tf__bn_model__my_model_A.h5", 271346},
+      {"sankalptambe__kv2.4.0__my_model_A.h5", 276158},
+      {"dl4j__kv2.4.0__some_loss.h5", 101770},
+      {"lopezbec__kv2.6.0__grid_model.h5", 199210},
+      {"TeguhPermana666__kv2.9.0__droput_alpha.h5", 266610},
+      {"TeguhPermana666__kv2.9.0__droput_reguler.h5", 266610},
+      {"TeguhPermana666__kv2.9.0__MCdroput_reguler.h5", 266610},
+      {"r0cd7b__kv2.10.0__my_model_A.h5", 276158},
+      {"d-t-n__kv2.12.0__my_model_A.h5", 276158},
+      {"d-t-n__kv2.13.1__my_model_with_a_custom_metric_v2.h5", 301},
+      {"joakor89__kv2.14.0__my_model_with_a_custom_loss.h5", 301},
+      {"Joel-Mendez0__kv3.3.3__my_keras_model.h5", 3908},
+      {"dl4j__kv2.2.4-tf__adv_act_0_elu.h5", 0},
+      {"dl4j__kv2.2.4-tf__adv_act_1_leaky_relu.h5", 0},
+      {"dl4j__kv2.2.4-tf__adv_act_2_prelu.h5", 6},
+      {"dl4j__kv2.2.4-tf__misc_3_alpha_dropout.h5", 15},
+      {"dl4j__kv2.2.4-tf__mlp_1_dense_act_dropout.h5", 24},
+      {"dl4j__kv2.3.1__ELU_0_model.h5", 544},
+      {"dl4j__kv2.3.1__LeakyReLU_0_model.h5", 544}};
+  TempDir tmp;
+  for (const auto& [file, n] : params) {
+    SCOPED_TRACE(file);
+    const std::string p = dir + "/" + file;
+    ASSERT_TRUE(fs::exists(p));
+    std::unique_ptr<Model> m;
+    ASSERT_NO_THROW(m = import(p));
+    EXPECT_EQ(m->total_params(), n);
+    // Import then export: the weights come back bit for bit.
+    const std::string out = tmp.path() + "/x.h5";
+    write_keras_h5(out, *m, ConfigNode(), nullptr);
+    auto back = import(out);
+    expect_same_weights(*m, *back);
+    EXPECT_EQ(keras_model_config(*m), keras_model_config(*back));
+  }
+  // Weights-only file + model.to_json().
+  auto hls = import(dir + "/hls4ml__kv2.0.8__KERAS_3layer_batch_norm.json", dir + "/hls4ml__kv2.0.8__KERAS_3layer_batch_norm_weights.h5");
+  EXPECT_EQ(hls->total_params(), 4921);
+  // Not models: refused by name.
+  for (const char* f : {"dl4j__kv2.3.1__ELU_0_inputs_and_outputs.h5", "hls4ml__kv2.0.8__KERAS_3layer_batch_norm_weights.h5"}) {
+    try {
+      keras_model_yaml(dir + "/" + f);
+      ADD_FAILURE() << f << " was accepted";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(KerasImport, NumericGroundTruth) {
+  const std::string dir = fixtures();
+  if (!fs::exists(dir)) GTEST_SKIP() << dir << " is absent";
+  for (const char* stem : {"ELU_0", "LeakyReLU_0"}) {
+    SCOPED_TRACE(stem);
+    auto m = import(dir + "/dl4j__kv2.3.1__" + std::string(stem) + "_model.h5");
+    const std::string io = dir + "/dl4j__kv2.3.1__" + std::string(stem) + "_inputs_and_outputs.h5";
+    hid_t f = H5Fopen(io.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    auto read = [&](const std::string& name, Shape shape) {
+      Tensor t(shape);
+      hid_t d = H5Dopen2(f, name.c_str(), H5P_DEFAULT);
+      EXPECT_GE(d, 0) << name;
+      H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data());
+      H5Dclose(d);
+      return t;
+    };
+    Tensor x = read("inputs/dense_input", {2, 16});
+    // predictions/<last layer>
+    const std::string last = m->layers().back()->name();
+    Tensor want = read("predictions/" + last, {2, 32});
+    H5Fclose(f);
+    Context ctx;
+    Tensor y = m->forward(x, ctx);
+    const auto a = values(y), b = values(want);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5);
+  }
+}
+
+// ---- bad input ---------------------------------------------------------------------------------------
+
+void expect_refused(const std::function<void()>& f, const std::vector<std::string>& words) {
+  try {
+    f();
+    ADD_FAILURE() << "accepted";
+  } catch (const UserError& e) {
+    for (const auto& w : words) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what() << " lacks " << w;
+  }
+}
+
+TEST(KerasImport, BadInput) {
+  TempDir tmp;
+  auto m = build(kSequential);
+  const std::string good = tmp.path() + "/good.h5";
+  write_keras_h5(good, *m, ConfigNode(), nullptr);
+  // Truncated.
+  const std::string cut = tmp.path() + "/cut.h5";
+  {
+    std::ifstream in(good, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  expect_refused([&] { auto x = import(cut); }, {"cut.h5"});
+  // Not HDF5 at all.
+  const std::string junk = tmp.path() + "/junk.h5";
+  std::ofstream(junk) << "not an hdf5 file";
+  expect_refused([&] { keras_model_yaml(junk); }, {"junk.h5", "not an HDF5 file"});
+  // An HDF5 file that is not Keras's (a lockstep checkpoint is not a Keras file either).
+  const std::string ck = tmp.path() + "/ck.h5";
+  save_checkpoint(ck, *m, CheckpointContents{"model: {}", {}, {}, {}, {}});
+  EXPECT_FALSE(is_keras_file(ck));
+  expect_refused([&] { keras_model_yaml(ck); }, {"ck.h5", "not a Keras model file"});
+  // A JSON with an unknown layer.
+  const std::string js = tmp.path() + "/m.json";
+  std::ofstream(js) << R"({"class_name": "Sequential", "config": {"name": "s", "layers": [)"
+                       R"({"class_name": "InputLayer", "config": {"batch_input_shape": [null, 3], "name": "in"}},)"
+                       R"({"class_name": "Conv2D", "config": {"name": "conv2d", "filters": 3}}]}})";
+  expect_refused([&] { keras_model_yaml(js); }, {"m.json", "conv2d", "Conv2D"});
+  // Broken JSON.
+  const std::string bad = tmp.path() + "/bad.json";
+  std::ofstream(bad) << "{\"class_name\": ";
+  expect_refused([&] { keras_model_yaml(bad); }, {"bad.json", "not valid JSON"});
+  // Weights that do not match the architecture: a layer missing, a shape differing.
+  auto other = build("model:\n  input_shape: [4, 3]\n  layers:\n    - flatten: {}\n    - dense: {units: 6}\n");
+  expect_refused([&] { load_keras_weights(good, *other); }, {"good.h5", "dense", "shape"});
+  auto renamed = build("model:\n  input_shape: [4, 3]\n  layers:\n    - flatten: {}\n    - dense: {name: zz, units: 5}\n");
+  expect_refused([&] { load_keras_weights(good, *renamed); }, {"good.h5", "zz"});
+}
+
+}  // namespace
+}  // namespace lockstep
