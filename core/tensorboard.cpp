@@ -806,6 +806,12 @@ std::vector<std::string> TensorBoardCallback::files() const {
   return files_;
 }
 
+void TensorBoardCallback::wait_written() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t target = queued_;
+  written_cv_.wait(lock, [&] { return written_ >= target || !thread_.joinable(); });
+}
+
 void TensorBoardCallback::push(Job job) {
   bool warn_drop = false;
   {
@@ -819,6 +825,7 @@ void TensorBoardCallback::push(Job job) {
       if (job.droppable) ++pending_batch_;
       pending_histogram_bytes_ += job.bytes;
       queue_.push_back(std::move(job));
+      ++queued_;
     }
   }
   if (warn_drop)
@@ -1095,6 +1102,11 @@ void TensorBoardCallback::worker() {
         fail(e.what());
       }
     }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      written_ += jobs.size();
+    }
+    written_cv_.notify_all();
     if (close) {
       for (RunWriter& rw : runs_) {
         if (!rw.file) continue;

@@ -295,6 +295,9 @@ class TensorBoardCallback {
   // (copied now; a GPU model's weights come to the host here).
   void on_epoch_end(int64_t epoch, const Logs& logs, const Model& model,
                     std::optional<double> learning_rate = std::nullopt);
+  // Blocks until everything handed over so far is written and flushed. The trainer calls it before each
+  // checkpoint: a crash after the checkpoint then loses no point that the resumed run would not rewrite.
+  void wait_written();
   // Writes what is queued, closes the files and stops the thread (waits for it).
   void on_train_end();
 
@@ -346,6 +349,8 @@ class TensorBoardCallback {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
+  uint64_t queued_ = 0, written_ = 0;  // jobs handed over, and jobs written and flushed (wait_written)
+  std::condition_variable written_cv_;
   size_t pending_batch_ = 0, pending_histogram_bytes_ = 0;
   bool closing_ = false;
   std::string error_;

@@ -19,6 +19,13 @@
 //                            graph checkpoint into a Sequential model, frozen; MC dropout predict on pairs.
 //   Cli.*     (label graph)  `lockstep summary`/`train` on Functional run files with a cycle, an unknown
 //                            input, an add of two shapes: exit 2, FILE:LINE:COL: KEY on stderr; --plot SVG.
+//   TensorBoard.* (labels unit, resume, mpi)  callbacks.tensorboard's event files against
+//                            ../shared/reference/tensorboard-events.md: tags, steps, values (= history.csv,
+//                            the schedule, the running means), record order, file names, histograms
+//                            (every histogram_freq), update_freq epoch/batch/N, lr tags; resumes (clean
+//                            stops, older checkpoints, SIGKILL) read as TensorBoard reads them equal the
+//                            uninterrupted run; 2 ranks: rank 0 alone writes the 1-rank curves; exit 2 on
+//                            an unusable log_dir or a misspelt key.
 //
 // Faults are injected through test-only environment hooks (LOCKSTEP_TEST_SIGNAL, LOCKSTEP_TEST_DESYNC in
 // core/trainer.cpp; LOCKSTEP_TEST_CKPT_POINT, LOCKSTEP_TEST_CKPT_TRACE in core/checkpoint.cpp): they raise
@@ -39,10 +46,12 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -53,6 +62,7 @@
 #include "core/model.h"
 #include "core/ops.h"
 #include "core/rng.h"
+#include "core/tensorboard.h"
 #include "data/convert.h"
 #include "data/dataset.h"
 
@@ -1266,6 +1276,770 @@ TEST(Cli, SummaryPlotWritesSvg) {
   const std::string svg = read_text(t / "model.svg");
   EXPECT_NE(svg.find("<svg"), std::string::npos) << svg.substr(0, 300);
   for (const char* n : {"image_a", "image_b", "shared", "concat", "bn"}) EXPECT_NE(svg.find(n), std::string::npos) << n;
+}
+
+// ==================================================================================================
+// TENSORBOARD (labels unit, resume, mpi): the event files `lockstep train` writes with
+// callbacks.tensorboard, against ../shared/reference/tensorboard-events.md (§1.1 names, §1.4/§2.3-2.5
+// records, §2.2 tags/steps/order, §3.7-3.8 steps and resume), read back with tb::read_event_file and
+// viewed the way TensorBoard's two loaders see a run directory.
+// ==================================================================================================
+
+std::string host_for_names() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+std::string regex_escape(const std::string& s) {
+  static const std::regex special(R"([.^$|()\[\]{}*+?\\])");
+  return std::regex_replace(s, special, R"(\$&)");
+}
+
+// One point of a tag: a scalar (float32, as written), a histogram, or the `keras` tag's text.
+struct TbPoint {
+  int64_t step = 0;
+  int kind = 0;  // 0 scalar, 1 histogram, 2 text
+  float value = 0;
+  std::vector<tb::HistogramBucket> buckets;
+  std::string text;
+  bool operator==(const TbPoint& o) const {
+    // Scalars compared bit for bit (float32); histograms row for row (doubles).
+    return step == o.step && kind == o.kind && std::memcmp(&value, &o.value, sizeof value) == 0 && buckets == o.buckets &&
+           text == o.text;
+  }
+};
+using TbTags = std::map<std::string, std::vector<TbPoint>>;
+
+std::ostream& operator<<(std::ostream& os, const TbPoint& p) {
+  os << "{step " << p.step;
+  if (p.kind == 0) os << ", " << std::setprecision(9) << p.value;
+  if (p.kind == 1) os << ", histogram of " << p.buckets.size() << " rows";
+  if (p.kind == 2) os << ", text of " << p.text.size() << " bytes";
+  return os << "}";
+}
+
+TbPoint tb_point(const tb::Event& e, const tb::SummaryValue& v) {
+  TbPoint p;
+  p.step = e.step;
+  if (v.plugin_name == "histograms") {
+    p.kind = 1;
+    p.buckets = v.histogram().value_or(std::vector<tb::HistogramBucket>{});
+  } else if (v.plugin_name == "graph_keras_model") {
+    p.kind = 2;
+    p.text = v.string().value_or("");
+  } else {
+    p.value = float(v.scalar().value_or(NAN));
+  }
+  return p;
+}
+
+// The reference's checks of one file (§5.1 step 3): the name (§1.1: events.out.tfevents.<%010d>.<host>.
+// <pid>.<n>.v2), both CRCs of every record (strict reading), the first record (brain.Event:2, wall_time
+// = the name's seconds), one Summary.Value per event, TF2 scalars (DT_FLOAT, empty shape, 4 bytes,
+// plugin scalars), DT_DOUBLE [30, 3] histograms with contiguous edges and integral counts, the keras tag
+// (DT_STRING, graph_keras_model, content "1", step 0), no graph_def, finite wall times.
+struct TbFileName {
+  int64_t seconds = -1, pid = -1, counter = -1;
+};
+void check_event_file(const std::string& path, TbFileName& n, bool killed = false) {
+  const std::string base = fs::path(path).filename().string();
+  const std::regex re("events\\.out\\.tfevents\\.([0-9]{10})\\." + regex_escape(host_for_names()) + "\\.([0-9]+)\\.([0-9]+)\\.v2");
+  std::smatch m;
+  EXPECT_TRUE(std::regex_match(base, m, re)) << path << ": not the reference's file name";
+  if (m.size() == 4) n = {std::stoll(m[1]), std::stoll(m[2]), std::stoll(m[3])};
+  tb::EventFile f;
+  try {
+    f = tb::read_event_file(path, true);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << path << ": " << e.what();
+    return;
+  }
+  EXPECT_TRUE(killed || !f.truncated) << path << ": a short last record";
+  if (f.events.empty()) {
+    if (!killed) ADD_FAILURE() << path << ": no records";
+    return;
+  }
+  EXPECT_EQ(f.events[0].file_version, "brain.Event:2") << path;
+  EXPECT_EQ(f.events[0].wall_time, double(n.seconds)) << path << ": first wall_time is not the name's seconds";
+  EXPECT_TRUE(f.events[0].values.empty()) << path;
+  for (size_t i = 1; i < f.events.size(); ++i) {
+    const tb::Event& e = f.events[i];
+    const std::string at = path + " record " + std::to_string(i);
+    EXPECT_TRUE(std::isfinite(e.wall_time) && e.wall_time > 1e9) << at;
+    EXPECT_FALSE(e.has_graph_def) << at;
+    EXPECT_TRUE(e.file_version.empty()) << at;
+    if (e.session_status >= 0) {
+      EXPECT_EQ(e.session_status, int(tb::SessionStatus::Start)) << at;
+      EXPECT_TRUE(e.values.empty()) << at;
+      continue;
+    }
+    ASSERT_EQ(e.values.size(), 1u) << at << ": one Summary.Value per event";
+    const tb::SummaryValue& v = e.values[0];
+    EXPECT_TRUE(v.has_metadata) << at << " " << v.tag;
+    EXPECT_EQ(v.kind, tb::SummaryValue::Kind::Tensor) << at << " " << v.tag;
+    EXPECT_EQ(v.data_class, 0) << at;
+    if (v.plugin_name == "scalars") {
+      EXPECT_EQ(v.tensor.dtype, tb::DT_FLOAT) << at << " " << v.tag;
+      EXPECT_TRUE(v.tensor.has_shape && v.tensor.shape.empty()) << at << " " << v.tag;
+      EXPECT_EQ(v.tensor.content.size(), 4u) << at << " " << v.tag;
+      EXPECT_TRUE(v.plugin_content.empty()) << at;
+      EXPECT_TRUE(v.scalar().has_value()) << at << " " << v.tag;
+    } else if (v.plugin_name == "histograms") {
+      EXPECT_EQ(v.tensor.dtype, tb::DT_DOUBLE) << at << " " << v.tag;
+      EXPECT_EQ(v.tensor.shape, (std::vector<int64_t>{30, 3})) << at << " " << v.tag;
+      const auto rows = v.histogram();
+      ASSERT_TRUE(rows.has_value()) << at << " " << v.tag;
+      ASSERT_EQ(rows->size(), 30u) << at;
+      for (size_t r = 0; r < rows->size(); ++r) {
+        EXPECT_EQ((*rows)[r].count, std::floor((*rows)[r].count)) << at << " " << v.tag << " row " << r;
+        if (r + 1 < rows->size()) {
+          EXPECT_EQ((*rows)[r].right, (*rows)[r + 1].left) << at << " " << v.tag << " row " << r;
+        }
+      }
+    } else if (v.plugin_name == "graph_keras_model") {
+      EXPECT_EQ(v.tag, "keras") << at;
+      EXPECT_EQ(e.step, 0) << at;
+      EXPECT_EQ(v.plugin_content, "1") << at;
+      EXPECT_EQ(v.tensor.dtype, tb::DT_STRING) << at;
+      EXPECT_TRUE(v.string().has_value()) << at;
+    } else {
+      ADD_FAILURE() << at << ": tag " << v.tag << " of an unexpected plugin '" << v.plugin_name << "'";
+    }
+  }
+}
+
+// (tag, step) of every summary record of a file after the version record, in file order.
+std::vector<std::pair<std::string, int64_t>> record_order(const std::string& path) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const tb::Event& e : tb::read_event_file(path, false).events)
+    for (const tb::SummaryValue& v : e.values) out.emplace_back(v.tag, e.step);
+  return out;
+}
+
+// A run directory as TensorBoard's Python loader (plugin_event_accumulator) holds it: files in name
+// order, each up to its first bad or short record; a run's first SessionLog START starts the session,
+// every later one purges all points at steps >= its step (_CheckForRestartAndMaybePurge).
+TbTags python_view(const std::string& dir) {
+  TbTags tags;
+  bool seen_start = false;
+  for (const std::string& path : tb::event_files(dir))
+    for (const tb::Event& e : tb::read_event_file(path, false).events) {
+      if (e.session_status == int(tb::SessionStatus::Start)) {
+        if (seen_start)
+          for (auto& [tag, points] : tags) std::erase_if(points, [&](const TbPoint& p) { return p.step >= e.step; });
+        seen_start = true;
+        continue;
+      }
+      for (const tb::SummaryValue& v : e.values) tags[v.tag].push_back(tb_point(e, v));
+    }
+  std::erase_if(tags, [](const auto& kv) { return kv.second.empty(); });
+  return tags;
+}
+
+// The same directory as RustBoard holds it: SessionLog ignored, but each new point of a tag drops the
+// tag's stored points at steps >= its step (reservoir.rs).
+TbTags rust_view(const std::string& dir) {
+  TbTags tags;
+  for (const std::string& path : tb::event_files(dir))
+    for (const tb::Event& e : tb::read_event_file(path, false).events)
+      for (const tb::SummaryValue& v : e.values) {
+        auto& points = tags[v.tag];
+        std::erase_if(points, [&](const TbPoint& p) { return p.step >= e.step; });
+        points.push_back(tb_point(e, v));
+      }
+  return tags;
+}
+
+// A log directory: its run directories' files (each checked) and views; both loaders must agree and
+// every tag's steps must strictly increase (§3.7).
+struct TbLogs {
+  std::vector<std::string> files[2];  // train, validation (name order)
+  std::vector<TbFileName> names[2];
+  TbTags tags[2];  // the Python loader's view
+};
+
+// killed: a process was SIGKILLed (its files may end in a short record, or be empty).
+TbLogs read_logs(const std::string& log_dir, bool killed = false) {
+  TbLogs l;
+  for (int run : {0, 1}) {
+    const std::string dir = (fs::path(log_dir) / (run == 0 ? "train" : "validation")).string();
+    l.files[run] = tb::event_files(dir);
+    for (const std::string& f : l.files[run]) {
+      l.names[run].emplace_back();
+      check_event_file(f, l.names[run].back(), killed);
+    }
+    l.tags[run] = python_view(dir);
+    EXPECT_EQ(l.tags[run], rust_view(dir)) << dir << ": TensorBoard's Python loader and RustBoard would show different points";
+    for (const auto& [tag, points] : l.tags[run])
+      for (size_t i = 1; i < points.size(); ++i)
+        EXPECT_LT(points[i - 1].step, points[i].step) << dir << ": tag " << tag << " steps not strictly increasing";
+  }
+  return l;
+}
+
+std::vector<int64_t> tb_steps(const TbTags& t, const std::string& tag) {
+  std::vector<int64_t> s;
+  if (t.count(tag))
+    for (const TbPoint& p : t.at(tag)) s.push_back(p.step);
+  return s;
+}
+std::vector<float> tb_values(const TbTags& t, const std::string& tag) {
+  std::vector<float> s;
+  if (t.count(tag))
+    for (const TbPoint& p : t.at(tag)) s.push_back(p.value);
+  return s;
+}
+std::set<std::string> tb_tag_set(const TbTags& t) {
+  std::set<std::string> s;
+  for (const auto& [tag, points] : t) s.insert(tag);
+  return s;
+}
+std::vector<float> as_f32(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+std::vector<int64_t> iota_steps(int64_t first, int64_t last, int64_t stride = 1) {
+  std::vector<int64_t> s;
+  for (int64_t k = first; k <= last; k += stride) s.push_back(k);
+  return s;
+}
+
+// The model of write_run(): its weights in model.layers order, each layer's weights in order (state
+// included), as the reference's §2.2 histogram tags, with element counts.
+const std::vector<std::pair<std::string, int64_t>>& histogram_tags() {
+  static const std::vector<std::pair<std::string, int64_t>> t = {
+      {"dense/kernel_0/histogram", 784 * 16},
+      {"batch_normalization/gamma_0/histogram", 16},
+      {"batch_normalization/beta_0/histogram", 16},
+      {"batch_normalization/moving_mean_0/histogram", 16},
+      {"batch_normalization/moving_variance_0/histogram", 16},
+      {"dense_1/kernel_0/histogram", 16 * 10},
+      {"dense_1/bias_0/histogram", 10},
+  };
+  return t;
+}
+
+// TensorBoard >= 2.8's histogram of `x` (plugins/histogram/summary_v2.py, reference §2.4), written here
+// from the reference, not from core/tensorboard.cpp: 30 buckets of width (max-min)/30, index
+// floor((x-min)/width) clamped to 29, edges min + i·width with the last edge max.
+std::vector<tb::HistogramBucket> reference_histogram(const std::vector<float>& x) {
+  const int k = 30;
+  std::vector<tb::HistogramBucket> rows(k);
+  const double mn = *std::min_element(x.begin(), x.end()), mx = *std::max_element(x.begin(), x.end());
+  if (mn == mx) {
+    for (auto& r : rows) r = {mn, mn, 0};
+    rows.back().count = double(x.size());
+    return rows;
+  }
+  const double width = (mx - mn) / k;
+  for (float v : x) rows[size_t(std::min<int64_t>(int64_t(std::floor((double(v) - mn) / width)), k - 1))].count += 1;
+  for (int i = 0; i < k; ++i) {
+    rows[size_t(i)].left = mn + i * width;
+    rows[size_t(i)].right = i == k - 1 ? mx : mn + (i + 1) * width;
+  }
+  return rows;
+}
+
+// write_run()'s model and data with callbacks.tensorboard (YAML flow map `tensorboard`), validation
+// on the first 64 images, 3 epochs of limit/32 steps; `callbacks`: other callbacks before it.
+RunSpec tb_spec(const std::string& tensorboard, const std::string& more = "", const std::string& callbacks = "") {
+  RunSpec s;
+  s.data_extra = ", validation: {first: 64}";
+  s.epochs = 3;
+  s.limit = 192;  // 6 steps per epoch
+  s.checkpoint = "{every_epochs: 1}";
+  s.more = more + "callbacks: {" + callbacks + "tensorboard: " + tensorboard + "}\n";
+  return s;
+}
+
+// Runs `spec` (1 process, or np ranks) in t/name; returns the steps per epoch it printed.
+int64_t tb_train(const Tmp& t, const std::string& name, const RunSpec& spec, int np = 0, Res* out = nullptr) {
+  Res r = train(write_run(t / (name + ".yaml"), spec), t / name, np);
+  EXPECT_EQ(r.rc, 0) << name << "\n" << tail(r.out);
+  if (out) *out = r;
+  return steps_per_epoch(r.out);
+}
+
+// (1) update_freq epoch with validation, metrics [accuracy] and a per-step schedule: the train and
+// validation runs' tags, steps, values and record order, the keras tag, the file names.
+TEST(TensorBoard, EpochScalarsEqualHistoryAndScheduleInKerasLayout) {
+  Tmp t;
+  // A per-step ExponentialDecay (a LearningRateSchedule object in Keras: epoch_learning_rate).
+  const RunSpec s = tb_spec("{log_dir: logs, update_freq: epoch, histogram_freq: 0, write_graph: true, profile_batch: 0}",
+                            "schedule: {name: exponential_decay, decay_steps: 4, decay_rate: 0.5}\n");
+  const int64_t spe = tb_train(t, "run", s);
+  ASSERT_EQ(spe, 6);
+  ASSERT_FALSE(HasFailure());
+  const TbLogs l = read_logs(t / "run/logs");
+  ASSERT_EQ(l.files[0].size(), 1u) << "one train event file";
+  ASSERT_EQ(l.files[1].size(), 1u) << "one validation event file";
+  // §1.1: one process, the train writer first (counter 0), then the validation writer (1).
+  EXPECT_EQ(l.names[0][0].counter, 0);
+  EXPECT_EQ(l.names[1][0].counter, 1);
+  EXPECT_EQ(l.names[0][0].pid, l.names[1][0].pid);
+  EXPECT_LE(l.names[0][0].seconds, l.names[1][0].seconds);
+  const double now = double(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  EXPECT_LE(std::fabs(double(l.names[0][0].seconds) - now), 120.0) << "the name's timestamp is not the creation time";
+
+  const auto h = history_columns(t / "run", nullptr);
+  const TbTags& tr = l.tags[0];
+  const TbTags& va = l.tags[1];
+  EXPECT_EQ(tb_tag_set(tr), (std::set<std::string>{"keras", "epoch_loss", "epoch_accuracy", "epoch_learning_rate"}));
+  EXPECT_EQ(tb_tag_set(va), (std::set<std::string>{"epoch_loss", "epoch_accuracy", "evaluation_loss_vs_iterations",
+                                                   "evaluation_accuracy_vs_iterations"}));
+  const std::vector<int64_t> epochs = {0, 1, 2}, iterations = {spe, 2 * spe, 3 * spe};
+  for (const char* tag : {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"}) EXPECT_EQ(tb_steps(tr, tag), epochs) << tag;
+  EXPECT_EQ(tb_values(tr, "epoch_loss"), as_f32(h.at("loss")));
+  EXPECT_EQ(tb_values(tr, "epoch_accuracy"), as_f32(h.at("accuracy")));
+  // The schedule's rate at the optimizer's iterations after the epoch: 0.05 · 0.5^(iterations/4).
+  const std::vector<float> lr = tb_values(tr, "epoch_learning_rate");
+  ASSERT_EQ(lr.size(), 3u);
+  for (size_t e = 0; e < 3; ++e) EXPECT_FLOAT_EQ(lr[e], float(0.05 * std::pow(0.5, double(iterations[e]) / 4.0))) << "epoch " << e;
+  EXPECT_NE(lr[0], float(h.at("lr")[0])) << "epoch_learning_rate must be schedule(iterations), not the rate of the last step";
+  for (const char* tag : {"epoch_loss", "epoch_accuracy"}) EXPECT_EQ(tb_steps(va, tag), epochs) << tag;
+  for (const char* tag : {"evaluation_loss_vs_iterations", "evaluation_accuracy_vs_iterations"})
+    EXPECT_EQ(tb_steps(va, tag), iterations) << tag;
+  EXPECT_EQ(tb_values(va, "epoch_loss"), as_f32(h.at("val_loss")));
+  EXPECT_EQ(tb_values(va, "epoch_accuracy"), as_f32(h.at("val_accuracy")));
+  EXPECT_EQ(tb_values(va, "evaluation_loss_vs_iterations"), as_f32(h.at("val_loss")));
+  EXPECT_EQ(tb_values(va, "evaluation_accuracy_vs_iterations"), as_f32(h.at("val_accuracy")));
+  // The keras tag: once, at step 0, the model's JSON (Sequential, with keras_version and backend).
+  ASSERT_EQ(tr.count("keras"), 1u);
+  ASSERT_EQ(tr.at("keras").size(), 1u);
+  const std::string& json = tr.at("keras")[0].text;
+  EXPECT_EQ(json.rfind("{\"class_name\": \"Sequential\"", 0), 0u) << json.substr(0, 200);
+  for (const char* key : {"\"keras_version\": ", "\"backend\": ", "\"batch_normalization\"", "\"dense_1\""})
+    EXPECT_NE(json.find(key), std::string::npos) << key << " not in " << json.substr(0, 300);
+  // Record order (§3.3): keras first; per epoch loss, the metrics, then the rate; the validation file
+  // has evaluation_* (step = iterations) before epoch_* (step = epoch) for each epoch.
+  std::vector<std::pair<std::string, int64_t>> want_train = {{"keras", 0}}, want_val;
+  for (int64_t e = 0; e < 3; ++e) {
+    for (const char* tag : {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"}) want_train.emplace_back(tag, e);
+    for (const char* tag : {"evaluation_loss_vs_iterations", "evaluation_accuracy_vs_iterations"})
+      want_val.emplace_back(tag, iterations[size_t(e)]);
+    for (const char* tag : {"epoch_loss", "epoch_accuracy"}) want_val.emplace_back(tag, e);
+  }
+  EXPECT_EQ(record_order(l.files[0][0]), want_train);
+  EXPECT_EQ(record_order(l.files[1][0]), want_val);
+  // No SessionLog in a fresh run's files.
+  for (int run : {0, 1})
+    for (const tb::Event& e : tb::read_event_file(l.files[run][0]).events) EXPECT_EQ(e.session_status, -1);
+
+  // write_graph false and no validation data: no keras tag, no validation writer (Keras opens it at
+  // the first validation), a constant rate: no learning-rate tag.
+  RunSpec s2 = tb_spec("{log_dir: tb, write_graph: false}");
+  s2.data_extra = "";
+  tb_train(t, "nograph", s2);
+  const TbLogs l2 = read_logs(t / "nograph/tb");
+  ASSERT_EQ(l2.files[0].size(), 1u);
+  EXPECT_TRUE(l2.files[1].empty()) << "a validation event file without validation data";
+  EXPECT_EQ(tb_tag_set(l2.tags[0]), (std::set<std::string>{"epoch_loss", "epoch_accuracy"}));
+  const auto h2 = history_columns(t / "nograph", nullptr);
+  EXPECT_EQ(tb_values(l2.tags[0], "epoch_loss"), as_f32(h2.at("loss")));
+  EXPECT_EQ(l2.names[0][0].counter, 0);
+}
+
+// (2) update_freq batch, 3 (not a divisor of the 7 steps per epoch: counted over the global steps, as
+// Keras's _train_counter) and epoch: batch_<m> at 1-based global steps, the epoch's running means.
+TEST(TensorBoard, UpdateFreqBatchEveryNAndEpoch) {
+  Tmp t;
+  std::map<std::string, TbLogs> logs;
+  std::map<std::string, std::map<std::string, std::vector<double>>> hist;
+  for (const std::string uf : {"batch", "3", "epoch"}) {
+    RunSpec s = tb_spec("{update_freq: " + uf + ", write_graph: false}");
+    s.limit = 224;  // 7 steps per epoch
+    ASSERT_EQ(tb_train(t, uf, s), 7) << uf;
+    logs[uf] = read_logs(t / (uf + "/logs"));
+    hist[uf] = history_columns(t / uf, nullptr);
+    ASSERT_EQ(logs[uf].files[0].size(), 1u);
+  }
+  const int64_t spe = 7, total = 21;
+  // The callback does not change training: the three runs' histories are identical.
+  EXPECT_EQ(history_without_seconds(t / "batch"), history_without_seconds(t / "epoch"));
+  EXPECT_EQ(history_without_seconds(t / "3"), history_without_seconds(t / "epoch"));
+  const TbTags& b = logs["batch"].tags[0];
+  const TbTags& n3 = logs["3"].tags[0];
+  EXPECT_EQ(tb_tag_set(b), (std::set<std::string>{"epoch_loss", "epoch_accuracy", "batch_loss", "batch_accuracy"}));
+  EXPECT_EQ(tb_tag_set(n3), tb_tag_set(b));
+  EXPECT_EQ(tb_tag_set(logs["epoch"].tags[0]), (std::set<std::string>{"epoch_loss", "epoch_accuracy"})) << "update_freq epoch wrote batch_*";
+  for (const char* tag : {"batch_loss", "batch_accuracy"}) {
+    EXPECT_EQ(tb_steps(b, tag), iota_steps(1, total)) << tag;
+    EXPECT_EQ(tb_steps(n3, tag), iota_steps(3, total, 3)) << tag;
+    // Every 3rd point of the batch run, bit for bit.
+    const auto all = tb_values(b, tag), every3 = tb_values(n3, tag);
+    ASSERT_EQ(all.size(), size_t(total));
+    ASSERT_EQ(every3.size(), size_t(total / 3));
+    for (size_t i = 0; i < every3.size(); ++i) EXPECT_EQ(every3[i], all[3 * i + 2]) << tag << " at step " << 3 * (i + 1);
+  }
+  // The running mean of the epoch so far: the last point of an epoch is the epoch's value; after k
+  // batches of 32 the accuracy is a count of correct samples over 32k (the mean restarts each epoch).
+  const auto loss = tb_values(b, "batch_loss"), acc = tb_values(b, "batch_accuracy");
+  ASSERT_EQ(loss.size(), size_t(total));
+  for (int64_t e = 0; e < 3; ++e) {
+    EXPECT_EQ(loss[size_t((e + 1) * spe - 1)], float(hist["batch"].at("loss")[size_t(e)])) << "epoch " << e;
+    EXPECT_EQ(acc[size_t((e + 1) * spe - 1)], float(hist["batch"].at("accuracy")[size_t(e)])) << "epoch " << e;
+    EXPECT_EQ(loss[size_t((e + 1) * spe - 1)], tb_values(logs["epoch"].tags[0], "epoch_loss")[size_t(e)]);
+    for (int64_t k = 1; k <= spe; ++k) {
+      const double correct = double(acc[size_t(e * spe + k - 1)]) * 32.0 * double(k);
+      EXPECT_NEAR(correct, std::round(correct), 1e-3) << "batch_accuracy at step " << e * spe + k << " is not a mean over "
+                                                      << k << " batch(es) of this epoch";
+    }
+  }
+  // Record order of the every-3 run: per global step k with k % 3 == 0, batch_loss then batch_accuracy;
+  // at each epoch's end (after its last batch point) epoch_loss, epoch_accuracy.
+  std::vector<std::pair<std::string, int64_t>> want;
+  for (int64_t k = 1; k <= total; ++k) {
+    if (k % 3 == 0) {
+      want.emplace_back("batch_loss", k);
+      want.emplace_back("batch_accuracy", k);
+    }
+    if (k % spe == 0) {
+      want.emplace_back("epoch_loss", k / spe - 1);
+      want.emplace_back("epoch_accuracy", k / spe - 1);
+    }
+  }
+  EXPECT_EQ(record_order(logs["3"].files[0][0]), want);
+  // batch_* never go to the validation run.
+  for (const auto& [tag, points] : logs["batch"].tags[1]) EXPECT_EQ(tag.rfind("batch_", 0), std::string::npos) << tag;
+}
+
+// (3) histogram_freq 0, 1 and 2 over 3 epochs: tags <layer>/<weight>_0/histogram (§2.2) for every weight
+// in model order at epochs with epoch % freq == 0, counts summing to the weight's size; the last epoch's
+// histograms are those of final.h5's weights.
+TEST(TensorBoard, HistogramFreq0And1And2) {
+  Tmp t;
+  std::map<int, TbLogs> logs;
+  for (int hf : {0, 1, 2}) {
+    const std::string name = "hf" + std::to_string(hf);
+    tb_train(t, name, tb_spec("{histogram_freq: " + std::to_string(hf) + ", write_graph: false}"));
+    logs[hf] = read_logs(t / (name + "/logs"));
+    ASSERT_EQ(logs[hf].files[0].size(), 1u);
+  }
+  for (const auto& [tag, points] : logs[0].tags[0]) EXPECT_EQ(tag.find("histogram"), std::string::npos) << "histogram_freq 0: " << tag;
+  for (int hf : {1, 2}) {
+    const TbTags& tr = logs[hf].tags[0];
+    int histogram_tags_seen = 0;
+    for (const auto& [tag, points] : tr) histogram_tags_seen += tag.find("/histogram") != std::string::npos;
+    EXPECT_EQ(histogram_tags_seen, int(histogram_tags().size())) << "histogram_freq " << hf;
+    for (const auto& [tag, size] : histogram_tags()) {
+      EXPECT_EQ(tb_steps(tr, tag), (hf == 1 ? std::vector<int64_t>{0, 1, 2} : std::vector<int64_t>{0, 2})) << hf << " " << tag;
+      if (!tr.count(tag)) continue;
+      for (const TbPoint& p : tr.at(tag)) {
+        double n = 0;
+        for (const auto& row : p.buckets) n += row.count;
+        EXPECT_EQ(n, double(size)) << tag << " at epoch " << p.step;
+      }
+    }
+    // The validation run has none.
+    for (const auto& [tag, points] : logs[hf].tags[1]) EXPECT_EQ(tag.find("histogram"), std::string::npos) << tag;
+    // Order within the train file: at each histogram epoch, after the epoch's scalars, the weights in
+    // model.layers order.
+    std::vector<std::pair<std::string, int64_t>> want;
+    for (int64_t e = 0; e < 3; ++e) {
+      want.emplace_back("epoch_loss", e);
+      want.emplace_back("epoch_accuracy", e);
+      if (e % hf == 0)
+        for (const auto& [tag, size] : histogram_tags()) want.emplace_back(tag, e);
+    }
+    EXPECT_EQ(record_order(logs[hf].files[0][0]), want) << "histogram_freq " << hf;
+  }
+  // Same training: histogram_freq 2's epochs 0 and 2 equal histogram_freq 1's.
+  for (const auto& [tag, size] : histogram_tags()) {
+    if (!logs[1].tags[0].count(tag) || !logs[2].tags[0].count(tag)) continue;
+    const auto& a = logs[1].tags[0].at(tag);
+    const auto& b = logs[2].tags[0].at(tag);
+    if (a.size() == 3 && b.size() == 2) {
+      EXPECT_EQ(a[0], b[0]) << tag;
+      EXPECT_EQ(a[2], b[1]) << tag;
+    }
+    // Weights change between epochs (the histogram is taken at each epoch, not once).
+    if (a.size() == 3 && tag.find("dense/kernel") == 0) {
+      EXPECT_NE(a[0].buckets, a[2].buckets) << tag;
+    }
+  }
+  // Epoch 2 (the last) is final.h5's weights: min, max and counts from the reference's algorithm.
+  const auto weights = datasets(t / "hf1/final.h5");
+  for (const auto& [tag, size] : histogram_tags()) {
+    const std::string layer = tag.substr(0, tag.find('/'));
+    const std::string w = tag.substr(layer.size() + 1, tag.find("_0/histogram") - layer.size() - 1);
+    const std::string ds = "model_weights/" + layer + "/" + layer + "/" + w + ":0";
+    ASSERT_TRUE(weights.count(ds)) << ds << " not in final.h5";
+    ASSERT_EQ(int64_t(weights.at(ds).size()), size) << ds;
+    if (!logs[1].tags[0].count(tag) || logs[1].tags[0].at(tag).size() != 3) continue;
+    const auto& got = logs[1].tags[0].at(tag)[2].buckets;
+    const auto want = reference_histogram(weights.at(ds));
+    ASSERT_EQ(got.size(), want.size()) << tag;
+    for (size_t r = 0; r < got.size(); ++r) {
+      EXPECT_EQ(got[r].count, want[r].count) << tag << " row " << r;
+      EXPECT_NEAR(got[r].left, want[r].left, 1e-12 * (1 + std::fabs(want[r].left))) << tag << " row " << r;
+      EXPECT_NEAR(got[r].right, want[r].right, 1e-12 * (1 + std::fabs(want[r].right))) << tag << " row " << r;
+    }
+    EXPECT_EQ(got.front().left, want.front().left) << tag << ": first edge is not the minimum";
+    EXPECT_EQ(got.back().right, want.back().right) << tag << ": last edge is not the maximum";
+  }
+}
+
+// (4) Learning-rate tags (§2.2): ReduceLROnPlateau and a per-epoch schedule (Keras's
+// LearningRateScheduler) put `lr` in the logs: epoch_lr, the rate the epoch ran with; a constant rate
+// gives neither epoch_lr nor epoch_learning_rate.
+TEST(TensorBoard, LearningRateTagsPlateauPerEpochScheduleConstant) {
+  Tmp t;
+  tb_train(t, "plateau", tb_spec("{}", "", "reduce_lr_on_plateau: {monitor: loss, patience: 0, factor: 0.5, min_delta: 10}, "));
+  tb_train(t, "per_epoch", tb_spec("{}", "schedule: {name: exponential_decay, decay_steps: 1, decay_rate: 0.5, per: epoch}\n"));
+  tb_train(t, "constant", tb_spec("{}"));
+  for (const std::string name : {"plateau", "per_epoch"}) {
+    const TbLogs l = read_logs(t / (name + "/logs"));  // `tensorboard: {}`: Keras's default log_dir, logs
+    ASSERT_EQ(l.files[0].size(), 1u) << name;
+    const TbTags& tr = l.tags[0];
+    EXPECT_EQ(tb_tag_set(tr), (std::set<std::string>{"keras", "epoch_loss", "epoch_accuracy", "epoch_lr"})) << name;
+    EXPECT_EQ(tb_steps(tr, "epoch_lr"), (std::vector<int64_t>{0, 1, 2})) << name;
+    // ReduceLROnPlateau: epoch 0 improves on +inf, epochs 1 and 2 do not (min_delta 10): the rate is
+    // halved after epoch 1. The per-epoch schedule: 0.05 · 0.5^epoch.
+    EXPECT_EQ(tb_values(tr, "epoch_lr"), name == "plateau" ? (std::vector<float>{0.05f, 0.05f, 0.025f})
+                                                           : (std::vector<float>{0.05f, 0.025f, 0.0125f}))
+        << name;
+    EXPECT_EQ(tb_values(tr, "epoch_lr"), as_f32(history_columns(t / name, nullptr).at("lr"))) << name;
+    for (const auto& [tag, points] : l.tags[1]) EXPECT_NE(tag, "epoch_lr") << name << ": lr in the validation run";
+    // Keras's log order: loss, the metrics, then lr.
+    const auto order = record_order(l.files[0][0]);
+    ASSERT_EQ(order.size(), 10u) << name;
+    EXPECT_EQ(order[3].first, "epoch_lr") << name;
+    EXPECT_EQ(order[3].second, 0) << name;
+  }
+  const TbLogs c = read_logs(t / "constant/logs");
+  EXPECT_EQ(tb_tag_set(c.tags[0]), (std::set<std::string>{"keras", "epoch_loss", "epoch_accuracy"}));
+}
+
+// (5) Resume: a run stopped (SIGUSR1/SIGTERM through LOCKSTEP_TEST_SIGNAL) mid-epoch and at the last step
+// of an epoch; resumed from older checkpoints (mid-epoch, and at an epoch boundary: points rewritten,
+// SessionLog START); killed (SIGKILL); each finished with --resume auto: the log directory, read as
+// TensorBoard reads it (START purges; RustBoard's reservoir), shows exactly the points of an
+// uninterrupted run (float32 scalars and histograms bit for bit), steps strictly increasing, one keras
+// point; every process writes new files. Then a fresh run in the used directory shows only itself.
+TEST(TensorBoard, ResumeShowsTheUninterruptedRun) {
+  Tmp t;
+  // Checkpoints every 4 steps and every 2nd epoch (spe 6): 4, 8, 12 (epoch 2's end), 16, 18.
+  RunSpec s = tb_spec("{update_freq: batch, histogram_freq: 1}", "schedule: {name: exponential_decay, decay_steps: 4, decay_rate: 0.5}\n");
+  s.optimizer = "{name: adam, learning_rate: 0.01}";
+  s.extra_layers = "    - dropout: {rate: 0.3}\n";
+  s.checkpoint = "{every_epochs: 2, every_steps: 4}";
+  const std::string run = write_run(t / "run.yaml", s);
+  Res ref = train(run, t / "ref", 0);
+  ASSERT_EQ(ref.rc, 0) << tail(ref.out);
+  ASSERT_EQ(steps_per_epoch(ref.out), 6);
+  const TbLogs want = read_logs(t / "ref/logs");
+  ASSERT_EQ(want.files[0].size(), 1u);
+  ASSERT_EQ(tb_steps(want.tags[0], "batch_loss"), iota_steps(1, 18));
+  ASSERT_EQ(tb_steps(want.tags[1], "evaluation_loss_vs_iterations"), (std::vector<int64_t>{6, 12, 18}));
+
+  // keras_records: the keras records over all train files (a clean resume adds none; a resume that
+  // rewrites from step 0 copies the still valid one after its START).
+  auto same_view = [&](const std::string& dir, const std::string& what, size_t processes, int keras_records,
+                       bool killed = false) {
+    const TbLogs got = read_logs(dir + "/logs", killed);
+    EXPECT_EQ(got.files[0].size(), processes) << what << ": one new train file per process";
+    for (int run_i : {0, 1}) {
+      EXPECT_EQ(tb_tag_set(got.tags[run_i]), tb_tag_set(want.tags[run_i])) << what;
+      for (const auto& [tag, points] : want.tags[run_i]) {
+        if (!got.tags[run_i].count(tag)) continue;
+        EXPECT_EQ(got.tags[run_i].at(tag), points) << what << ": " << (run_i ? "validation" : "train") << " tag " << tag;
+      }
+    }
+    ASSERT_TRUE(got.tags[0].count("keras"));
+    EXPECT_EQ(got.tags[0].at("keras").size(), 1u) << what;
+    int keras = 0;
+    for (const auto& f : got.files[0])
+      for (const auto& [tag, step] : record_order(f)) keras += tag == "keras";
+    EXPECT_EQ(keras, keras_records) << what;
+    // Files in name order are in creation order: the newest sorts last (§1.1).
+    for (int run_i : {0, 1})
+      for (size_t i = 1; i < got.names[run_i].size(); ++i)
+        EXPECT_LT(got.names[run_i][i - 1].seconds, got.names[run_i][i].seconds) << what;
+    expect_same_run(t / "ref", dir, what);
+  };
+
+  // Clean stops: SIGUSR1 before step 4 (mid-epoch 1: stopped after 5 steps), SIGTERM before step 11 (the
+  // last step of epoch 2: the resumed run only validates and ends that epoch). Each stop's checkpoint is
+  // where it stopped: nothing is rewritten, no SessionLog.
+  for (auto [i, step, sig] : {std::tuple{0, 4, SIGUSR1}, std::tuple{1, 11, SIGTERM}}) {
+    Res r = train(run, t / "stop", 0, i == 0 ? "" : "--resume auto", {sig_env(0, step, sig)});
+    ASSERT_EQ(r.rc, 75) << tail(r.out);
+  }
+  Res r = train(run, t / "stop", 0, "--resume auto");
+  ASSERT_EQ(r.rc, 0) << tail(r.out);
+  same_view(t / "stop", "stopped before steps 4 and 11", 3, 1);
+  for (const auto& f : tb::event_files(t / "stop/logs/train"))
+    for (const tb::Event& e : tb::read_event_file(f).events) EXPECT_EQ(e.session_status, -1) << f << ": a SessionLog after a clean stop";
+  // A fresh start (no --resume) in that used run directory, 2 epochs: TensorBoard shows only the new
+  // run (the same first 2 epochs as the reference: same seed), the old points purged by its STARTs.
+  {
+    Res f = train(run, t / "stop", 0, "--set train.epochs=2");
+    ASSERT_EQ(f.rc, 0) << tail(f.out);
+    const TbLogs got = read_logs(t / "stop/logs");
+    EXPECT_EQ(got.files[0].size(), 4u);
+    for (int run_i : {0, 1}) {
+      EXPECT_EQ(tb_tag_set(got.tags[run_i]), tb_tag_set(want.tags[run_i]));
+      for (const auto& [tag, points] : want.tags[run_i]) {
+        std::vector<TbPoint> first2;
+        for (const TbPoint& p : points)
+          // Steps are global steps for batch_* and evaluation_* (not batch_normalization/...), else epochs.
+          if ((tag.find("/histogram") == std::string::npos && tag.rfind("batch_", 0) == 0) || tag.rfind("evaluation_", 0) == 0
+                  ? p.step <= 12
+                  : p.step <= 1)
+            first2.push_back(p);
+        EXPECT_EQ(got.tags[run_i].count(tag) ? got.tags[run_i].at(tag) : std::vector<TbPoint>{}, first2)
+            << "fresh run in a used log directory: " << tag;
+      }
+    }
+  }
+
+  // Resumes that rewrite points, made deterministic by removing the newest checkpoints of a clean stop
+  // (what a crash right after the older checkpoint leaves), then a real SIGKILL:
+  //  1. SIGUSR1 before step 8 (checkpoints 4, 8 and the stop's 9); 8 and 9 removed: the resume from 4
+  //     rewrites epoch 0's points (epoch_*, histograms, evaluation at 6) and batch 5..: two STARTs at
+  //     step 0 (the loader takes a run's first START for the session's start), then copies of the
+  //     points still valid at steps >= 0 (keras, batch 1..4).
+  //  2. SIGTERM before step 13 (the stop's checkpoint 14 removed): the resume from 12, epoch 2's end (an
+  //     epoch boundary), rewrites batch 13..: one START at 13 (the run has one now).
+  //  3. SIGKILL before step 17: the resume from 16 finds what the killed writer left (maybe a short
+  //     last record), and a START at 17 only if batch 17 reached the file.
+  auto remove_checkpoints = [&](const std::vector<int>& iterations) {
+    for (int it : iterations) {
+      char name[64];
+      std::snprintf(name, sizeof name, "ckpt-%010d.h5", it);
+      EXPECT_TRUE(fs::remove(t / "crash/checkpoints" + "/" + name)) << name;
+    }
+  };
+  Res c1 = train(run, t / "crash", 0, "", {sig_env(0, 8, SIGUSR1)});
+  ASSERT_EQ(c1.rc, 75) << tail(c1.out);
+  remove_checkpoints({8, 9});
+  Res c2 = train(run, t / "crash", 0, "--resume auto", {sig_env(0, 13, SIGTERM)});
+  ASSERT_EQ(c2.rc, 75) << tail(c2.out);
+  EXPECT_NE(c2.out.find("ckpt-0000000004.h5"), std::string::npos) << tail(c2.out);
+  remove_checkpoints({14});
+  Res c3 = train(run, t / "crash", 0, "--resume auto", {sig_env(0, 17, SIGKILL)});
+  ASSERT_EQ(c3.rc, 128 + SIGKILL) << tail(c3.out);
+  EXPECT_NE(c3.out.find("ckpt-0000000012.h5"), std::string::npos) << tail(c3.out);
+  Res c4 = train(run, t / "crash", 0, "--resume auto");
+  ASSERT_EQ(c4.rc, 0) << tail(c4.out);
+  EXPECT_NE(c4.out.find("ckpt-0000000016.h5"), std::string::npos) << tail(c4.out);
+  same_view(t / "crash", "resumed from older checkpoints and after SIGKILL", 4, 2, true);
+  // The START records: only at the start of a file (before its first summary), all at one step.
+  const auto files = tb::event_files(t / "crash/logs/train");
+  ASSERT_EQ(files.size(), 4u);
+  std::vector<std::vector<int64_t>> starts(4);
+  for (size_t i = 0; i < 4; ++i) {
+    bool summary_seen = false;
+    for (const tb::Event& e : tb::read_event_file(files[i]).events) {
+      if (e.session_status == int(tb::SessionStatus::Start)) {
+        EXPECT_FALSE(summary_seen) << files[i] << ": a START after summaries";
+        starts[i].push_back(e.step);
+      }
+      summary_seen = summary_seen || !e.values.empty();
+    }
+  }
+  EXPECT_EQ(starts[0], std::vector<int64_t>{});
+  EXPECT_EQ(starts[1], (std::vector<int64_t>{0, 0}));
+  EXPECT_EQ(starts[2], std::vector<int64_t>{13});
+  EXPECT_TRUE(starts[3].empty() || starts[3] == std::vector<int64_t>{17}) << starts[3].size();
+}
+
+// (6) 2 ranks: rank 0 alone writes (one file per run directory, no other event file anywhere), and the
+// points are the 1-rank run's: same tags and steps, scalars within the Equiv tests' relative 1e-5.
+TEST(TensorBoard, TwoRanksOnlyRankZeroWritesTheOneRankCurves) {
+  Tmp t;
+  const RunSpec s = tb_spec("{update_freq: 2, histogram_freq: 1}", "schedule: {name: exponential_decay, decay_steps: 4, decay_rate: 0.5}\n");
+  tb_train(t, "np1", s);
+  tb_train(t, "np2", s, 2);
+  ASSERT_FALSE(HasFailure());
+  const TbLogs a = read_logs(t / "np1/logs"), b = read_logs(t / "np2/logs");
+  for (int run : {0, 1}) {
+    ASSERT_EQ(b.files[run].size(), 1u) << "2 ranks: " << (run ? "validation" : "train") << " files";
+    EXPECT_EQ(tb_tag_set(b.tags[run]), tb_tag_set(a.tags[run]));
+    for (const auto& [tag, points] : a.tags[run]) {
+      if (!b.tags[run].count(tag)) continue;
+      const auto& q = b.tags[run].at(tag);
+      ASSERT_EQ(tb_steps(b.tags[run], tag), tb_steps(a.tags[run], tag)) << tag;
+      for (size_t i = 0; i < points.size(); ++i) {
+        if (points[i].kind == 0) {
+          EXPECT_LE(std::fabs(double(q[i].value) - double(points[i].value)), 1e-5 * std::fabs(double(points[i].value)))
+              << tag << " at step " << points[i].step << ": 1 rank " << points[i].value << ", 2 ranks " << q[i].value;
+        } else if (points[i].kind == 2) {
+          EXPECT_EQ(q[i].text, points[i].text) << tag;
+        } else {
+          double n = 0, m = 0;
+          for (const auto& row : q[i].buckets) n += row.count;
+          for (const auto& row : points[i].buckets) m += row.count;
+          EXPECT_EQ(n, m) << tag;
+        }
+      }
+    }
+  }
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(t / "np2"))
+    files += e.path().filename().string().find("tfevents") != std::string::npos;
+  EXPECT_EQ(files, 2) << "event files other than rank 0's train and validation files";
+  EXPECT_EQ(b.names[0][0].pid, b.names[1][0].pid) << "train and validation written by different processes";
+  // An unusable log_dir (through a regular file): rank 0 finds it, both ranks stop before training, exit
+  // 2, FILE:LINE:COL: callbacks.tensorboard.log_dir.
+  std::ofstream(t / "file") << "x";
+  Res r = train(write_run(t / "bad.yaml", tb_spec("{log_dir: " + t / "file/logs" + "}")), t / "bad", 2, "", {}, 30);
+  EXPECT_EQ(r.rc, 2) << tail(r.out);
+  EXPECT_TRUE(std::regex_search(r.out, std::regex(regex_escape(t / "bad.yaml") +
+                                                  ":[0-9]+:[0-9]+: callbacks\\.tensorboard\\.log_dir: cannot create the log directory")))
+      << tail(r.out);
+  EXPECT_EQ(r.out.find("Epoch 1/"), std::string::npos) << tail(r.out);
+  EXPECT_FALSE(fs::exists(t / "bad/history.csv"));
+}
+
+// (7) An unusable log_dir (through a regular file, a regular file itself, a regular file as its train
+// run; root ignores permissions) or a misspelt key: exit 2 before the first epoch, FILE:LINE:COL naming
+// callbacks.tensorboard.<key>.
+TEST(TensorBoard, UnusableLogDirOrMisspeltKeyExit2BeforeTraining) {
+  Tmp t;
+  std::ofstream(t / "file") << "x";
+  fs::create_directories(t / "blocked/logs");
+  std::ofstream(t / "blocked/logs/train") << "x";
+  struct Case {
+    std::string name, tensorboard_yaml, run_dir, key, message;
+    int np;
+  };
+  const std::vector<Case> cases = {
+      {"through_file", "    log_dir: " + t / "file/logs" + "\n", t / "r1", "callbacks.tensorboard.log_dir",
+       "cannot create the log directory", 0},
+      {"is_file", "    log_dir: " + t / "file" + "\n", t / "r3", "callbacks.tensorboard.log_dir",
+       "cannot create the log directory " + t / "file" + " (Not a directory)", 0},
+      {"train_is_file", "    log_dir: logs\n    update_freq: batch\n", t / "blocked", "callbacks.tensorboard.log_dir",
+       "cannot write event files in " + t / "blocked/logs/train", 0},
+      {"misspelt", "    log_dir: logs\n    histgram_freq: 1\n", t / "r5", "callbacks.tensorboard.histgram_freq",
+       "did you mean 'histogram_freq'?", 0},
+      {"misspelt_value", "    update_freq: batches\n", t / "r6", "callbacks.tensorboard.update_freq",
+       "expected epoch, batch or a number", 0},
+  };
+  for (const Case& c : cases) {
+    RunSpec s = tb_spec("{}");
+    s.more = "callbacks:\n  tensorboard:\n" + c.tensorboard_yaml;
+    const std::string file = write_run(t / (c.name + ".yaml"), s);
+    // The line of the key the error must point at.
+    const std::string key = c.key.substr(c.key.rfind('.') + 1) + ":";
+    int line = 0;
+    {
+      std::istringstream in(read_text(file));
+      std::string l;
+      for (int i = 1; std::getline(in, l); ++i)
+        if (l.find(key) != std::string::npos) line = i;
+    }
+    ASSERT_GT(line, 0) << c.name;
+    Res r = train(file, c.run_dir, c.np, "", {}, 30);
+    std::cout << "[tensorboard] " << c.name << " -> exit " << r.rc << ": " << r.out.substr(0, r.out.find('\n')) << "\n";
+    EXPECT_EQ(r.rc, 2) << c.name << "\n" << tail(r.out);
+    const std::regex where(regex_escape(file) + ":([0-9]+):[0-9]+: " + regex_escape(c.key) + ": ");
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.out, m, where)) << c.name << ": no FILE:LINE:COL: " << c.key << ":\n" << tail(r.out);
+    EXPECT_EQ(std::stoi(m[1]), line) << c.name << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.message), std::string::npos) << c.name << "\n" << r.out;
+    EXPECT_EQ(r.out.find("Epoch 1/"), std::string::npos) << c.name << ": training started\n" << r.out;
+    EXPECT_FALSE(fs::exists(c.run_dir + "/history.csv")) << c.name << ": training started";
+    EXPECT_EQ(r.out.find("terminate called"), std::string::npos) << r.out;
+  }
 }
 
 // ---- the dataset fixture ---------------------------------------------------------------------------
