@@ -11,7 +11,7 @@
 //
 //   Against the MPI ring over Open MPI's shared-memory transport (which copies each chunk through
 //   the kernel, process_vm_readv): 2 ranks, 1.2 MB, 35-45 us against 150-190 us; 2.0 MB, 70-140 us
-//   against 260-530 us (a throwaway MPI_Win_allocate_shared probe on this 2-vCPU VM, README).
+//   against 260-530 us (a throwaway MPI_Win_allocate_shared probe on this 2-vCPU VM, docs/performance.md).
 //
 // PROTOCOL (per rank, in its control block; all counters only grow)
 //   launch(s):  write slot s % kSlots = {s, offset, count, type, op}, then `arrived = s` (release).

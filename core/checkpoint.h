@@ -1,4 +1,4 @@
-// HDF5 files of a model's weights and training state (the checkpoint layout; README "Checkpoint layout").
+// HDF5 files of a model's weights and training state (the checkpoint layout: docs/checkpoints.md).
 //
 //   /                         attrs: format = "lockstep-checkpoint", format_version = 2,
 //                                    model_name, run_config (the resolved run file, YAML)

@@ -1,7 +1,7 @@
 // Datasets in the lockstep HDF5 layout, the run file's `data:` section, and the preprocessing the
 // chapter does (validation split, scaling, standardization, class filtering, sample limits).
 //
-// Layout (see data/README-data.md; stable, files written by h5py in it load too):
+// Layout (docs/data.md; stable, files written by h5py in it load too):
 //   /train/x  uint8 [N, H, W, C] (or [N, H, W] for C = 1), chunked + compressed
 //   /train/y  integer [N] (uint8 or int32 written; any integer type read)
 //   /test/x, /test/y   the same (optional when only training)
@@ -32,7 +32,7 @@ const char* last_batch_name(LastBatch l);
 struct ValidationSpec {
   enum class Kind { None, First, Last, Fraction } kind = Kind::None;
   int64_t count = 0;      // First / Last
-  double fraction = 0.0;  // Fraction: the last floor(N*f)... see README (Keras validation_split)
+  double fraction = 0.0;  // Fraction: the last floor(N*f)... see docs/configuration.md (Keras validation_split)
 };
 
 // A python slice [start:stop) of the file's training split, taken before the validation split is carved
