@@ -100,7 +100,7 @@ class Adam final : public Optimizer {
     return s;
   }
   void begin_step(int64_t t, double lr) override {
-    alpha_ = lr * std::sqrt(1.0 - std::pow(b2_, double(t))) / (1.0 - std::pow(b1_, double(t)));
+    alpha_ = lr * std::sqrt(1.0 - std::pow(hyper(b2_), double(t))) / (1.0 - std::pow(hyper(b1_), double(t)));
   }
   void update(const Tensor& w, const Tensor& g, const std::vector<Tensor>& s) override {
     ops::adam_update(w, g, s[0], s[1], amsgrad_ ? s[2] : Tensor(), alpha_, b1_, b2_, eps_);
@@ -121,7 +121,7 @@ class Adamax final : public Optimizer {
 
  protected:
   std::vector<SlotSpec> slot_specs() const override { return {{"m", 0.0}, {"v", 0.0}}; }
-  void begin_step(int64_t t, double lr) override { lr_t_ = lr / (1.0 - std::pow(b1_, double(t))); }
+  void begin_step(int64_t t, double lr) override { lr_t_ = lr / (1.0 - std::pow(hyper(b1_), double(t))); }
   void update(const Tensor& w, const Tensor& g, const std::vector<Tensor>& s) override {
     ops::adamax_update(w, g, s[0], s[1], lr_t_, b1_, b2_, eps_);
   }
@@ -145,8 +145,8 @@ class Nadam final : public Optimizer {
   std::vector<std::pair<std::string, double*>> scalars() override { return {{"momentum_cache", &cache_}}; }
   void begin_step(int64_t t, double lr) override {
     const double decay = 0.004;
-    const double mu_t = b1_ * (1.0 - 0.5 * std::pow(0.96, decay * double(t)));
-    const double mu_next = b1_ * (1.0 - 0.5 * std::pow(0.96, decay * double(t + 1)));
+    const double mu_t = hyper(b1_) * (1.0 - 0.5 * std::pow(0.96, decay * double(t)));
+    const double mu_next = hyper(b1_) * (1.0 - 0.5 * std::pow(0.96, decay * double(t + 1)));
     cache_ *= mu_t;
     c_ = {};
     c_.lr = lr;
@@ -155,7 +155,7 @@ class Nadam final : public Optimizer {
     c_.eps = eps_;
     c_.g_scale = 1.0 / (1.0 - cache_);
     c_.m_scale = 1.0 / (1.0 - cache_ * mu_next);
-    c_.v_scale = 1.0 / (1.0 - std::pow(b2_, double(t)));
+    c_.v_scale = 1.0 / (1.0 - std::pow(hyper(b2_), double(t)));
     c_.mu_t = mu_t;
     c_.mu_next = mu_next;
   }
@@ -250,6 +250,7 @@ void Optimizer::bind(const Model& model) {
   specs_ = slot_specs();
   slots_.clear();
   const Tensor& g = model.grads_arena();
+  f32_ = g.dtype() == DType::F32;
   for (const SlotSpec& s : specs_) {
     Tensor t = Tensor::zeros(g.shape(), g.device(), g.dtype());
     if (s.initial != 0.0) ops::fill(t, s.initial);

@@ -95,9 +95,15 @@ class Optimizer {
   // Update w (flat) from g with the slots' matching views.
   virtual void update(const Tensor& w, const Tensor& g, const std::vector<Tensor>& slots) = 0;
 
+  // A hyper-parameter as the update sees it: Keras 2.10 reads beta_1, beta_2... as variables of the
+  // weights' dtype (`_get_hyper(name, var_dtype)`), so a float32 model's bias corrections use
+  // float(0.999): 1 - float(0.999) is 1e-3·(1 - 1.3e-5), a 6.4e-6 relative change of Adam's first steps.
+  double hyper(double x) const { return f32_ ? double(float(x)) : x; }
+
   std::string name_;
   double lr_;
   double decay_ = 0.0;
+  bool f32_ = true;  // the bound model's weights are float32
   ClipOptions clip_;
   int64_t iterations_ = 0;
   int64_t t_ = 1;        // the step being applied (iterations + 1), for bias corrections

@@ -201,7 +201,8 @@ Reference adam_ref(double lr, double b1, double b2, double eps, bool amsgrad) {
   if (amsgrad) r.slot_names.push_back("vhat");
   r.slot_init.assign(r.slot_names.size(), 0.0);
   r.step = [=](int64_t t, Vec& w, const Vec& g, std::vector<Vec>& s, double&) {
-    const double alpha = hp(lr * std::sqrt(1 - std::pow(b2, double(t))) / (1 - std::pow(b1, double(t))));
+    // Keras's float32 beta variables in the bias corrections too (hp: float(0.999) in a float32 model).
+    const double alpha = hp(lr * std::sqrt(1 - std::pow(hp(b2), double(t))) / (1 - std::pow(hp(b1), double(t))));
     const double b1r = hp(b1), b2r = hp(b2), epsr = hp(eps);
     for (size_t i = 0; i < w.size(); ++i) {
       s[0][i] = b1r * s[0][i] + (1 - b1r) * g[i];
@@ -215,7 +216,7 @@ Reference adam_ref(double lr, double b1, double b2, double eps, bool amsgrad) {
 }
 Reference adamax_ref(double lr, double b1, double b2, double eps) {
   return {{"m", "v"}, {0.0, 0.0}, [=](int64_t t, Vec& w, const Vec& g, std::vector<Vec>& s, double&) {
-            const double lr_t = hp(lr / (1 - std::pow(b1, double(t)))), b1r = hp(b1), b2r = hp(b2), epsr = hp(eps);
+            const double lr_t = hp(lr / (1 - std::pow(hp(b1), double(t)))), b1r = hp(b1), b2r = hp(b2), epsr = hp(eps);
             for (size_t i = 0; i < w.size(); ++i) {
               s[0][i] = b1r * s[0][i] + (1 - b1r) * g[i];
               s[1][i] = std::max(b2r * s[1][i], std::abs(g[i]));
@@ -227,11 +228,11 @@ Reference adamax_ref(double lr, double b1, double b2, double eps) {
 Reference nadam_ref(double lr, double b1, double b2, double eps, double decay = 0.004) {
   Reference r{{"m", "v"}, {0.0, 0.0}, nullptr, "momentum_cache", 1.0};
   r.step = [=](int64_t t, Vec& w, const Vec& g, std::vector<Vec>& s, double& cache) {
-    const double mu_t = b1 * (1 - 0.5 * std::pow(0.96, decay * double(t)));
-    const double mu_t1 = b1 * (1 - 0.5 * std::pow(0.96, decay * double(t + 1)));
+    const double mu_t = hp(b1) * (1 - 0.5 * std::pow(0.96, decay * double(t)));
+    const double mu_t1 = hp(b1) * (1 - 0.5 * std::pow(0.96, decay * double(t + 1)));
     cache = cache * mu_t;
     const double g_scale = hp(1 / (1 - cache)), m_scale = hp(1 / (1 - cache * mu_t1)),
-                 v_scale = hp(1 / (1 - std::pow(b2, double(t))));
+                 v_scale = hp(1 / (1 - std::pow(hp(b2), double(t))));
     const double b1r = hp(b1), b2r = hp(b2), mu_tr = hp(mu_t), mu_t1r = hp(mu_t1), lrr = hp(lr), epsr = hp(eps);
     for (size_t i = 0; i < w.size(); ++i) {
       const double gp = g[i] * g_scale;  // g / (1 - cache_t)
