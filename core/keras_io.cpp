@@ -145,6 +145,24 @@ ojson optimizer_json(const ConfigNode& node) {
   return o;
 }
 
+// Whether Keras's optimizer has the slot `<Opt>/<layer>/<weight>/<slot>:0`. Keras builds slots for
+// model.trainable_weights only, and tf.keras loads optimizer_weights by position with a length check:
+// a slot of a frozen layer (trainable: false, whose slots lockstep keeps) would make it refuse the
+// whole optimizer state ("Error in loading the saved optimizer state").
+bool keras_has_slot(const Model& model, const std::string& name) {
+  const size_t a = name.find('/'), b = a == std::string::npos ? a : name.find('/', a + 1),
+               c = b == std::string::npos ? b : name.find('/', b + 1);
+  if (c == std::string::npos) return true;
+  const int li = model.find_layer(name.substr(a + 1, b - a - 1));
+  if (li < 0) return true;
+  const Layer& l = *model.layers()[size_t(li)];
+  if (!l.trainable()) return false;
+  const std::string weight = name.substr(b + 1, c - b - 1);
+  for (const Weight& w : l.weights())
+    if (w.name == weight) return w.trainable;
+  return true;
+}
+
 }  // namespace
 
 void write_keras_h5(const std::string& path, const Model& model, const ConfigNode& run, const CheckpointContents* state) {
@@ -220,6 +238,7 @@ void write_keras_h5(const std::string& path, const Model& model, const ConfigNod
           write_dataset(ow, on.back(), t);
         }
         for (const auto& [n, t] : state->optimizer) {
+          if (!keras_has_slot(model, n)) continue;
           on.push_back(n);
           write_dataset(ow, n, t);
         }

@@ -850,9 +850,6 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
       r.history_csv = header;
     } else {
       result.last_checkpoint = from;
-      if (root)
-        std::cout << "Resuming from " << from << " (epoch " << r.epoch + 1 << ", step " << r.step_in_epoch
-                  << " of the epoch, global step " << optimizer_->iterations() << ")\n";
     }
     comm_.broadcast(model_->weights_arena(), 0);
   }
@@ -870,6 +867,9 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
                              dataset_.config.last_batch, dataset_.config.prefetch);
   const int64_t steps = loader.steps_per_epoch();
   if (schedule_) schedule_->set_run_length(steps, epochs_);
+  if (root && !result.last_checkpoint.empty())
+    std::cout << "Resuming from " << result.last_checkpoint << " (epoch " << r.epoch + 1 << ", step " << r.step_in_epoch
+              << " of the epoch, global step " << r.epoch * steps + r.step_in_epoch << ")\n";
   const std::vector<std::string> order = logged_keys(false);
   const bool tty = root && verbose_ == 1 && isatty(STDOUT_FILENO);
   install_stop_handlers(warning_signal_);  // normally done already, before start-up (lockstep train)
@@ -884,9 +884,15 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   const size_t nsums = 2 + metrics_.size();
   std::vector<double> step_sums(nsums + 1, 0.0);  // + the stop flag
   std::vector<std::string> kept = periodic_checkpoints(run_dir);  // oldest first
+  // The global step: batches done since the run began (checkpoint names, random draws, schedules). Not
+  // the optimizer's iterations, which restart at an unfreeze (transfer.freeze_epochs) as Keras's compile()
+  // does: named by them, the unfrozen epochs' checkpoints overwrote the frozen ones', and a run resumed
+  // after the unfreeze drew other dropout masks than the uninterrupted run.
+  int64_t global_step = r.epoch * steps + r.step_in_epoch;
   auto checkpoint = [&](int64_t epoch, int64_t done, const std::vector<double>& sums) {
+    if (tensorboard) tensorboard->wait_written();  // the logs up to the checkpoint are on disk first
     char name[64];
-    std::snprintf(name, sizeof name, "ckpt-%010lld.h5", static_cast<long long>(optimizer_->iterations()));
+    std::snprintf(name, sizeof name, "ckpt-%010lld.h5", static_cast<long long>(global_step));
     const std::string path = write_checkpoint(run_dir, name, epoch, done, sums, history_csv);
     result.last_checkpoint = path;
     if (std::find(kept.begin(), kept.end(), path) == kept.end()) kept.push_back(path);
@@ -897,7 +903,6 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
     }
   };
 
-  int64_t global_step = optimizer_->iterations();
   // TensorBoard's step: batches done since the run began (the optimizer's iterations restart at an
   // unfreeze, as Keras's compile() does; the logs' steps go on).
   if (tensorboard) tensorboard->on_train_begin(*model_, r.epoch, r.epoch * steps + r.step_in_epoch);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +15,9 @@
 #include "core/keras_json.h"
 #include <nlohmann/json.hpp>
 #include "core/model.h"
+#include "core/trainer.h"
+#include "comm/local_communicator.h"
+#include "data/dataset.h"
 
 namespace lockstep {
 namespace {
@@ -209,6 +213,120 @@ TEST(KerasExport, WriteSample) {
                                    r.weight->value.to(DType::F32));
     write_keras_h5(std::string(out) + "/" + name + ".h5", *m, run, &c);
   }
+}
+
+// Keras builds optimizer slots for model.trainable_weights only and tf.keras loads optimizer_weights
+// by position with a length check: the slots lockstep keeps for a frozen layer (trainable: false) must
+// be left out, or tf_keras refuses the whole state (found by tests/keras/keras_roundtrip.py).
+TEST(KerasExport, OptimizerWeightsLeaveOutFrozenLayers) {
+  TempDir d;
+  ConfigNode run = load_config_string("loss: sparse_categorical_crossentropy\noptimizer: {name: adam}\n");
+  auto m = build(R"(model:
+  input_shape: [3]
+  layers:
+    - dense: {name: d0, units: 4}
+    - dense: {name: frozen, units: 4, trainable: false}
+    - batch_normalization: {name: bn}
+    - dense: {name: d2, units: 2}
+)");
+  CheckpointContents c;
+  c.state["optimizer.iterations"] = 3;
+  for (const char* slot : {"m", "v"})
+    for (const WeightRef& r : m->weight_refs())
+      if (r.grad_offset >= 0)
+        c.optimizer.emplace_back(str_cat("Adam/", m->layers()[size_t(r.layer)]->name(), "/", r.weight->name, "/", slot, ":0"),
+                                 r.weight->value.to(DType::F32));
+  const std::string p = d.path() + "/m.h5";
+  write_keras_h5(p, *m, run, &c);
+  hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t g = H5Gopen2(f, "optimizer_weights", H5P_DEFAULT);
+  hid_t a = H5Aopen(g, "weight_names", H5P_DEFAULT);
+  hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+  const size_t width = H5Tget_size(t);
+  const hssize_t n = H5Sget_simple_extent_npoints(sp);
+  std::vector<char> buf(width * size_t(n));
+  ASSERT_GE(H5Aread(a, t, buf.data()), 0);
+  std::vector<std::string> names;
+  for (hssize_t i = 0; i < n; ++i) names.emplace_back(&buf[size_t(i) * width], strnlen(&buf[size_t(i) * width], width));
+  H5Sclose(sp), H5Tclose(t), H5Aclose(a), H5Gclose(g), H5Fclose(f);
+  // Keras's legacy Adam order: iter, then m of every trainable weight, then v.
+  std::vector<std::string> want = {"Adam/iter:0"};
+  for (const char* slot : {"m", "v"})
+    for (const char* w : {"d0/kernel", "d0/bias", "bn/gamma", "bn/beta", "d2/kernel", "d2/bias"})
+      want.push_back(str_cat("Adam/", w, "/", slot, ":0"));
+  EXPECT_EQ(names, want);
+}
+
+// The text of a run file's top-level section `key` (up to the next top-level key).
+std::string yaml_section(const std::string& file, const std::string& key) {
+  std::ifstream in(file);
+  std::string line, out;
+  bool on = false;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] != ' ') on = line.rfind(key, 0) == 0;
+    if (on) out += (line.rfind(key, 0) == 0 ? line.substr(key.size()) : line) + "\n";
+  }
+  return out;
+}
+
+// transfer: {from: a Keras .h5, freeze_epochs} (the chapter's model B on A). The trainer named periodic
+// checkpoints by the optimizer's iterations, which restart at the unfreeze (a fresh optimizer, as Keras's
+// compile()): the unfrozen epochs' checkpoints overwrote the frozen ones' (ckpt-4 held epoch 3), and a
+// run resumed after the unfreeze took that count for its global step, so its dropout masks differed from
+// the uninterrupted run's (found by tests/keras/keras_roundtrip.py). Names are global steps now.
+TEST(KerasTransfer, CheckpointsAfterAnUnfreezeKeepGlobalStepsAndResumeBitIdentically) {
+  TempDir d;
+  const std::string dir = d.path();
+  data::RawDataset ds;
+  ds.name = "tiny";
+  for (int k = 0; k < 4; ++k) ds.class_names.push_back(str_cat("c", k));
+  for (data::RawSplit* sp : {&ds.train, &ds.test}) {
+    sp->n = sp == &ds.train ? 64 : 16, sp->h = 4, sp->w = 4;
+    for (int64_t i = 0; i < sp->n * 16; ++i) sp->x.push_back(uint8_t((i * 37 + i / 16 * 11) % 251));
+    for (int64_t i = 0; i < sp->n; ++i) sp->y.push_back(int32_t(i % 4));
+  }
+  data::write_dataset_file(ds, dir + "/data.h5", 1);
+  auto a = build(R"(model:
+  input_shape: [4, 4]
+  layers:
+    - flatten: {name: flat}
+    - dense: {name: h1, units: 8, activation: selu}
+    - dense: {name: h2, units: 8, activation: selu}
+    - dense: {name: out_a, units: 4, activation: softmax}
+)");
+  write_keras_h5(dir + "/model_A.h5", *a, ConfigNode(), nullptr);
+  const std::string run_file = dir + "/b.yaml";
+  std::ofstream(run_file) << "seed: 5\ndata: {path: data.h5, scale: 255}\n"
+                             "model:\n  input_shape: [4, 4]\n  layers:\n    - flatten: {name: flat}\n"
+                             "    - dense: {name: h1, units: 8, activation: selu}\n    - dropout: {rate: 0.3}\n"
+                             "    - dense: {name: h2, units: 8, activation: selu}\n"
+                             "    - dense: {name: head, units: 4, activation: softmax}\n"
+                             "loss: sparse_categorical_crossentropy\noptimizer: {name: sgd, learning_rate: 0.05}\n"
+                             "transfer: {from: model_A.h5, layers: [h1, h2], freeze_epochs: 1}\n"
+                             "checkpoint: {keep: 10}\ntrain: {epochs: 4, batch_size: 16, verbose: 0}\n";
+  comm::LocalCommunicator local;
+  {
+    Trainer t(load_config_file(run_file), run_file, local);
+    t.fit(dir + "/ref", "");
+  }
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir + "/ref/checkpoints")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt-0000000004.h5", "ckpt-0000000008.h5", "ckpt-0000000012.h5",
+                                             "ckpt-0000000016.h5"}));
+  // Resume from epoch 2's checkpoint (after the unfreeze at epoch 2): epochs 3 and 4 draw the dropout
+  // masks of global steps 8..15, as the uninterrupted run did: the same final model, bit for bit.
+  fs::create_directories(dir + "/resumed/checkpoints");
+  fs::copy_file(dir + "/ref/checkpoints/ckpt-0000000008.h5", dir + "/resumed/checkpoints/ckpt-0000000008.h5");
+  {
+    Trainer t(load_config_file(run_file), run_file, local);
+    t.fit(dir + "/resumed", "auto");
+  }
+  const std::string model_b = "model:" + yaml_section(run_file, "model:");
+  auto ref = build(model_b), res = build(model_b);
+  load_checkpoint(dir + "/ref/final.h5", *ref);
+  load_checkpoint(dir + "/resumed/final.h5", *res);
+  expect_same_weights(*ref, *res);
 }
 
 // ---- the fixtures (../shared/datasets/keras-h5) ----------------------------------------------------
