@@ -185,6 +185,21 @@ int cmd_plot(const std::vector<std::string>& args) {
 // every rank segfault instead of exiting with the error's status under mpirun).
 std::shared_ptr<comm::Communicator> g_comm;
 
+// Start-up and signals: the stop signals (SIGTERM, SIGINT, SIGUSR1, SIGUSR2) are blocked from the first
+// instruction of main() until `lockstep train` has installed its handlers (or another verb restores the
+// default actions). A blocked signal stays pending, through the re-execution that sets OMP_WAIT_POLICY
+// too (execve keeps the mask and the pending set), and is delivered the moment the mask is lifted: a
+// warning signal at any moment after launch ends a run with status 75 (after one step and a checkpoint
+// once training has started), instead of killing it with status 138 before its handler exists.
+constexpr int kStopSignals[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+void set_stop_signals_blocked(bool blocked) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : kStopSignals) sigaddset(&set, sig);
+  sigprocmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nullptr);
+}
+
+
 struct Session {
   std::shared_ptr<comm::Communicator> comm;
   ConfigNode run;
@@ -229,6 +244,7 @@ int cmd_train(const std::vector<std::string>& args) {
   // --kill-on-bad-exit SIGTERMs this one, which must still end with its own error status, not 143.
   install_stop_handlers(0);
   install_stop_handlers(warning_signal_of(load_run_file(run_file, sets)));
+  set_stop_signals_blocked(false);  // a signal held since launch is delivered to its handler now
   Session s = start_session(run_file, sets, threads);
   Trainer trainer(s.run, run_file, *s.comm);
   if (run_dir.empty()) {
@@ -382,11 +398,13 @@ int report(const std::string& verb, const std::string& line, int code) {
   if (code == 2 && size > 1 && rank != 0) {
     // Rank 0's abort signals this process: let the signal end it (the stop handlers would only note it).
     for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) std::signal(sig, SIG_DFL);
+    set_stop_signals_blocked(false);
     std::this_thread::sleep_for(std::chrono::seconds(3));
   }
   const std::string text = size > 1 ? str_cat(line, " (rank ", rank, ")\n") : line + "\n";
   std::fwrite(text.data(), 1, text.size(), stderr);
   std::fflush(stderr);
+  set_stop_signals_blocked(false);  // an error before train's handlers: the default actions again
   if (g_comm && g_comm->size() > 1) g_comm->abort(code, str_cat("lockstep ", verb, ": the error above"));
   return code;
 }
@@ -404,7 +422,10 @@ int main(int argc, char** argv) {
 }
 
 int run_verb(int argc, char** argv) {
+  set_stop_signals_blocked(true);
   ops::ensure_passive_openmp(argv);
+  // Only `train` stops cleanly on a signal; every other verb takes the default actions at once.
+  if (argc < 2 || std::string(argv[1]) != "train") set_stop_signals_blocked(false);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
