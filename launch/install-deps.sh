@@ -24,7 +24,10 @@ if [ "${LOCKSTEP_WITH_SLURM:-0}" = 1 ]; then
   pkgs+=(slurmctld slurmd slurm-client munge)   # tests/cluster: a one-node Slurm on localhost (tests/run sets this)
 fi
 if [ "${LOCKSTEP_WITH_PEERS:-0}" = 1 ]; then
-  pkgs+=(python3-torch hyperfine)     # benchmark peers
+  # benchmark peers: PyTorch is not Debian's python3-torch (1.13) but the current CPU wheel
+  # (torch==2.13.0), which tests/bench/peer_python.sh installs with pip into BUILD_DIR/venv-torch on the
+  # benchmarks' first run; python3-venv gives Debian's python3 its `-m venv`.
+  pkgs+=(python3-venv hyperfine)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

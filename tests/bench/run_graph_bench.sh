@@ -14,7 +14,9 @@
 #
 #   bash tests/bench/run_graph_bench.sh [BUILD_DIR] [BATCHES] [ROUNDS]
 #   bash tests/bench/run_graph_bench.sh build-bench "32 256" 5
-# PYTHON picks the interpreter with torch (default: BUILD_DIR/venv-torch/bin/python, else /usr/bin/python3);
+# The peer runs on the torch of peer_python.sh: by default the CPU wheel of torch 2.13.0 in
+# BUILD_DIR/venv-torch (created on first use), PYTHON=... overrides; torch_pairs.py puts torch=<version>
+# in every line and the table names it.
 # KEEP=DIR keeps the raw rows there. Samples/s cells are medians over the rounds' processes (each the
 # median of its windows), wall clock, with the CPU-second rate in brackets; the ratios are the figures
 # to compare (the machine is shared: absolute rates move with its load, ../shared/bench/BASELINE.md §3).
@@ -26,10 +28,9 @@ rounds=${3:-5}
 bench=$build/tests/bench/train_step_bench
 peer=$root/tests/bench/torch_pairs.py
 [ -x "$bench" ] || { echo "build $bench first (cmake --build $build --target train_step_bench)"; exit 2; }
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$build/venv-torch/bin/python" ]; then PYTHON=$build/venv-torch/bin/python; else PYTHON=/usr/bin/python3; fi
-fi
-torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+. "$root/tests/bench/peer_python.sh"
+peer_python "$build"
+torch_version=$TORCH_VERSION
 if [ -n "${KEEP:-}" ]; then out=$KEEP; mkdir -p "$out"; rm -f "$out"/{forms,ls,pt}.txt
 else out=$(mktemp -d); trap 'rm -rf "$out"' EXIT; fi
 
@@ -45,11 +46,7 @@ for r in $(seq "$rounds"); do
   done
 done
 
-cpu=$( (lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1) || true)
-[ -n "$cpu" ] || cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-fam=$(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1)
-mod=$(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1)
-PYTHONPATH="$root/tests/bench" python3 - "$out" "$batches" "$rounds" "$cpu (family $fam, model $mod), $(nproc) vCPUs" \
+PYTHONPATH="$root/tests/bench" python3 - "$out" "$batches" "$rounds" "$(bench_cpu_line)" \
     "${torch_version:-none}" <<'PY'
 import statistics, sys
 from bench_rows import med, parse
