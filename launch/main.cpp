@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
@@ -392,12 +394,17 @@ int launcher_value(std::initializer_list<const char*> names, int fallback) {
 }
 
 // Print `line` (one write, so that lines of several ranks do not interleave) and abort the job.
+volatile std::sig_atomic_t g_report_code = 2;
+extern "C" void exit_with_report_code(int) { _exit(g_report_code); }
+
 int report(const std::string& verb, const std::string& line, int code) {
   const int rank = g_comm ? g_comm->rank() : launcher_value({"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}, 0);
   const int size = g_comm ? g_comm->size() : launcher_value({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"}, 1);
   if (code == 2 && size > 1 && rank != 0) {
-    // Rank 0's abort signals this process: let the signal end it (the stop handlers would only note it).
-    for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) std::signal(sig, SIG_DFL);
+    // Rank 0's abort (or srun's --kill-on-bad-exit) signals this process: end it quietly with its own
+    // error status, not the signal's 143 (the stop handlers would only note the signal).
+    g_report_code = code;
+    for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) std::signal(sig, exit_with_report_code);
     set_stop_signals_blocked(false);
     std::this_thread::sleep_for(std::chrono::seconds(3));
   }
