@@ -956,6 +956,12 @@ void fsync_path(const std::string& path, bool directory) {
 void write_dataset_file(const RawDataset& ds, const std::string& path, int level) {
   h5::quiet_this_thread();
   const std::string tmp = path + ".tmp";
+  // The output's folder is made if missing (`--out runs/data/x.h5` on a fresh checkout).
+  if (const fs::path dir = fs::path(path).parent_path(); !dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    LS_REQUIRE(!ec, DataError, path, ": cannot create its folder ", dir.string(), " (", ec.message(), ")");
+  }
   try {
     {
       Handle f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::File);

@@ -1,6 +1,8 @@
 // Converters on small generated files in each official format.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <filesystem>
 
 #include "core/error.h"
@@ -119,6 +121,27 @@ TEST(Convert, OverwritesAtomically) {
   EXPECT_EQ(fs::file_size(opt.out_file), before);
   EXPECT_FALSE(fs::exists(opt.out_file + ".tmp"));
   EXPECT_EQ(open_dataset(cfg_for(opt.out_file)).train->size(), 10);
+}
+
+// `--out runs/data/m.h5` on a fresh checkout: the missing folders are made; a folder that cannot be
+// made (a regular file in the way) is a DataError naming the output.
+TEST(Convert, MakesTheOutputsFolder) {
+  TempDir d;
+  testing::make_idx_dir(d.path(), 10, 5, true);
+  ConvertOptions opt;
+  opt.format = SourceFormat::Mnist;
+  opt.src_dir = d.path();
+  opt.out_file = d.file("runs/data/m.h5");
+  convert(opt);
+  EXPECT_EQ(open_dataset(cfg_for(opt.out_file)).train->size(), 10);
+  std::ofstream(d.file("blocker")) << "x";
+  opt.out_file = d.file("blocker/m.h5");
+  try {
+    convert(opt);
+    FAIL() << "a folder through a regular file";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("blocker/m.h5"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
