@@ -1,4 +1,5 @@
 #include "core/checkpoint.h"
+#include "core/hdf5_handle.h"
 #include "core/keras_io.h"
 
 #include <fcntl.h>
@@ -19,23 +20,8 @@ namespace lockstep {
 
 namespace {
 
-// HDF5 prints an error stack from every thread that has not silenced it; we report our own errors.
-struct Quiet {
-  Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-};
-
-struct Handle {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  Handle(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  Handle(Handle&& o) noexcept : id(o.id), close(o.close) { o.id = -1; }
-  ~Handle() {
-    if (id >= 0) close(id);
-  }
-  operator hid_t() const { return id; }
-};
+using hdf5::Handle;
+using hdf5::Quiet;
 
 // Test-only fault injection (tests/trainer/guarantees_test.cpp; never set in production):
 //   LOCKSTEP_TEST_CKPT_POINT=N[:SIG]  raise SIG (default SIGKILL) at the Nth write point of this process's

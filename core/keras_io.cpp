@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/hdf5_handle.h"
 #include "core/keras_json.h"
 #include "core/ops.h"
 
@@ -24,32 +25,18 @@ namespace {
 
 constexpr const char* kKerasVersion = "2.12.0";  // what the exported files claim (any 2.x loads, §10.5)
 
-struct Quiet {
-  Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-};
-
-struct H {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  H(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
-  H(const H&) = delete;
-  H& operator=(const H&) = delete;
-  H(H&& o) noexcept : id(o.id), close(o.close) { o.id = -1; }
-  ~H() {
-    if (id >= 0) close(id);
-  }
-  operator hid_t() const { return id; }
-};
+using hdf5::Handle;
+using hdf5::Quiet;
 
 // ---- writing (§5.2) ------------------------------------------------------------------------------
 
 void attr_vlen(hid_t obj, const char* name, const std::string& value, H5T_cset_t cset) {
-  H type(H5Tcopy(H5T_C_S1), H5Tclose);
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type, H5T_VARIABLE);
   H5Tset_cset(type, cset);
   H5Tset_strpad(type, H5T_STR_NULLTERM);
-  H space(H5Screate(H5S_SCALAR), H5Sclose);
-  H attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   const char* p = value.c_str();
   if (attr < 0 || H5Awrite(attr, type, &p) < 0) throw Error(str_cat("writing attribute ", name));
 }
@@ -58,8 +45,8 @@ void attr_vlen(hid_t obj, const char* name, const std::string& value, H5T_cset_t
 void attr_names(hid_t obj, const char* name, const std::vector<std::string>& values) {
   if (values.empty()) {
     hsize_t n = 0;
-    H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-    H attr(H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    Handle attr(H5Acreate2(obj, name, H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
     if (attr < 0) throw Error(str_cat("writing attribute ", name));
     return;
   }
@@ -67,23 +54,23 @@ void attr_names(hid_t obj, const char* name, const std::vector<std::string>& val
   for (const auto& v : values) width = std::max(width, v.size());
   std::vector<char> buf(width * values.size(), '\0');
   for (size_t i = 0; i < values.size(); ++i) std::memcpy(&buf[i * width], values[i].data(), values[i].size());
-  H type(H5Tcopy(H5T_C_S1), H5Tclose);
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type, width);
   H5Tset_cset(type, H5T_CSET_ASCII);
   H5Tset_strpad(type, H5T_STR_NULLPAD);
   hsize_t n = values.size();
-  H space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-  H attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Handle attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   if (attr < 0 || H5Awrite(attr, type, buf.data()) < 0) throw Error(str_cat("writing attribute ", name));
 }
 
 void write_dataset(hid_t parent, const std::string& name, const Tensor& t) {
   Tensor c = t.device() == Device::CPU && t.dtype() == DType::F32 ? t : t.to(Device::CPU).to(DType::F32);
   std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
-  H space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
-  H lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  Handle space(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl, 1);
-  H ds(H5Dcreate2(parent, name.c_str(), H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  Handle ds(H5Dcreate2(parent, name.c_str(), H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
   if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data()) < 0)
     throw Error("writing dataset " + name);
 }
@@ -180,14 +167,14 @@ void write_keras_h5(const std::string& path, const Model& model, const ConfigNod
   }
   const std::string tmp = path + ".tmp";
   {
-    H file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     if (file < 0) throw UserError(str_cat(path, ": cannot create the file (is the directory writable?)"));
     try {
       attr_vlen(file, "keras_version", kKerasVersion, H5T_CSET_UTF8);
       attr_vlen(file, "backend", "tensorflow", H5T_CSET_UTF8);
       attr_vlen(file, "model_config", model_config, H5T_CSET_ASCII);
       if (!training_config.empty()) attr_vlen(file, "training_config", training_config, H5T_CSET_ASCII);
-      H mw(H5Gcreate2(file, "model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      Handle mw(H5Gcreate2(file, "model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
       // Sequential: every layer; Functional: InputLayers included (model.layers order, §2.2/§2.3).
       std::vector<const Layer*> layers;
       for (const auto& l : model.layers()) layers.push_back(l.get());
@@ -199,7 +186,7 @@ void write_keras_h5(const std::string& path, const Model& model, const ConfigNod
       std::vector<const Layer*> sorted = layers;
       std::sort(sorted.begin(), sorted.end(), [](const Layer* a, const Layer* b) { return a->name() < b->name(); });
       for (const Layer* l : sorted) {
-        H g(H5Gcreate2(mw, l->name().c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+        Handle g(H5Gcreate2(mw, l->name().c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
         // Keras: trainable weights first, then the others (BN: gamma, beta, moving_mean, moving_variance).
         std::vector<const Weight*> ws;
         for (const Weight& w : l->weights())
@@ -213,21 +200,21 @@ void write_keras_h5(const std::string& path, const Model& model, const ConfigNod
         }
         attr_names(g, "weight_names", wn);
       }
-      H top(H5Gcreate2(mw, "top_level_model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      Handle top(H5Gcreate2(mw, "top_level_model_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
       attr_names(top, "weight_names", {});
       // optimizer_weights: <Opt>/iter:0 (int64 scalar), Nadam's momentum_cache, then the slots in
       // lockstep's order, which is Keras 2.10's (slot type by slot type, weights in model order).
       if (state && !training_config.empty() && state->state.count("optimizer.iterations")) {
         const std::string opt = optimizer_json(run["optimizer"])["class_name"].get<std::string>();
-        H ow(H5Gcreate2(file, "optimizer_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+        Handle ow(H5Gcreate2(file, "optimizer_weights", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
         std::vector<std::string> on;
         {
           const int64_t it = int64_t(state->state.at("optimizer.iterations"));
-          H space(H5Screate(H5S_SCALAR), H5Sclose);
-          H lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+          Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+          Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
           H5Pset_create_intermediate_group(lcpl, 1);
           on.push_back(opt + "/iter:0");
-          H ds(H5Dcreate2(ow, on.back().c_str(), H5T_STD_I64LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+          Handle ds(H5Dcreate2(ow, on.back().c_str(), H5T_STD_I64LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
           if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &it) < 0)
             throw Error("writing optimizer iterations");
         }
@@ -284,9 +271,9 @@ std::vector<std::string> read_strings(hid_t obj, const std::string& name, const 
     if (present) *present = false;
     return out;
   }
-  H attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
-  H type(H5Aget_type(attr), H5Tclose);
-  H space(H5Aget_space(attr), H5Sclose);
+  Handle attr(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle type(H5Aget_type(attr), H5Tclose);
+  Handle space(H5Aget_space(attr), H5Sclose);
   const hssize_t n = H5Sget_simple_extent_npoints(space);
   if (H5Tget_class(type) != H5T_STRING) {
     if (n == 0) return out;
@@ -295,7 +282,7 @@ std::vector<std::string> read_strings(hid_t obj, const std::string& name, const 
   if (n <= 0) return out;
   if (H5Tis_variable_str(type) > 0) {
     std::vector<char*> ptrs(size_t(n), nullptr);
-    H mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(mem, H5T_VARIABLE);
     H5Tset_cset(mem, H5Tget_cset(type));
     if (H5Aread(attr, mem, ptrs.data()) < 0) throw CheckpointError(str_cat(file, ": cannot read attribute '", name, "'"));
@@ -305,7 +292,7 @@ std::vector<std::string> read_strings(hid_t obj, const std::string& name, const 
   }
   const size_t width = H5Tget_size(type);
   std::vector<char> buf(width * size_t(n));
-  H mem(H5Tcopy(type), H5Tclose);
+  Handle mem(H5Tcopy(type), H5Tclose);
   if (H5Aread(attr, mem, buf.data()) < 0) throw CheckpointError(str_cat(file, ": cannot read attribute '", name, "'"));
   const bool spacepad = H5Tget_strpad(type) == H5T_STR_SPACEPAD;
   for (hssize_t i = 0; i < n; ++i) {
@@ -321,10 +308,10 @@ std::string read_string(hid_t obj, const std::string& name, const std::string& f
   return v.empty() ? std::string() : v[0];
 }
 
-H open_h5(const std::string& path) {
+Handle open_h5(const std::string& path) {
   if (!fs::exists(path)) throw CheckpointError(path + ": no such file");
   if (H5Fis_hdf5(path.c_str()) <= 0) throw CheckpointError(path + ": not an HDF5 file (truncated or corrupt?)");
-  H file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (file < 0) throw CheckpointError(path + ": cannot open the HDF5 file (truncated or corrupt?)");
   return file;
 }
@@ -719,7 +706,7 @@ ojson read_model_config(const std::string& path) {
     return parse_json(ss.str(), path);
   }
   Quiet quiet;
-  H file = open_h5(path);
+  Handle file = open_h5(path);
   if (H5Aexists(file, "model_config") <= 0) {
     if (H5Aexists(file, "layer_names") > 0)
       throw CheckpointError(path + ": a weights-only file (model.save_weights): give the architecture as "
@@ -735,7 +722,7 @@ bool is_keras_file(const std::string& path) {
   if (ends_with(path, ".json")) return true;
   Quiet quiet;
   if (!fs::exists(path) || H5Fis_hdf5(path.c_str()) <= 0) return false;
-  H file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (file < 0) return false;
   if (H5Aexists(file, "format") > 0) {
     try {
@@ -758,9 +745,9 @@ YAML::Node keras_model_yaml(const std::string& path) {
 
 void load_keras_weights(const std::string& path, Model& model, const std::vector<int>* only_layers) {
   Quiet quiet;
-  H file = open_h5(path);
+  Handle file = open_h5(path);
   const bool full = H5Lexists(file, "model_weights", H5P_DEFAULT) > 0;
-  H root(H5Gopen2(file, full ? "model_weights" : "/", H5P_DEFAULT), H5Gclose);
+  Handle root(H5Gopen2(file, full ? "model_weights" : "/", H5P_DEFAULT), H5Gclose);
   bool present = false;
   const std::vector<std::string> layer_names = read_strings(root, "layer_names", path, &present);
   if (!present) throw CheckpointError(path + ": no model_weights/layer_names: not a Keras model or weights file");
@@ -775,7 +762,7 @@ void load_keras_weights(const std::string& path, Model& model, const std::vector
     if (std::find(layer_names.begin(), layer_names.end(), lname) == layer_names.end() ||
         H5Lexists(root, lname.c_str(), H5P_DEFAULT) <= 0)
       throw CheckpointError(str_cat(path, ": no weights for layer '", lname, "' (the file's layers are ", join(layer_names), ")"));
-    H g(H5Gopen2(root, lname.c_str(), H5P_DEFAULT), H5Gclose);
+    Handle g(H5Gopen2(root, lname.c_str(), H5P_DEFAULT), H5Gclose);
     if (g < 0) throw CheckpointError(str_cat(path, ": cannot open group for layer '", lname, "'"));
     const std::vector<std::string> wn = read_strings(g, "weight_names", path);
     if (wn.size() != layer.weights().size())
@@ -796,10 +783,10 @@ void load_keras_weights(const std::string& path, Model& model, const std::vector
         throw CheckpointError(str_cat(path, ": layer '", lname, "': dataset '", *found, "' is missing"));
       if (info.type != H5L_TYPE_HARD)
         throw CheckpointError(str_cat(path, ": layer '", lname, "': dataset '", *found, "' is a soft or external link (refused)"));
-      H ds(H5Dopen2(g, found->c_str(), H5P_DEFAULT), H5Dclose);
+      Handle ds(H5Dopen2(g, found->c_str(), H5P_DEFAULT), H5Dclose);
       if (ds < 0) throw CheckpointError(str_cat(path, ": layer '", lname, "': '", *found, "' is not a dataset"));
-      H sp(H5Dget_space(ds), H5Sclose);
-      H type(H5Dget_type(ds), H5Tclose);
+      Handle sp(H5Dget_space(ds), H5Sclose);
+      Handle type(H5Dget_type(ds), H5Tclose);
       if (H5Tget_class(type) != H5T_FLOAT)
         throw CheckpointError(str_cat(path, ": layer '", lname, "': dataset '", *found, "' is not floating point"));
       const int nd = H5Sget_simple_extent_ndims(sp);
