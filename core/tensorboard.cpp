@@ -6,6 +6,7 @@
 #include <boost/crc.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -51,30 +52,6 @@ uint64_t get_le(const char* p, int bytes) {
   return v;
 }
 
-uint64_t double_bits(double d) {
-  uint64_t u;
-  std::memcpy(&u, &d, 8);
-  return u;
-}
-
-double bits_double(uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
-}
-
-uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float bits_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 }  // namespace
 
 std::string frame_record(std::string_view data) {
@@ -107,13 +84,13 @@ ProtoWriter& ProtoWriter::varint(int field, uint64_t value) {
 
 ProtoWriter& ProtoWriter::fixed64(int field, double value) {
   key(field, 1);
-  put_le(&out_, double_bits(value), 8);
+  put_le(&out_, std::bit_cast<uint64_t>(value), 8);
   return *this;
 }
 
 ProtoWriter& ProtoWriter::fixed32(int field, float value) {
   key(field, 5);
-  put_le(&out_, float_bits(value), 4);
+  put_le(&out_, std::bit_cast<uint32_t>(value), 4);
   return *this;
 }
 
@@ -223,7 +200,7 @@ std::string file_version_event(double wall_time, const std::string& writer) {
 std::string scalar_event(double wall_time, int64_t step, const std::string& tag, float value) {
   ProtoWriter tensor;
   std::string content;
-  put_le(&content, float_bits(value), 4);
+  put_le(&content, std::bit_cast<uint32_t>(value), 4);
   tensor.varint(kTensorDtype, DT_FLOAT).bytes(kTensorShape, "").bytes(kTensorContent, content);
   return summary_event(wall_time, step, tag, tensor.str(), metadata("scalars", ""));
 }
@@ -233,9 +210,9 @@ std::string histogram_event(double wall_time, int64_t step, const std::string& t
   std::string content;
   content.reserve(buckets.size() * 24);
   for (const HistogramBucket& b : buckets) {
-    put_le(&content, double_bits(b.left), 8);
-    put_le(&content, double_bits(b.right), 8);
-    put_le(&content, double_bits(b.count), 8);
+    put_le(&content, std::bit_cast<uint64_t>(b.left), 8);
+    put_le(&content, std::bit_cast<uint64_t>(b.right), 8);
+    put_le(&content, std::bit_cast<uint64_t>(b.count), 8);
   }
   ProtoWriter tensor;
   tensor.varint(kTensorDtype, DT_DOUBLE).bytes(kTensorShape, shape({int64_t(buckets.size()), 3}));
@@ -318,15 +295,15 @@ class ProtoReader {
 
 // A repeated double/float field, packed or not.
 void add_doubles(const Field& f, std::vector<double>* out) {
-  if (f.wire == 1) return out->push_back(bits_double(f.value));
+  if (f.wire == 1) return out->push_back(std::bit_cast<double>(f.value));
   if (f.wire != 2 || f.bytes.size() % 8) throw DataError("protobuf: bad packed double field");
-  for (size_t i = 0; i < f.bytes.size(); i += 8) out->push_back(bits_double(get_le(f.bytes.data() + i, 8)));
+  for (size_t i = 0; i < f.bytes.size(); i += 8) out->push_back(std::bit_cast<double>(get_le(f.bytes.data() + i, 8)));
 }
 
 void add_floats(const Field& f, std::vector<float>* out) {
-  if (f.wire == 5) return out->push_back(bits_float(uint32_t(f.value)));
+  if (f.wire == 5) return out->push_back(std::bit_cast<float>(uint32_t(f.value)));
   if (f.wire != 2 || f.bytes.size() % 4) throw DataError("protobuf: bad packed float field");
-  for (size_t i = 0; i < f.bytes.size(); i += 4) out->push_back(bits_float(uint32_t(get_le(f.bytes.data() + i, 4))));
+  for (size_t i = 0; i < f.bytes.size(); i += 4) out->push_back(std::bit_cast<float>(uint32_t(get_le(f.bytes.data() + i, 4))));
 }
 
 void expect_wire(const Field& f, int wire, const char* what) {
@@ -374,7 +351,7 @@ HistoValue parse_histo(std::string_view data) {
   while (r.next(&f)) {
     if (f.number >= 1 && f.number <= 5) {
       expect_wire(f, 1, "HistogramProto scalar");
-      const double v = bits_double(f.value);
+      const double v = std::bit_cast<double>(f.value);
       (f.number == 1 ? h.min : f.number == 2 ? h.max : f.number == 3 ? h.num : f.number == 4 ? h.sum : h.sum_squares) = v;
     } else if (f.number == 6) {
       add_doubles(f, &h.bucket_limit);
@@ -395,7 +372,7 @@ SummaryValue parse_value(std::string_view data) {
       case kValueSimpleValue:
         expect_wire(f, 5, "Summary.Value.simple_value");
         v.kind = SummaryValue::Kind::Simple;
-        v.simple_value = bits_float(uint32_t(f.value));
+        v.simple_value = std::bit_cast<float>(uint32_t(f.value));
         break;
       case kValueHisto:
         expect_wire(f, 2, "Summary.Value.histo");
@@ -445,7 +422,7 @@ Event parse_event(std::string_view data) {
   Field f;
   while (r.next(&f)) {
     switch (f.number) {
-      case kEventWallTime: expect_wire(f, 1, "Event.wall_time"); e.wall_time = bits_double(f.value); break;
+      case kEventWallTime: expect_wire(f, 1, "Event.wall_time"); e.wall_time = std::bit_cast<double>(f.value); break;
       case kEventStep: expect_wire(f, 0, "Event.step"); e.step = int64_t(f.value); break;
       case kEventFileVersion: expect_wire(f, 2, "Event.file_version"); e.file_version.assign(f.bytes); break;
       case kEventGraphDef:
@@ -493,10 +470,10 @@ std::optional<double> SummaryValue::scalar() const {
   const TensorValue& t = tensor;
   if (!t.shape.empty()) return std::nullopt;  // rank 0, or no shape (RustBoard: rank 0)
   if (t.dtype == DT_FLOAT) {
-    if (t.content.size() == 4) return double(bits_float(uint32_t(get_le(t.content.data(), 4))));
+    if (t.content.size() == 4) return double(std::bit_cast<float>(uint32_t(get_le(t.content.data(), 4))));
     if (t.content.empty() && t.float_val.size() == 1) return double(t.float_val[0]);
   } else if (t.dtype == DT_DOUBLE) {
-    if (t.content.size() == 8) return bits_double(get_le(t.content.data(), 8));
+    if (t.content.size() == 8) return std::bit_cast<double>(get_le(t.content.data(), 8));
     if (t.content.empty() && t.double_val.size() == 1) return t.double_val[0];
   }
   return std::nullopt;
@@ -526,13 +503,13 @@ std::optional<std::vector<HistogramBucket>> SummaryValue::histogram() const {
   std::vector<double> flat;
   if (tensor.dtype == DT_DOUBLE) {
     if (tensor.content.size() == size_t(k) * 24) {
-      for (int64_t i = 0; i < k * 3; ++i) flat.push_back(bits_double(get_le(tensor.content.data() + 8 * i, 8)));
+      for (int64_t i = 0; i < k * 3; ++i) flat.push_back(std::bit_cast<double>(get_le(tensor.content.data() + 8 * i, 8)));
     } else {
       flat = tensor.double_val;
     }
   } else if (tensor.dtype == DT_FLOAT) {
     if (tensor.content.size() == size_t(k) * 12) {
-      for (int64_t i = 0; i < k * 3; ++i) flat.push_back(bits_float(uint32_t(get_le(tensor.content.data() + 4 * i, 4))));
+      for (int64_t i = 0; i < k * 3; ++i) flat.push_back(std::bit_cast<float>(uint32_t(get_le(tensor.content.data() + 4 * i, 4))));
     } else {
       flat.assign(tensor.float_val.begin(), tensor.float_val.end());
     }

@@ -9,6 +9,8 @@
 #include "core/tensorboard.h"
 
 #include <gtest/gtest.h>
+
+#include <bit>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -43,18 +45,6 @@ std::string to_hex(const std::string& s) {
   std::string out;
   for (unsigned char c : s) out += {d[c >> 4], d[c & 15]};
   return out;
-}
-
-double from_bits(uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
-}
-
-float float_from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 std::string read_file(const std::string& path) {
@@ -117,7 +107,7 @@ TEST(TensorBoardEncode, ReferenceRecordsByteForByte) {
                                hex_bytes("ec b1 b2 c9")));
   EXPECT_EQ(r0.size(), 78u);
   const std::string r3 =
-      tb::frame_record(tb::scalar_event(from_bits(0x41d98a3045e00829ull), 0, "epoch_loss", float_from_bits(0x3d298e19u)));
+      tb::frame_record(tb::scalar_event(std::bit_cast<double>(0x41d98a3045e00829ull), 0, "epoch_loss", std::bit_cast<float>(0x3d298e19u)));
   EXPECT_EQ(to_hex(r3), to_hex(hex_bytes("32 00 00 00 00 00 00 00 24 19 56 ec 09 29 08 e0 45 30 8a d9 41 2a 27 0a 25 0a 0a") +
                                "epoch_loss" + hex_bytes("42 0a 08 01 12 00 22 04 19 8e 29 3d 4a 0b 0a 09 0a 07") + "scalars" +
                                hex_bytes("25 c1 b5 25")));
