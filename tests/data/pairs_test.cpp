@@ -40,26 +40,9 @@ std::string error_of(F&& f) {
 }
 
 // A file like write_index_file (pixels = little-endian bytes of the sample's index, 2x2x1) whose
-// training labels are `labels` (class_names 0..9); test split: 10 samples, label i % 10.
+// training labels are `labels`; test split: 10 samples, label i % 10.
 void write_labelled_file(const std::string& path, const std::vector<int32_t>& labels) {
-  RawDataset ds;
-  ds.name = "labelled";
-  for (int k = 0; k < 10; ++k) ds.class_names.push_back("c" + std::to_string(k));
-  ds.source = "generated";
-  auto fill = [](RawSplit& s, int64_t n, int64_t offset) {
-    s.n = n, s.h = 2, s.w = 2, s.c = 1;
-    s.x.resize(n * 4);
-    s.y.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t v = static_cast<uint32_t>(i + offset);
-      for (int b = 0; b < 4; ++b) s.x[i * 4 + b] = static_cast<uint8_t>(v >> (8 * b));
-      s.y[i] = static_cast<int32_t>(i % 10);
-    }
-  };
-  fill(ds.train, static_cast<int64_t>(labels.size()), 0);
-  ds.train.y = labels;
-  fill(ds.test, 10, 1000000);
-  write_dataset_file(ds, path);
+  testing::write_index_file(path, static_cast<int64_t>(labels.size()), 10, labels);
 }
 
 class PairsTest : public ::testing::Test {

@@ -52,7 +52,7 @@ void make_cifar_dir(const std::string& dir, int64_t n_per_batch, int batches, in
   m << "\n";
 }
 
-void write_index_file(const std::string& path, int64_t n_train, int64_t n_test) {
+void write_index_file(const std::string& path, int64_t n_train, int64_t n_test, const std::vector<int32_t>& train_labels) {
   RawDataset ds;
   ds.name = "index";
   for (int k = 0; k < 10; ++k) ds.class_names.push_back("c" + std::to_string(k));
@@ -68,6 +68,10 @@ void write_index_file(const std::string& path, int64_t n_train, int64_t n_test) 
     }
   };
   fill(ds.train, n_train, 0);
+  if (!train_labels.empty()) {
+    LS_CHECK(int64_t(train_labels.size()) == n_train, "write_index_file: one label per training sample");
+    ds.train.y = train_labels;
+  }
   fill(ds.test, n_test, 1000000);
   write_dataset_file(ds, path);
 }

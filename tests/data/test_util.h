@@ -32,7 +32,9 @@ void make_cifar_dir(const std::string& dir, int64_t n_per_batch, int batches, in
 
 // A dataset file whose sample i of each split has pixels = little-endian bytes of the value
 // (i + offset): H = W = 2, C = 1; label = i % 10. Train values 0..n_train-1, test 1000000 + i.
-void write_index_file(const std::string& path, int64_t n_train, int64_t n_test);
+// `train_labels`, when given, replace the training split's labels (i % 10; one per training sample).
+void write_index_file(const std::string& path, int64_t n_train, int64_t n_test,
+                      const std::vector<int32_t>& train_labels = {});
 int64_t decode_index(const float* sample);  // inverse of the above (scale 1, no standardization)
 
 // Run a shell command, return its exit status.
