@@ -111,8 +111,8 @@ int cmd_summary(const std::vector<std::string>& args) {
   d.add_options()("plot", po::value<std::string>(&plot), "also draw the model's graph into this file (.svg, .png or .pdf)");
   if (!parse(args, d, run_file, "summary")) return 0;
   std::unique_ptr<Model> model;
-  const bool h5 = run_file.size() > 3 && (run_file.substr(run_file.size() - 3) == ".h5" || run_file.substr(run_file.size() - 5 < run_file.size() ? run_file.size() - 5 : 0) == ".hdf5");
-  if (h5 || is_keras_file(run_file)) {
+  // An .h5 that is no Keras model goes to the Keras reader too, whose error names what it found.
+  if (run_file.ends_with(".h5") || run_file.ends_with(".hdf5") || is_keras_file(run_file)) {
     // A Keras .h5 or model.to_json() file: its architecture as lockstep builds it (docs/keras.md).
     model = Model::from_config(ConfigNode(keras_model_yaml(run_file), std::make_shared<const std::string>(run_file), "model"));
   } else {
