@@ -168,6 +168,120 @@ void extremum_backward(bool is_max, const Tensor& a, const Tensor& b, const Tens
   });
 }
 
+// ---- convolutions, pooling, padding ----------------------------------------------------------------------
+int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t dilation, bool same, int64_t* pad_before) {
+  const int64_t span = (k - 1) * dilation + 1;
+  int64_t out;
+  if (same) {
+    out = (in + stride - 1) / stride;
+    const int64_t total = std::max<int64_t>((out - 1) * stride + span - in, 0);
+    if (pad_before) *pad_before = total / 2;
+  } else {
+    out = in >= span ? (in - span) / stride + 1 : 0;
+    if (pad_before) *pad_before = 0;
+  }
+  return out;
+}
+
+namespace {
+void check_window(const Window2d& g, const char* op) {
+  LS_CHECK(g.batch >= 0 && g.in_h > 0 && g.in_w > 0 && g.in_c > 0 && g.out_h > 0 && g.out_w > 0 && g.out_c > 0 &&
+               g.k_h > 0 && g.k_w > 0 && g.stride_h > 0 && g.stride_w > 0 && g.dil_h > 0 && g.dil_w > 0 &&
+               g.groups > 0 && g.in_c % g.groups == 0 && g.out_c % g.groups == 0,
+           op, ": bad geometry");
+}
+void check_map(const Tensor& t, int64_t n, int64_t h, int64_t w, int64_t c, const char* op, const char* what) {
+  LS_CHECK(t.numel() == n * h * w * c, op, ": ", what, " has shape ", shape_str(t.shape()), ", expected ", n,
+           "x", h, "x", w, "x", c);
+}
+void check_conv(const Tensor& x, const Tensor& w, const Tensor& y, const Window2d& g, const char* op) {
+  check_window(g, op);
+  same(x, w, op);
+  same(x, y, op);
+  check_map(x, g.batch, g.in_h, g.in_w, g.in_c, op, "input");
+  check_map(y, g.batch, g.out_h, g.out_w, g.out_c, op, "output");
+  LS_CHECK(w.numel() == g.k_h * g.k_w * (g.in_c / g.groups) * g.out_c, op, ": kernel has shape ",
+           shape_str(w.shape()));
+}
+}  // namespace
+
+void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y, KernelPath path) {
+  check_conv(x, w, y, g, "conv2d_forward");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::conv2d_forward(be, x.data<T>(), w.data<T>(), g, y.data<T>(), path == KernelPath::Reference);
+  });
+}
+void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Window2d& g, const Tensor& dx, KernelPath path) {
+  check_conv(dx, w, dy, g, "conv2d_backward_data");
+  dispatch(dy, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::conv2d_backward_data(be, dy.data<T>(), w.data<T>(), g, dx.data<T>(), path == KernelPath::Reference);
+  });
+}
+void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Window2d& g, const Tensor& dw,
+                            KernelPath path) {
+  check_conv(x, dw, dy, g, "conv2d_backward_filter");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::conv2d_backward_filter(be, x.data<T>(), dy.data<T>(), g, dw.data<T>(), path == KernelPath::Reference);
+  });
+}
+namespace {
+void check_pool(const Tensor& x, const Tensor& y, const Window2d& g, const char* op) {
+  check_window(g, op);
+  LS_CHECK(g.in_c == g.out_c && g.groups == 1 && g.dil_h == 1 && g.dil_w == 1, op, ": bad pooling geometry");
+  same(x, y, op);
+  check_map(x, g.batch, g.in_h, g.in_w, g.in_c, op, "input");
+  check_map(y, g.batch, g.out_h, g.out_w, g.out_c, op, "output");
+}
+}  // namespace
+void max_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y) {
+  check_pool(x, y, g, "max_pool2d_forward");
+  LS_CHECK(!y.shares_storage_with(x), "max_pool2d_forward: output aliases input");
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::max_pool2d_forward(be, x.data<T>(), g, y.data<T>()); });
+}
+void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx) {
+  check_pool(x, y, g, "max_pool2d_backward");
+  check_pool(dx, dy, g, "max_pool2d_backward");
+  same(x, dx, "max_pool2d_backward");
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::max_pool2d_backward(be, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>());
+  });
+}
+void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y) {
+  check_pool(x, y, g, "avg_pool2d_forward");
+  LS_CHECK(!y.shares_storage_with(x), "avg_pool2d_forward: output aliases input");
+  dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::avg_pool2d_forward(be, x.data<T>(), g, y.data<T>()); });
+}
+void avg_pool2d_backward(const Tensor& dy, const Window2d& g, const Tensor& dx) {
+  check_pool(dx, dy, g, "avg_pool2d_backward");
+  dispatch(dy, [&](auto t, auto be) { using T = decltype(t); kernels::avg_pool2d_backward(be, dy.data<T>(), g, dx.data<T>()); });
+}
+void pad2d(const Tensor& small, const Tensor& big, int64_t top, int64_t left, bool into_big) {
+  same(small, big, "pad2d");
+  LS_CHECK(small.rank() == 4 && big.rank() == 4 && small.dim(0) == big.dim(0) && small.dim(3) == big.dim(3) &&
+               top >= 0 && left >= 0 && top + small.dim(1) <= big.dim(1) && left + small.dim(2) <= big.dim(2),
+           "pad2d: ", shape_str(small.shape()), " at (", top, ", ", left, ") does not fit in ", shape_str(big.shape()));
+  dispatch(small, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::pad2d(be, small.data<T>(), big.data<T>(), small.dim(0), small.dim(1), small.dim(2), small.dim(3),
+                   big.dim(1), big.dim(2), top, left, into_big);
+  });
+}
+void scale_channels(const Tensor& x, const Tensor& m, const Tensor& y) {
+  same_numel(x, y, "scale_channels");
+  same(x, m, "scale_channels");
+  LS_CHECK(x.rank() >= 2 && m.rank() == 2 && m.dim(0) == x.dim(0) && m.dim(1) == x.dim(-1), "scale_channels: mask ",
+           shape_str(m.shape()), " does not match ", shape_str(x.shape()));
+  const int64_t n = x.dim(0), c = x.dim(-1), s = x.numel() / std::max<int64_t>(n * c, 1);
+  dispatch(x, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::scale_channels(be, x.data<T>(), m.data<T>(), y.data<T>(), n, s, c);
+  });
+}
+
 // ---- products ------------------------------------------------------------------------------------
 void gemm(bool ta, bool tb, double alpha, const Tensor& a, const Tensor& b, double beta, const Tensor& c) {
   same(a, b, "gemm");

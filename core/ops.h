@@ -64,6 +64,52 @@ void extremum(bool is_max, const Tensor& a, const Tensor& b, const Tensor& out);
 void extremum_backward(bool is_max, const Tensor& a, const Tensor& b, const Tensor& dy, const Tensor& da,
                        const Tensor& db);
 
+// ---- convolutions, pooling, padding (maps are NHWC: Keras's channels_last) -----------------------
+// The geometry of a 2-D window op from x [N, in_h, in_w, in_c] to y [N, out_h, out_w, out_c].
+struct Window2d {
+  int64_t batch = 0, in_h = 0, in_w = 0, in_c = 0;
+  int64_t out_h = 0, out_w = 0, out_c = 0;
+  int64_t k_h = 1, k_w = 1;            // kernel (or pool) size
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t dil_h = 1, dil_w = 1;        // dilation (pooling: 1)
+  int64_t pad_top = 0, pad_left = 0;   // positions before the first row / column (zeros; pooling: skipped)
+  int64_t groups = 1;                  // convolution: in_c/groups inputs feed each block of out_c/groups outputs
+  // Input row of output row o and tap k (may fall in the padding: < 0 or >= in_h).
+  int64_t in_row(int64_t o, int64_t k) const { return o * stride_h - pad_top + k * dil_h; }
+  int64_t in_col(int64_t o, int64_t k) const { return o * stride_w - pad_left + k * dil_w; }
+};
+// One spatial axis as TensorFlow sizes it: valid: out = ceil((in - (k-1)·d) / s), no padding; same:
+// out = ceil(in / s) with max((out-1)·s + (k-1)·d + 1 - in, 0) padding, the smaller half before
+// (*pad_before). Returns out (0 or less: the window does not fit).
+int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t dilation, bool same, int64_t* pad_before);
+
+// Auto: the fast kernel for the device and shape; Reference: the plain loops the tests hold it to (CPU;
+// the CUDA kernels are direct and ignore the choice).
+enum class KernelPath { Auto, Reference };
+// y = conv(x, w), w [k_h, k_w, in_c/groups, out_c] (Keras's kernel layout). Assigned.
+void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y,
+                    KernelPath path = KernelPath::Auto);
+// dx = dL/dx from dy (assigned).
+void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Window2d& g, const Tensor& dx,
+                          KernelPath path = KernelPath::Auto);
+// dw = dL/dw summed over the batch (assigned).
+void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Window2d& g, const Tensor& dw,
+                            KernelPath path = KernelPath::Auto);
+// Pooling over each channel (out_c = in_c). Max: padded positions never win. Average: the mean over the
+// window's positions inside the input (TensorFlow's avg_pool leaves padding out of the count).
+void max_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);
+// dx (assigned): each output's gradient goes to the first position of its window, in row-major order,
+// that holds the maximum (TensorFlow's MaxPoolGrad), found again from x and y.
+void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx);
+void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);
+void avg_pool2d_backward(const Tensor& dy, const Window2d& g, const Tensor& dx);
+// Zero padding: small [N, H, W, C] is the block of big [N, H', W', C] at (top, left). into_big: big <-
+// small, zeros elsewhere (forward); else small <- that block of big (the backward).
+void pad2d(const Tensor& small, const Tensor& big, int64_t top, int64_t left, bool into_big);
+// y[n, s, c] = x[n, s, c] · m[n, c], x viewed as [N, S, C] and m as [N, C] (SpatialDropout2D's mask).
+// y may alias x.
+void scale_channels(const Tensor& x, const Tensor& m, const Tensor& y);
+
 // ---- products ----------------------------------------------------------------------------------
 // C = alpha * op(A) * op(B) + beta * C, with op(X) = X or Xᵀ; A, B, C are 2-D row-major.
 void gemm(bool trans_a, bool trans_b, double alpha, const Tensor& a, const Tensor& b, double beta,

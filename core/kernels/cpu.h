@@ -41,6 +41,24 @@ void gemm(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
 template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols);
 template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int64_t cols, T beta);
 
+// Convolutions, pooling, padding (kernels/conv_cpu.cpp). `reference`: the plain loops (ops::KernelPath).
+template <typename T>
+void conv2d_forward(Cpu, const T* x, const T* w, const ops::Window2d& g, T* y, bool reference);
+template <typename T>
+void conv2d_backward_data(Cpu, const T* dy, const T* w, const ops::Window2d& g, T* dx, bool reference);
+template <typename T>
+void conv2d_backward_filter(Cpu, const T* x, const T* dy, const ops::Window2d& g, T* dw, bool reference);
+template <typename T> void max_pool2d_forward(Cpu, const T* x, const ops::Window2d& g, T* y);
+template <typename T>
+void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const ops::Window2d& g, T* dx);
+template <typename T> void avg_pool2d_forward(Cpu, const T* x, const ops::Window2d& g, T* y);
+template <typename T> void avg_pool2d_backward(Cpu, const T* dy, const ops::Window2d& g, T* dx);
+// small [n, h, w, c] <-> the block at (top, left) of big [n, bh, bw, c].
+template <typename T>
+void pad2d(Cpu, T* small, T* big, int64_t n, int64_t h, int64_t w, int64_t c, int64_t bh, int64_t bw, int64_t top,
+           int64_t left, bool into_big);
+template <typename T> void scale_channels(Cpu, const T* x, const T* m, T* y, int64_t n, int64_t s, int64_t c);
+
 template <typename T>
 void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int64_t rows, int64_t cols);
 template <typename T>
