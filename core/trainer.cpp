@@ -557,7 +557,7 @@ std::map<std::string, double> Trainer::evaluate(const data::Split& split, bool m
   const int64_t eval_batch = std::max<int64_t>(batch_size_, comm_.size());
   data::ShardedLoader loader(std::shared_ptr<const data::Split>(&split, [](const data::Split*) {}),
                              eval_batch - eval_batch % comm_.size(), comm_.rank(), comm_.size(), seed_, false,
-                             data::LastBatch::Keep);
+                             data::LastBatch::Keep, 2, data::Augment::Off);
   loader.start_epoch(0);
   std::vector<double> sums(2 + metrics_.size(), 0.0);
   data::Batch hb;
@@ -594,7 +594,7 @@ void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Te
   // Predictions are computed on rank 0 (the others have nothing to write).
   if (comm_.rank() != 0) return;
   data::ShardedLoader loader(std::shared_ptr<const data::Split>(&split, [](const data::Split*) {}), batch_size_, 0, 1,
-                             seed_, false, data::LastBatch::Keep);
+                             seed_, false, data::LastBatch::Keep, 2, data::Augment::Off);
   const int64_t n = loader.positions();  // a paired split's pair count may differ from its image count
   if (labels) labels->clear();
   const int passes = std::max(mc_samples, 1);
@@ -641,7 +641,7 @@ void Trainer::predict(const data::Split& split, int mc_samples, Tensor* mean, Te
 
 std::vector<Trainer::LrPoint> Trainer::lr_find(double min_rate, double max_rate) {
   data::ShardedLoader loader(dataset_.train, batch_size_, comm_.rank(), comm_.size(), seed_, shuffle_,
-                             dataset_.config.last_batch, dataset_.config.prefetch);
+                             dataset_.config.last_batch, dataset_.config.prefetch, data::Augment::On);
   const int64_t steps = loader.steps_per_epoch();
   const double factor = std::exp(std::log(max_rate / min_rate) / double(std::max<int64_t>(steps, 1)));
   std::vector<LrPoint> out;
@@ -864,7 +864,7 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
   std::string history_csv = r.history_csv;
 
   data::ShardedLoader loader(dataset_.train, batch_size_, comm_.rank(), comm_.size(), seed_, shuffle_,
-                             dataset_.config.last_batch, dataset_.config.prefetch);
+                             dataset_.config.last_batch, dataset_.config.prefetch, data::Augment::On);
   const int64_t steps = loader.steps_per_epoch();
   if (schedule_) schedule_->set_run_length(steps, epochs_);
   if (root && !result.last_checkpoint.empty())

@@ -59,7 +59,7 @@ DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file
   node.expect_map();
   node.allow_keys({"path", "validation", "scale", "standardize", "classes", "binary_positive", "limit_per_class",
                    "limit", "cache", "memory_limit_mb", "stream_cache_mb", "last_batch", "prefetch", "subset",
-                   "pairs"});
+                   "pairs", "augment"});
   DataConfig c;
   // Only touch keys that are present: ConfigNode::operator[] on an absent key throws YAML::InvalidNode
   // in the current core/config.cpp (reported to the lead), so defaults are applied here.
@@ -98,6 +98,24 @@ DataConfig parse_data_config(const ConfigNode& node, const std::string& run_file
     }
     if (pn.has("per_epoch")) ps.per_epoch = pn.get_at_least("per_epoch", ps.per_epoch, 0);
     c.pairs = ps;
+  }
+  if (node.has("augment")) {
+    ConfigNode an = node["augment"];
+    if (!an.is_map())
+      an.fail("expected a mapping {random_crop: {padding: P}, horizontal_flip: true|false} "
+              "(either key may be left out)");
+    an.allow_keys({"random_crop", "horizontal_flip"});
+    AugmentSpec as;
+    if (an.has("random_crop")) {
+      ConfigNode rc = an["random_crop"];
+      if (!rc.is_map()) rc.fail("expected a mapping {padding: P} (zero-pad each side by P, then crop back to H x W)");
+      rc.allow_keys({"padding"});
+      if (!rc.has("padding")) rc.fail("the key `padding` is required (e.g. {padding: 4} for CIFAR-10's 32x32 images)");
+      as.crop_padding = rc.get_at_least("padding", int64_t{0}, 0);
+      as.padding_where = rc["padding"].where();
+    }
+    if (an.has("horizontal_flip")) as.horizontal_flip = an["horizontal_flip"].as_bool();
+    c.augment = as;
   }
 
   if (node.has("validation")) {
@@ -586,6 +604,10 @@ void Split::set_pairing(std::optional<PairSpec> spec, bool fixed) {
   pairing_ = std::move(spec);
   pairs_fixed_ = pairing_.has_value() && fixed;
 }
+void Split::set_augment(std::optional<AugmentSpec> spec) {
+  if (spec) check_augment(*spec, height(), width(), where());
+  augment_ = std::move(spec);
+}
 int64_t Split::height() const { return source_->h; }
 int64_t Split::width() const { return source_->w; }
 int64_t Split::channels() const { return source_->c; }
@@ -897,6 +919,8 @@ Dataset open_dataset(const DataConfig& cfg) {
     for (auto& s : {train, val, test})
       if (s) PairSampler check(*s, *s->pairing(), 0);  // refuses splits that cannot give their pairs, now
   }
+  // Augmentation: the training split only (validation, test and predict see the images as stored).
+  if (cfg.augment && cfg.augment->active()) train->set_augment(cfg.augment);
   ds.normalization = norm;
   ds.train = train;
   ds.validation = val;

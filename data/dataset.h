@@ -16,6 +16,7 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
+#include "data/augment.h"
 #include "data/pairs.h"
 
 namespace lockstep::data {
@@ -59,6 +60,7 @@ struct DataConfig {
   LastBatch last_batch = LastBatch::Keep;
   int prefetch = 2;                       // batches prepared ahead by the background thread
   std::optional<PairSpec> pairs;          // `pairs: {...}`: every split yields image pairs (data/pairs.h)
+  std::optional<AugmentSpec> augment;     // `augment: {...}`: the training split's random crop / flip (data/augment.h)
 };
 
 // Parse the run file's `data:` node. Relative paths resolve against `run_file_dir`, then the CWD.
@@ -117,6 +119,11 @@ class Split {
   bool pairs_fixed() const { return pairs_fixed_; }
   int num_inputs() const { return pairing_ ? 2 : 1; }  // model inputs per sample, each of sample_shape()
 
+  // Augmentation (data/augment.h): set on the training split only (open_dataset); a loader applies it
+  // when it is a training loader (ShardedLoader's `augment`). Refuses a spec the image size cannot take.
+  void set_augment(std::optional<AugmentSpec> spec);
+  const std::optional<AugmentSpec>& augment() const { return augment_; }
+
  private:
   std::string name_;
   std::shared_ptr<SampleSource> source_;
@@ -126,6 +133,7 @@ class Split {
   std::vector<float> a_, b_;  // per element of a sample
   std::optional<PairSpec> pairing_;
   bool pairs_fixed_ = false;
+  std::optional<AugmentSpec> augment_;
 };
 
 struct Dataset {

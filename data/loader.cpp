@@ -27,13 +27,36 @@ std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch) 
 }
 
 ShardedLoader::ShardedLoader(std::shared_ptr<const Split> split, int64_t global_batch, int rank, int world,
-                             uint64_t seed, bool shuffle, LastBatch policy, int prefetch)
+                             uint64_t seed, bool shuffle, LastBatch policy, int prefetch, Augment augment)
     : split_(std::move(split)), global_batch_(global_batch), rank_(rank), world_(world), seed_(seed),
       shuffle_(shuffle), policy_(policy), prefetch_(std::max(1, prefetch)) {
   LS_CHECK(split_ != nullptr, "ShardedLoader needs a split");
   LS_REQUIRE(global_batch_ >= 1, ConfigError, "batch size must be at least 1, got ", global_batch_);
   LS_CHECK(world_ >= 1 && rank_ >= 0 && rank_ < world_, "rank ", rank_, " outside world of size ", world_);
   if (split_->pairing()) pairs_.emplace(*split_, *split_->pairing(), seed_);
+  const bool wants = augment == Augment::On || (augment == Augment::WhenShuffling && shuffle_);
+  if (wants && split_->augment() && split_->augment()->active())
+    augmenter_.emplace(*split_->augment(), split_->height(), split_->width(), split_->channels(), seed_);
+}
+
+namespace {
+// The producer's staging buffer for images read before augmentation (one per producer thread).
+float* staging(int64_t floats) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats) buf.resize(static_cast<size_t>(floats));
+  return buf.data();
+}
+}  // namespace
+
+void ShardedLoader::read_images(const int64_t* idx, int64_t n, int64_t epoch, float* out) const {
+  if (n == 0) return;
+  if (!augmenter_) {
+    split_->read_float(idx, n, out);
+    return;
+  }
+  float* raw = staging(n * split_->sample_elems());
+  split_->read_float(idx, n, raw);
+  augmenter_->apply_batch(epoch, idx, n, raw, out);
 }
 
 int64_t ShardedLoader::positions() const { return pairs_ ? pairs_->size() : split_->size(); }
@@ -81,13 +104,11 @@ Batch ShardedLoader::make_batch(const std::vector<int64_t>& perm, int64_t step, 
       y[k] = static_cast<float>(pr.label);
     }
     b.extra_x.emplace_back(xs);
-    if (b.local_count > 0) {
-      split_->read_float(first.data(), b.local_count, b.x.data());
-      split_->read_float(second.data(), b.local_count, b.extra_x[0].data());
-    }
+    read_images(first.data(), b.local_count, epoch, b.x.data());
+    read_images(second.data(), b.local_count, epoch, b.extra_x[0].data());
     return b;
   }
-  if (b.local_count > 0) split_->read_float(idx.data(), b.local_count, b.x.data());
+  read_images(idx.data(), b.local_count, epoch, b.x.data());
   const auto& labels = split_->labels();
   for (int64_t k = 0; k < b.local_count; ++k) y[k] = static_cast<float>(labels[idx[k]]);
   return b;

@@ -17,6 +17,14 @@
 // `x` = the first images, `extra_x[0]` = the second images (same shape) and `y` = the pair labels.
 // For unpaired splits `extra_x` stays empty.
 //
+// Augmentation. When the split carries an AugmentSpec (data.augment: open_dataset sets it on the
+// training split only) and the loader augments (`augment` below), the producer thread transforms each
+// image of a batch after read_float, with the draw of (seed, epoch, the image's split index)
+// (data/augment.h): the same on any rank count and on a mid-epoch resume. Pairs: both images, each
+// with its own split index. `Augment::WhenShuffling` (the default) augments exactly the loaders that
+// shuffle, i.e. the trainer's training loaders (fit, lr-find), never evaluate or predict, which read
+// in order; `On` / `Off` say it outright (a training loader with train.shuffle: false needs `On`).
+//
 // Threading. One producer thread per loader; `next()` blocks only when the producer is behind (and
 // then until half the prefetch queue, at least one batch, is ready or the epoch has ended).
 // The loader never queries a communicator: rank and world are plain arguments.
@@ -33,6 +41,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "data/augment.h"
 #include "data/dataset.h"
 #include "data/pairs.h"
 
@@ -47,13 +56,15 @@ struct Batch {
   int64_t step = 0;          // global batch index within the epoch
 };
 
+enum class Augment { WhenShuffling, On, Off };
+
 // The permutation of 0..n-1 for (seed, epoch): a pure function, identical on every rank.
 std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);
 
 class ShardedLoader {
  public:
   ShardedLoader(std::shared_ptr<const Split> split, int64_t global_batch, int rank, int world, uint64_t seed,
-                bool shuffle, LastBatch policy, int prefetch = 2);
+                bool shuffle, LastBatch policy, int prefetch = 2, Augment augment = Augment::WhenShuffling);
   ~ShardedLoader();
   ShardedLoader(const ShardedLoader&) = delete;
   ShardedLoader& operator=(const ShardedLoader&) = delete;
@@ -62,6 +73,7 @@ class ShardedLoader {
   int64_t positions() const;  // per epoch: the split's size, or the pair count of a paired split
   int64_t global_batch() const { return global_batch_; }
   const Split& split() const { return *split_; }
+  bool augments() const { return augmenter_.has_value(); }
   // Begin epoch `epoch` at global step `first_step` (> 0 to resume mid-epoch). Cancels any epoch in flight.
   void start_epoch(int64_t epoch, int64_t first_step = 0);
   // The next batch of this rank; false at the end of the epoch. Rethrows the producer's errors.
@@ -74,6 +86,8 @@ class ShardedLoader {
   void stop_producer();
   void produce(std::vector<int64_t> perm, int64_t first_step, int64_t epoch);
   Batch make_batch(const std::vector<int64_t>& perm, int64_t step, int64_t epoch) const;
+  // read_float of split indices idx[0..n), augmented when this loader augments.
+  void read_images(const int64_t* idx, int64_t n, int64_t epoch, float* out) const;
 
   std::shared_ptr<const Split> split_;
   int64_t global_batch_;
@@ -83,6 +97,7 @@ class ShardedLoader {
   LastBatch policy_;
   int prefetch_;
   std::optional<PairSampler> pairs_;  // set when the split has a pairing
+  std::optional<Augmenter> augmenter_;  // set when this loader augments the split's images
 
   std::thread producer_;
   std::mutex mu_;
