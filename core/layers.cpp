@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 namespace lockstep {
 
@@ -495,6 +497,203 @@ Tensor Dropout::backward(const Tensor& dy, Context&, bool need_dx) {
   return dx;
 }
 
+// ---- convolutional layers ----------------------------------------------------------------------------
+ops::Window2d window_geometry(const Window2dArgs& a, const Shape& in, int64_t out_c, int64_t groups,
+                              const std::string& layer, const char* size_key) {
+  if (in.size() != 3)
+    throw ConfigError(str_cat("layer ", layer, ": expected an input of shape (height, width, channels), got ",
+                              shape_str(with_batch(-1, in)).replace(1, 2, "None"),
+                              in.size() == 2 ? " (give a [H, W] image its channel axis with `- input: {shape: [H, W, 1]}`)"
+                                             : ""));
+  ops::Window2d g;
+  g.in_h = in[0];
+  g.in_w = in[1];
+  g.in_c = in[2];
+  g.out_c = out_c;
+  g.k_h = a.k_h;
+  g.k_w = a.k_w;
+  g.stride_h = a.stride_h;
+  g.stride_w = a.stride_w;
+  g.dil_h = a.dil_h;
+  g.dil_w = a.dil_w;
+  g.groups = groups;
+  g.out_h = ops::window_out(g.in_h, g.k_h, g.stride_h, g.dil_h, a.same, &g.pad_top);
+  g.out_w = ops::window_out(g.in_w, g.k_w, g.stride_w, g.dil_w, a.same, &g.pad_left);
+  if (g.out_h < 1 || g.out_w < 1) {
+    const int64_t span_h = (g.k_h - 1) * g.dil_h + 1, span_w = (g.k_w - 1) * g.dil_w + 1;
+    throw ConfigError(str_cat("layer ", layer, ": ", size_key, " ", g.k_h, "x", g.k_w,
+                              span_h != g.k_h || span_w != g.k_w ? str_cat(" (dilated: ", span_h, "x", span_w, ")") : "",
+                              " is larger than its input ", g.in_h, "x", g.in_w,
+                              " with padding valid: no output (use padding: same, or a smaller window)"));
+  }
+  return g;
+}
+
+namespace {
+Shape batch_map(int64_t n, const ops::Window2d& g, bool out) {
+  return out ? Shape{n, g.out_h, g.out_w, g.out_c} : Shape{n, g.in_h, g.in_w, g.in_c};
+}
+ops::Window2d with_batch_size(ops::Window2d g, int64_t n) {
+  g.batch = n;
+  return g;
+}
+}  // namespace
+
+Shape Conv2D::build(const Shape& in) {
+  input_shape_ = in;
+  const int64_t c = in.size() == 3 ? in[2] : 1;
+  const int64_t groups = depthwise() ? c : a_.groups;
+  const int64_t out_c = depthwise() ? c * a_.depth_multiplier : a_.filters;
+  if (!depthwise() && in.size() == 3 && (c % groups != 0 || out_c % groups != 0))
+    throw ConfigError(str_cat("layer ", name_, " (Conv2D): groups ", groups, " must divide both the input's ", c,
+                              " channels and the ", out_c, " filters"));
+  geom_ = window_geometry(a_.window, in, out_c, groups, name_ + " (" + keras_class() + ")", "kernel_size");
+  Weight& k = declare(depthwise() ? "depthwise_kernel" : "kernel",
+                      {a_.window.k_h, a_.window.k_w, depthwise() ? c : c / groups, depthwise() ? a_.depth_multiplier : out_c},
+                      a_.kernel_init);
+  k.regularizer = a_.kernel_reg;
+  k.constraint = a_.kernel_constraint;
+  if (a_.use_bias) declare("bias", {out_c}, a_.bias_init).regularizer = a_.bias_reg;
+  output_shape_ = {geom_.out_h, geom_.out_w, out_c};
+  return output_shape_;
+}
+
+Tensor Conv2D::forward(const Tensor& x, Context&) {
+  x_ = x;
+  const ops::Window2d g = with_batch_size(geom_, x.dim(0));
+  z_ = z_buf_.get(batch_map(g.batch, g, true), x);
+  ops::conv2d_forward(x, weights_[0].value, g, z_);
+  if (a_.use_bias) ops::bias_add(z_.reshape({-1, g.out_c}), weights_[1].value);
+  if (a_.act == ops::Activation::Linear || emit_logits_) return y_ = z_;
+  y_ = ops::activation_backward_needs_x(a_.act, a_.alpha) ? y_buf_.get(z_.shape(), x) : z_;
+  ops::activation_forward(a_.act, a_.alpha, z_, y_);
+  return y_;
+}
+
+Tensor Conv2D::backward(const Tensor& dy, Context&, bool need_dx) {
+  const ops::Window2d g = with_batch_size(geom_, x_.dim(0));
+  Tensor dz = dy.reshape(batch_map(g.batch, g, true));
+  if (a_.act != ops::Activation::Linear && !emit_logits_) {
+    dz = dz_buf_.get(z_.shape(), dy);
+    ops::activation_backward(a_.act, a_.alpha, z_, y_, dy.reshape(z_.shape()), dz);
+  }
+  if (trainable_) {
+    ops::conv2d_backward_filter(x_, dz, g, weights_[0].grad);
+    if (a_.use_bias) ops::bias_grad(dz.reshape({-1, g.out_c}), weights_[1].grad);
+  }
+  if (!need_dx) return Tensor();
+  Tensor dx = dx_buf_.get(x_.shape(), dz);
+  ops::conv2d_backward_data(dz, weights_[0].value, g, dx);
+  return dx;
+}
+
+void Conv2D::backward_operands(std::vector<Touch>* out, bool descending) const {
+  Layer::backward_operands(out, descending);
+  out->push_back({&x_, false});
+  out->push_back({&z_, false});
+}
+
+Shape Pooling2D::build(const Shape& in) {
+  input_shape_ = in;
+  geom_ = window_geometry(w_, in, in.size() == 3 ? in[2] : 1, 1, name_ + " (" + keras_class() + ")", "pool_size");
+  output_shape_ = {geom_.out_h, geom_.out_w, geom_.out_c};
+  return output_shape_;
+}
+Tensor Pooling2D::forward(const Tensor& x, Context&) {
+  x_ = x;
+  const ops::Window2d g = with_batch_size(geom_, x.dim(0));
+  y_ = y_buf_.get(batch_map(g.batch, g, true), x);
+  if (max_) ops::max_pool2d_forward(x, g, y_);
+  else ops::avg_pool2d_forward(x, g, y_);
+  return y_;
+}
+Tensor Pooling2D::backward(const Tensor& dy, Context&, bool need_dx) {
+  if (!need_dx) return Tensor();
+  const ops::Window2d g = with_batch_size(geom_, x_.dim(0));
+  Tensor dx = dx_buf_.get(x_.shape(), dy);
+  if (max_) ops::max_pool2d_backward(x_, y_, dy, g, dx);
+  else ops::avg_pool2d_backward(dy, g, dx);
+  return dx;
+}
+
+Shape GlobalPooling2D::build(const Shape& in) {
+  input_shape_ = in;
+  Window2dArgs w;
+  if (in.size() == 3) {
+    w.k_h = w.stride_h = in[0];
+    w.k_w = w.stride_w = in[1];
+  }
+  geom_ = window_geometry(w, in, in.size() == 3 ? in[2] : 1, 1, name_ + " (" + keras_class() + ")", "pool_size");
+  output_shape_ = keepdims_ ? Shape{1, 1, geom_.out_c} : Shape{geom_.out_c};
+  return output_shape_;
+}
+Tensor GlobalPooling2D::forward(const Tensor& x, Context&) {
+  x_ = x;
+  const ops::Window2d g = with_batch_size(geom_, x.dim(0));
+  y_ = y_buf_.get(batch_map(g.batch, g, true), x);
+  if (max_) ops::max_pool2d_forward(x, g, y_);
+  else ops::avg_pool2d_forward(x, g, y_);
+  return y_.reshape(with_batch(g.batch, output_shape_));
+}
+Tensor GlobalPooling2D::backward(const Tensor& dy, Context&, bool need_dx) {
+  if (!need_dx) return Tensor();
+  const ops::Window2d g = with_batch_size(geom_, x_.dim(0));
+  Tensor d = dy.reshape(batch_map(g.batch, g, true));
+  Tensor dx = dx_buf_.get(x_.shape(), dy);
+  if (max_) ops::max_pool2d_backward(x_, y_, d, g, dx);
+  else ops::avg_pool2d_backward(d, g, dx);
+  return dx;
+}
+
+Shape ZeroPadding2D::build(const Shape& in) {
+  if (in.size() != 3)
+    throw ConfigError(str_cat("layer ", name_, " (ZeroPadding2D): expected an input of shape (height, width, channels), got ",
+                              shape_str(with_batch(-1, in)).replace(1, 2, "None")));
+  input_shape_ = in;
+  output_shape_ = {in[0] + t_ + b_, in[1] + l_ + r_, in[2]};
+  return output_shape_;
+}
+Tensor ZeroPadding2D::forward(const Tensor& x, Context&) {
+  Tensor y = y_buf_.get(with_batch(x.dim(0), output_shape_), x);
+  ops::pad2d(x.reshape(with_batch(x.dim(0), input_shape_)), y, t_, l_, true);
+  return y;
+}
+Tensor ZeroPadding2D::backward(const Tensor& dy, Context&, bool need_dx) {
+  if (!need_dx) return Tensor();
+  Tensor dx = dx_buf_.get(with_batch(dy.dim(0), input_shape_), dy);
+  ops::pad2d(dx, dy.reshape(with_batch(dy.dim(0), output_shape_)), t_, l_, false);
+  return dx;
+}
+
+Shape SpatialDropout2D::build(const Shape& in) {
+  if (in.size() != 3)
+    throw ConfigError(str_cat("layer ", name_, " (SpatialDropout2D): expected an input of shape (height, width, channels), got ",
+                              shape_str(with_batch(-1, in)).replace(1, 2, "None")));
+  input_shape_ = output_shape_ = in;
+  return in;
+}
+Tensor SpatialDropout2D::forward(const Tensor& x, Context& ctx) {
+  active_ = (ctx.training || ctx.mc_dropout) && rate_ > 0.0;
+  if (!active_) return x;
+  const int64_t n = x.dim(0), c = input_shape_[2];
+  // One draw per (sample, channel) of the global batch: this rank's first sample starts the stream at
+  // sample_offset·C.
+  mask_ = mask_buf_.get({n, c}, x);
+  Tensor ones = y_buf_.get({n, c}, x);  // scratch: y is written only after the mask is drawn
+  ops::fill(ones, 1.0);
+  ops::dropout_forward(ones, rate_, layer_stream(ctx, index_, kDropoutStream), mask_, ones, ctx.sample_offset * c);
+  Tensor y = y_buf_.get(x.shape(), x);
+  ops::scale_channels(x, mask_, y);
+  return y;
+}
+Tensor SpatialDropout2D::backward(const Tensor& dy, Context&, bool need_dx) {
+  if (!need_dx) return Tensor();
+  if (!active_) return dy;
+  Tensor dx = dx_buf_.get(dy.shape(), dy);
+  ops::scale_channels(dy, mask_, dx);
+  return dx;
+}
+
 // ---- InputLayer, Reshape -----------------------------------------------------------------------------
 Shape InputLayer::build(const Shape& in) {
   if (in != shape_)
@@ -710,9 +909,47 @@ const std::vector<std::string>& layer_keys() {
                                              "leaky_relu", "prelu", "rrelu", "elu", "softmax", "dropout",
                                              "alpha_dropout", "mc_dropout", "mc_alpha_dropout", "input",
                                              "reshape", "concatenate", "add", "subtract", "multiply",
-                                             "average", "maximum", "minimum"};
+                                             "average", "maximum", "minimum", "conv2d", "depthwise_conv2d",
+                                             "max_pooling2d", "average_pooling2d", "global_average_pooling2d",
+                                             "global_max_pooling2d", "zero_padding2d", "spatial_dropout2d"};
   return k;
 }
+
+namespace {
+// An int or a list of two ints (Keras's kernel_size, strides, dilation_rate, pool_size), each >= 1.
+std::pair<int64_t, int64_t> parse_pair(const ConfigNode& a, const std::string& key, int64_t def) {
+  if (!a.has(key)) return {def, def};
+  ConfigNode n = a[key];
+  std::vector<int64_t> v;
+  if (n.is_scalar()) v = {n.as_int(), n.as_int()};
+  else v = n.as_int_list();
+  if (v.size() != 2) n.fail(str_cat("expected an integer or a list of two, e.g. 3 or [3, 3], got ", v.size(), " values"));
+  for (int64_t x : v)
+    if (x < 1) n.fail(str_cat("expected positive values, got ", shape_str(v)));
+  return {v[0], v[1]};
+}
+Window2dArgs parse_window(const ConfigNode& a, const char* size_key, bool size_required, int64_t size_def,
+                          bool strides_default_size) {
+  Window2dArgs w;
+  if (size_required) a.require(size_key);
+  std::tie(w.k_h, w.k_w) = parse_pair(a, size_key, size_def);
+  if (strides_default_size && (!a.has("strides") || !a["strides"].defined())) {
+    w.stride_h = w.k_h;
+    w.stride_w = w.k_w;
+  } else {
+    std::tie(w.stride_h, w.stride_w) = parse_pair(a, "strides", 1);
+  }
+  if (a.has("dilation_rate")) {
+    std::tie(w.dil_h, w.dil_w) = parse_pair(a, "dilation_rate", 1);
+    if ((w.dil_h > 1 || w.dil_w > 1) && (w.stride_h > 1 || w.stride_w > 1))
+      a["dilation_rate"].fail("dilation_rate > 1 cannot be combined with strides > 1 (as in Keras)");
+  }
+  w.same = a.get_choice("padding", "valid", {"valid", "same"}) == "same";
+  if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
+    a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+  return w;
+}
+}  // namespace
 
 std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std::string>& extra_keys) {
   std::vector<std::string> kinds;
@@ -812,6 +1049,73 @@ std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std
     }
     if (unknown > 1) t.fail(str_cat("at most one dimension may be -1, got ", shape_str(target)));
     layer = std::make_unique<Reshape>(target);
+  } else if (key == "conv2d" || key == "depthwise_conv2d") {
+    const bool dw = key == "depthwise_conv2d";
+    const std::string kernel = dw ? "depthwise" : "kernel";
+    std::vector<std::string> allowed = {"kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation",
+                                        "use_bias", kernel + "_initializer", "bias_initializer", kernel + "_regularizer",
+                                        "bias_regularizer", kernel + "_constraint"};
+    allowed.push_back(dw ? "depth_multiplier" : "filters");
+    if (!dw) allowed.push_back("groups");
+    a.allow_keys(common(allowed));
+    Conv2D::Args c;
+    c.window = parse_window(a, "kernel_size", true, 1, false);
+    if (dw) {
+      c.depth_multiplier = a.get_at_least("depth_multiplier", 1, 1);
+    } else {
+      c.filters = a.require("filters").as_int();
+      if (c.filters < 1) a["filters"].fail(str_cat("expected a positive number of filters, got ", c.filters));
+      c.groups = a.get_at_least("groups", 1, 1);
+      if (c.filters % c.groups != 0)
+        a["groups"].fail(str_cat("groups ", c.groups, " must divide filters (", c.filters, ")"));
+    }
+    c.act = parse_activation(a["activation"], &c.alpha);
+    c.use_bias = a.get("use_bias", true);
+    c.kernel_init = parse_initializer(a[kernel + "_initializer"], "glorot_uniform");
+    c.bias_init = parse_initializer(a["bias_initializer"], "zeros");
+    c.kernel_reg = parse_regularizer(a[kernel + "_regularizer"]);
+    c.bias_reg = parse_regularizer(a["bias_regularizer"]);
+    c.kernel_constraint = parse_constraint(a[kernel + "_constraint"]);
+    layer = std::make_unique<Conv2D>(std::move(c));
+  } else if (key == "max_pooling2d" || key == "average_pooling2d") {
+    a.allow_keys(common({"pool_size", "strides", "padding", "data_format"}));
+    layer = std::make_unique<Pooling2D>(key == "max_pooling2d", parse_window(a, "pool_size", false, 2, true));
+  } else if (key == "global_average_pooling2d" || key == "global_max_pooling2d") {
+    a.allow_keys(common({"data_format", "keepdims"}));
+    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
+      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    layer = std::make_unique<GlobalPooling2D>(key == "global_max_pooling2d", a.get("keepdims", false));
+  } else if (key == "zero_padding2d") {
+    a.allow_keys(common({"padding", "data_format"}));
+    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
+      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    int64_t p[4] = {1, 1, 1, 1};  // top, bottom, left, right
+    if (a.has("padding")) {
+      ConfigNode n = a["padding"];
+      const char* form = "expected an integer, [rows, columns] or [[top, bottom], [left, right]]";
+      if (n.is_scalar()) {
+        p[0] = p[1] = p[2] = p[3] = n.as_int();
+      } else if (n.is_seq() && n.size() == 2 && n[0].is_scalar() && n[1].is_scalar()) {
+        p[0] = p[1] = n[0].as_int();
+        p[2] = p[3] = n[1].as_int();
+      } else if (n.is_seq() && n.size() == 2 && n[0].is_seq() && n[1].is_seq()) {
+        std::vector<int64_t> h = n[0].as_int_list(), w = n[1].as_int_list();
+        if (h.size() != 2 || w.size() != 2) n.fail(form);
+        p[0] = h[0], p[1] = h[1], p[2] = w[0], p[3] = w[1];
+      } else {
+        n.fail(form);
+      }
+      for (int64_t v : p)
+        if (v < 0) n.fail("padding must not be negative");
+    }
+    layer = std::make_unique<ZeroPadding2D>(p[0], p[1], p[2], p[3]);
+  } else if (key == "spatial_dropout2d") {
+    a.allow_keys(common({"rate", "data_format", "seed"}));
+    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
+      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    double rate = a.require("rate").as_double();
+    if (!(rate >= 0 && rate < 1)) a["rate"].fail(str_cat("expected a rate in [0, 1), got ", rate));
+    layer = std::make_unique<SpatialDropout2D>(rate);
   } else if (auto it = std::find(std::begin(kMergeKeys), std::end(kMergeKeys), key); it != std::end(kMergeKeys)) {
     const auto op = Merge::Op(it - std::begin(kMergeKeys));
     a.allow_keys(common(op == Merge::Op::Concatenate ? std::vector<std::string>{"axis"} : std::vector<std::string>{}));

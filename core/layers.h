@@ -364,6 +364,123 @@ class Dropout : public Layer {
   Tensor mask_;
 };
 
+// ---- convolutional layers (NHWC: Keras's channels_last) --------------------------------------------
+// The window arguments of a 2-D layer as the run file gives them (Keras's names and defaults).
+struct Window2dArgs {
+  int64_t k_h = 1, k_w = 1, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  bool same = false;  // padding: same | valid
+};
+// Geometry of the layer's op for a batch; throws ConfigError naming `what` when the window does not fit.
+ops::Window2d window_geometry(const Window2dArgs& a, const Shape& in, int64_t out_c, int64_t groups,
+                              const std::string& layer, const char* size_key);
+
+// Conv2D (kernel [k_h, k_w, in/groups, filters]) and DepthwiseConv2D (depthwise_kernel
+// [k_h, k_w, in, depth_multiplier]: groups == in channels, output channel c·m + j reads input channel c).
+class Conv2D : public Layer {
+ public:
+  struct Args {
+    Window2dArgs window;
+    int64_t filters = 0;           // Conv2D
+    int64_t groups = 1;            // Conv2D
+    int64_t depth_multiplier = 0;  // > 0: DepthwiseConv2D
+    ops::Activation act = ops::Activation::Linear;
+    double alpha = 0;
+    bool use_bias = true;
+    Initializer kernel_init, bias_init;
+    Regularizer kernel_reg, bias_reg;
+    MaxNormConstraint kernel_constraint;
+  };
+  explicit Conv2D(Args a) : a_(std::move(a)) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Conv2D>(*this); }
+  bool depthwise() const { return a_.depth_multiplier > 0; }
+  std::string key() const override { return depthwise() ? "depthwise_conv2d" : "conv2d"; }
+  std::string keras_class() const override { return depthwise() ? "DepthwiseConv2D" : "Conv2D"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  ops::Activation output_activation() const override { return a_.act; }
+  void set_emit_logits(bool e) override { emit_logits_ = e; }
+  void backward_operands(std::vector<Touch>* out, bool descending) const override;
+
+ private:
+  Args a_;
+  ops::Window2d geom_;  // batch set per forward
+  bool emit_logits_ = false;
+  Tensor x_, z_, y_;
+  Buffer z_buf_, y_buf_, dz_buf_, dx_buf_;
+};
+
+// MaxPooling2D / AveragePooling2D (pool_size 2, strides = pool_size, padding valid by default).
+class Pooling2D : public Layer {
+ public:
+  Pooling2D(bool is_max, Window2dArgs w) : max_(is_max), w_(w) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Pooling2D>(*this); }
+  std::string key() const override { return max_ ? "max_pooling2d" : "average_pooling2d"; }
+  std::string keras_class() const override { return max_ ? "MaxPooling2D" : "AveragePooling2D"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  bool max_;
+  Window2dArgs w_;
+  ops::Window2d geom_;
+  Tensor x_, y_;
+  Buffer y_buf_, dx_buf_;
+};
+
+// GlobalAveragePooling2D / GlobalMaxPooling2D: [H, W, C] -> [C] ([1, 1, C] with keepdims).
+class GlobalPooling2D : public Layer {
+ public:
+  GlobalPooling2D(bool is_max, bool keepdims) : max_(is_max), keepdims_(keepdims) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<GlobalPooling2D>(*this); }
+  std::string key() const override { return max_ ? "global_max_pooling2d" : "global_average_pooling2d"; }
+  std::string keras_class() const override { return max_ ? "GlobalMaxPooling2D" : "GlobalAveragePooling2D"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  bool max_, keepdims_;
+  ops::Window2d geom_;
+  Tensor x_, y_;
+  Buffer y_buf_, dx_buf_;
+};
+
+// ZeroPadding2D: padding ((top, bottom), (left, right)).
+class ZeroPadding2D : public Layer {
+ public:
+  ZeroPadding2D(int64_t top, int64_t bottom, int64_t left, int64_t right) : t_(top), b_(bottom), l_(left), r_(right) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<ZeroPadding2D>(*this); }
+  std::string key() const override { return "zero_padding2d"; }
+  std::string keras_class() const override { return "ZeroPadding2D"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  int64_t t_, b_, l_, r_;
+  Buffer y_buf_, dx_buf_;
+};
+
+// SpatialDropout2D: drops whole channels of a sample (one draw per sample and channel, of the global batch).
+class SpatialDropout2D : public Layer {
+ public:
+  explicit SpatialDropout2D(double rate) : rate_(rate) {}
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<SpatialDropout2D>(*this); }
+  std::string key() const override { return "spatial_dropout2d"; }
+  std::string keras_class() const override { return "SpatialDropout2D"; }
+  Shape build(const Shape& in) override;
+  Tensor forward(const Tensor& x, Context& ctx) override;
+  Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+
+ private:
+  double rate_;
+  bool active_ = false;
+  Tensor mask_;
+  Buffer mask_buf_, y_buf_, dx_buf_;
+};
+
 // Keras's InputLayer: a model input (a graph model's `inputs:`), the identity.
 class InputLayer : public Layer {
  public:

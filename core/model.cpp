@@ -615,21 +615,33 @@ void Model::sync_clones() {
 const std::vector<Tensor>& Model::forward(const std::vector<Tensor>& xs, Context& ctx) {
   const int n_in = num_inputs();
   LS_CHECK(int(xs.size()) == n_in, "model ", name_, " takes ", n_in, " inputs, given ", xs.size());
+  inputs_.resize(size_t(n_in));
   for (int i = 0; i < n_in; ++i) {
     const Shape& s = input_shapes_[size_t(i)];
-    bool ok = xs[size_t(i)].rank() == int(s.size()) + 1;
-    for (size_t d = 0; ok && d < s.size(); ++d) ok = xs[size_t(i)].dim(int(d) + 1) == s[d];
-    LS_CHECK(ok, "model input ", input_name(i), ": ", shape_str(xs[size_t(i)].shape()), " for shape ", shape_str(s));
+    const Tensor& x = xs[size_t(i)];
+    // Images [H, W] feed an input declared [H, W, 1] (the book's X[..., np.newaxis]).
+    const bool add_channel = !s.empty() && s.back() == 1 && x.rank() == int(s.size());
+    bool ok = x.rank() == int(s.size()) + 1 || add_channel;
+    for (size_t d = 0; ok && d + (add_channel ? 1 : 0) < s.size(); ++d) ok = x.dim(int(d) + 1) == s[d];
+    LS_CHECK(ok, "model input ", input_name(i), ": ", shape_str(x.shape()), " for shape ", shape_str(s));
+    if (add_channel) {
+      Shape b{x.dim(0)};
+      b.insert(b.end(), s.begin(), s.end());
+      inputs_[size_t(i)] = x.reshape(b);
+    } else {
+      inputs_[size_t(i)] = x;
+    }
   }
+  const std::vector<Tensor>& xs_in = inputs_;
   if (chain_) {
-    Tensor h = xs[0];
+    Tensor h = xs_in[0];
     for (Layer* l : ops_) h = l->forward(h, ctx);
     outs_[0] = h;
     return outs_;
   }
   sync_clones();
   values_.resize(size_t(n_in) + calls_.size());
-  for (int i = 0; i < n_in; ++i) values_[size_t(i)] = xs[size_t(i)];
+  for (int i = 0; i < n_in; ++i) values_[size_t(i)] = xs_in[size_t(i)];
   std::vector<Tensor> in;
   for (size_t k = 0; k < calls_.size(); ++k) {
     in.clear();

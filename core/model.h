@@ -169,6 +169,7 @@ class Model {
   std::vector<Layer::Touch> touches_;  // prefetch_backward()'s scratch
   // Per-step scratch of the graph path.
   std::vector<Tensor> values_, outs_, value_grads_;
+  std::vector<Tensor> inputs_;  // this forward's inputs, given their channel axis where the model declares one
   std::vector<char> grad_owned_;
   std::vector<Buffer> grad_bufs_;
   std::vector<int> pending_;

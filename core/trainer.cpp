@@ -304,8 +304,12 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
       where.fail(str_cat("the model has ", model_->num_inputs(), " input(s) but the data gives ", given,
                          given == 2 ? " (image pairs: data.pairs)" : "",
                          model_->num_inputs() == 2 ? " (a model of two inputs trains on pairs: set data.pairs)" : ""));
+    // Images [H, W] feed an input declared [H, W, 1] (the book's X[..., np.newaxis]); Model::forward reshapes.
+    Shape with_channel = dataset_.train->sample_shape();
+    with_channel.push_back(1);
     for (int i = 0; i < model_->num_inputs(); ++i)
-      if (model_->input_shapes()[size_t(i)] != dataset_.train->sample_shape())
+      if (model_->input_shapes()[size_t(i)] != dataset_.train->sample_shape() &&
+          model_->input_shapes()[size_t(i)] != with_channel)
         where.fail(str_cat("the data's samples are ", shape_str(dataset_.train->sample_shape()), " but input ",
                            model_->input_name(i), "'s shape is ", shape_str(model_->input_shapes()[size_t(i)])));
   }
