@@ -406,7 +406,16 @@ struct Translator {
     const ojson& a = cfg_of(r);
     YAML::Node n;
     n["max_norm"]["max_value"] = a.contains("max_value") ? a["max_value"].get<double>() : 2.0;
-    n["max_norm"]["axis"] = a.contains("axis") && a["axis"].is_number_integer() ? a["axis"].get<int>() : 0;
+    int axis = 0;
+    if (a.contains("axis") && a["axis"].is_number_integer()) {
+      axis = a["axis"].get<int>();
+    } else if (a.contains("axis") && a["axis"].is_array()) {
+      // Keras's usual convolution constraint is MaxNorm(axis=[0, 1, 2]); lockstep's max_norm has one axis.
+      if (a["axis"].size() != 1 || !a["axis"][0].is_number_integer())
+        refuse(layer, cls, str_cat("MaxNorm over several axes (axis ", a["axis"].dump(), ") is not supported (one axis only)"));
+      axis = a["axis"][0].get<int>();
+    }
+    n["max_norm"]["axis"] = axis;
     return n;
   }
 
@@ -418,6 +427,39 @@ struct Translator {
                                              "softplus", "softsign", "swish", "leaky_relu"};
     if (!ok.count(a)) refuse(layer, cls, str_cat("activation '", a, "' is not supported by lockstep"));
     return a;
+  }
+
+  // Maps are [height, width, channels]: data_format channels_last (null: Keras's default, the same).
+  void channels_last(const ojson& c, const std::string& layer, const std::string& cls) const {
+    if (is_null(c, "data_format")) return;
+    const std::string f = c["data_format"].is_string() ? c["data_format"].get<std::string>() : c["data_format"].dump();
+    if (f != "channels_last")
+      refuse(layer, cls, str_cat("data_format ", f, " is not supported (channels_last only: maps are [height, width, channels])"));
+  }
+
+  // kernel_size, strides, dilation_rate, pool_size: an int or [h, w], as [h, w].
+  YAML::Node window_pair(const ojson& c, const char* key, const std::string& layer, const std::string& cls) const {
+    const ojson& v = c.at(key);
+    YAML::Node s(YAML::NodeType::Sequence);
+    if (v.is_number_integer()) {
+      s.push_back(v.get<int64_t>());
+      s.push_back(v.get<int64_t>());
+    } else if (v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer()) {
+      s.push_back(v[0].get<int64_t>());
+      s.push_back(v[1].get<int64_t>());
+    } else {
+      refuse(layer, cls, str_cat(key, " ", v.dump(), " is not supported (an integer or two integers)"));
+    }
+    return s;
+  }
+
+  // Window padding: valid or same (Keras lower-cases it too).
+  std::string window_padding(const ojson& c, const std::string& layer, const std::string& cls) const {
+    if (is_null(c, "padding")) return "valid";
+    std::string p = c["padding"].is_string() ? c["padding"].get<std::string>() : c["padding"].dump();
+    std::transform(p.begin(), p.end(), p.begin(), ::tolower);
+    if (p != "valid" && p != "same") refuse(layer, cls, str_cat("padding ", p, " is not supported (valid or same)"));
+    return p;
   }
 
   // {lockstep_key: {args}} for one Keras layer entry.
@@ -533,6 +575,81 @@ struct Translator {
     } else if (cls == "Add" || cls == "Subtract" || cls == "Multiply" || cls == "Average" || cls == "Maximum" ||
                cls == "Minimum") {
       key = keras_snake_case(cls);
+    } else if (cls == "Conv2D" || cls == "DepthwiseConv2D") {
+      const bool dw = cls == "DepthwiseConv2D";
+      const std::string k = dw ? "depthwise" : "kernel";
+      key = dw ? "depthwise_conv2d" : "conv2d";
+      channels_last(c, name, cls);
+      if (dw) {
+        args["depth_multiplier"] = c.contains("depth_multiplier") ? c["depth_multiplier"].get<int64_t>() : int64_t(1);
+      } else {
+        if (!c.contains("filters") || !c["filters"].is_number_integer()) refuse(name, cls, "no filters");
+        args["filters"] = c["filters"].get<int64_t>();
+      }
+      if (!c.contains("kernel_size")) refuse(name, cls, "no kernel_size");
+      args["kernel_size"] = window_pair(c, "kernel_size", name, cls);
+      if (!is_null(c, "strides")) args["strides"] = window_pair(c, "strides", name, cls);
+      args["padding"] = window_padding(c, name, cls);
+      if (!is_null(c, "dilation_rate")) args["dilation_rate"] = window_pair(c, "dilation_rate", name, cls);
+      // tf_keras writes groups: 1 for DepthwiseConv2D as well (it means nothing there).
+      if (!is_null(c, "groups") && c["groups"].get<int64_t>() != 1) {
+        if (dw) refuse(name, cls, "groups other than 1 is not supported");
+        args["groups"] = c["groups"].get<int64_t>();
+      }
+      const std::string act = activation(c, name, cls);
+      if (act != "linear") args["activation"] = act;
+      if (c.contains("use_bias") && !c["use_bias"].get<bool>()) args["use_bias"] = false;
+      for (const std::string& init : {k + "_initializer", std::string("bias_initializer")})
+        if (!is_null(c, init.c_str())) args[init] = initializer(c[init], name, cls);
+      for (const std::string& reg : {k + "_regularizer", std::string("bias_regularizer")})
+        if (!is_null(c, reg.c_str())) {
+          YAML::Node r = regularizer(c[reg], name, cls);
+          if (r.IsDefined() && r.size()) args[reg] = r;
+        }
+      if (!is_null(c, (k + "_constraint").c_str())) args[k + "_constraint"] = constraint(c[k + "_constraint"], name, cls);
+      if (!is_null(c, "activity_regularizer")) refuse(name, cls, "activity_regularizer is not supported");
+      if (!is_null(c, "bias_constraint")) refuse(name, cls, "bias_constraint is not supported");
+    } else if (cls == "MaxPooling2D" || cls == "AveragePooling2D") {
+      key = cls == "MaxPooling2D" ? "max_pooling2d" : "average_pooling2d";
+      channels_last(c, name, cls);
+      if (!is_null(c, "pool_size")) args["pool_size"] = window_pair(c, "pool_size", name, cls);
+      if (!is_null(c, "strides")) args["strides"] = window_pair(c, "strides", name, cls);  // null: pool_size
+      args["padding"] = window_padding(c, name, cls);
+    } else if (cls == "GlobalAveragePooling2D" || cls == "GlobalMaxPooling2D") {
+      key = cls == "GlobalMaxPooling2D" ? "global_max_pooling2d" : "global_average_pooling2d";
+      channels_last(c, name, cls);
+      if (c.contains("keepdims") && c["keepdims"].is_boolean() && c["keepdims"].get<bool>()) args["keepdims"] = true;
+    } else if (cls == "ZeroPadding2D") {
+      key = "zero_padding2d";
+      channels_last(c, name, cls);
+      int64_t p[4] = {1, 1, 1, 1};  // top, bottom, left, right
+      if (!is_null(c, "padding")) {
+        const ojson& v = c["padding"];
+        auto is_int_pair = [](const ojson& x) {
+          return x.is_array() && x.size() == 2 && x[0].is_number_integer() && x[1].is_number_integer();
+        };
+        if (v.is_number_integer()) {
+          p[0] = p[1] = p[2] = p[3] = v.get<int64_t>();
+        } else if (is_int_pair(v)) {
+          p[0] = p[1] = v[0].get<int64_t>();
+          p[2] = p[3] = v[1].get<int64_t>();
+        } else if (v.is_array() && v.size() == 2 && is_int_pair(v[0]) && is_int_pair(v[1])) {
+          p[0] = v[0][0].get<int64_t>(), p[1] = v[0][1].get<int64_t>();
+          p[2] = v[1][0].get<int64_t>(), p[3] = v[1][1].get<int64_t>();
+        } else {
+          refuse(name, cls, str_cat("padding ", v.dump(), " is not supported"));
+        }
+      }
+      YAML::Node pad(YAML::NodeType::Sequence), h(YAML::NodeType::Sequence), w(YAML::NodeType::Sequence);
+      h.push_back(p[0]), h.push_back(p[1]), w.push_back(p[2]), w.push_back(p[3]);
+      pad.push_back(h), pad.push_back(w);
+      args["padding"] = pad;
+    } else if (cls == "SpatialDropout2D") {
+      key = "spatial_dropout2d";
+      channels_last(c, name, cls);
+      args["rate"] = num("rate", 0.0);
+      if (!is_null(c, "noise_shape")) refuse(name, cls, "noise_shape is not supported");
+      if (c.contains("seed") && c["seed"].is_number_integer()) args["seed"] = c["seed"].get<int64_t>();
     } else if (cls == "Sequential" || cls == "Functional" || cls == "Model") {
       refuse(name, cls, "nested models are not supported");
     } else if (cls == "MCDropout" || cls == "MCAlphaDropout") {
@@ -773,7 +890,8 @@ void load_keras_weights(const std::string& path, Model& model, const std::vector
       for (const auto& n : wn) {
         std::string last = n.substr(n.rfind('/') == std::string::npos ? 0 : n.rfind('/') + 1);
         if (ends_with(last, ":0")) last.resize(last.size() - 2);
-        if (last == w.name) found = &n;
+        // Keras 3 names DepthwiseConv2D's depthwise_kernel `kernel` (tf.keras: depthwise_kernel).
+        if (last == w.name || (w.name == "depthwise_kernel" && last == "kernel")) found = &n;
       }
       if (!found)
         throw CheckpointError(str_cat(path, ": layer '", lname, "' has no weight '", w.name, "' (it has ", join(wn), ")"));

@@ -167,6 +167,38 @@ std::string activation_json(const Layer& l) {
   return activation_name(l.output_activation());
 }
 
+// A window argument (kernel_size, strides, dilation_rate, pool_size: an int or [h, w]) as Keras's
+// [h, w]; `def` when absent or null.
+ojson pair_json(const ConfigNode& a, const char* key, std::pair<int64_t, int64_t> def) {
+  const ConfigNode n = a[key];
+  if (n.defined()) {
+    if (n.is_scalar()) def = {n.as_int(), n.as_int()};
+    else if (const std::vector<int64_t> v = n.as_int_list(); v.size() == 2) def = {v[0], v[1]};
+  }
+  return ojson::array({def.first, def.second});
+}
+
+// ZeroPadding2D's padding (an int, [rows, columns] or [[top, bottom], [left, right]]; default 1) as
+// Keras's [[top, bottom], [left, right]].
+ojson padding2d_json(const ConfigNode& a) {
+  int64_t p[4] = {1, 1, 1, 1};
+  const ConfigNode n = a["padding"];
+  if (n.defined()) {
+    if (n.is_scalar()) {
+      p[0] = p[1] = p[2] = p[3] = n.as_int();
+    } else if (n.size() == 2 && n[0].is_scalar() && n[1].is_scalar()) {
+      p[0] = p[1] = n[0].as_int();
+      p[2] = p[3] = n[1].as_int();
+    } else if (n.size() == 2) {
+      const std::vector<int64_t> h = n[0].as_int_list(), w = n[1].as_int_list();
+      if (h.size() == 2 && w.size() == 2) p[0] = h[0], p[1] = h[1], p[2] = w[0], p[3] = w[1];
+    }
+  }
+  return ojson::array({ojson::array({p[0], p[1]}), ojson::array({p[2], p[3]})});
+}
+
+ojson seed_json(const ConfigNode& a) { return a.has("seed") && a["seed"].defined() ? ojson(a["seed"].as_int()) : ojson(nullptr); }
+
 }  // namespace
 
 ojson keras_layer_json(const Model& model, const Layer& l) {
@@ -236,18 +268,75 @@ ojson keras_layer_json(const Model& model, const Layer& l) {
     cname = "Dropout";
     c["rate"] = a.get("rate", 0.0);
     c["noise_shape"] = nullptr;
-    c["seed"] = a.has("seed") ? ojson(a["seed"].as_int()) : ojson(nullptr);
+    c["seed"] = seed_json(a);
   } else if (key == "alpha_dropout" || key == "mc_alpha_dropout") {
     cname = "AlphaDropout";
     c["rate"] = a.get("rate", 0.0);
-    c["seed"] = a.has("seed") ? ojson(a["seed"].as_int()) : ojson(nullptr);
+    c["seed"] = seed_json(a);
   } else if (key == "reshape") {
     c["target_shape"] = a.defined() && a.has("target_shape") ? ojson(a["target_shape"].as_int_list())
                                                               : ojson(l.output_shape());
   } else if (key == "concatenate") {
     c["axis"] = a.get("axis", int64_t(-1));
+  } else if (key == "conv2d" || key == "depthwise_conv2d") {
+    // Keys and order as tf_keras 2.x writes them. DepthwiseConv2D is written without `groups`:
+    // tf_keras writes `groups: 1` for it, but Keras 3's DepthwiseConv2D refuses that key (it cannot
+    // load tf_keras's own file); tf_keras's default is the same 1.
+    const bool dw = key == "depthwise_conv2d";
+    const std::string k = dw ? "depthwise" : "kernel";
+    if (!dw) c["filters"] = a.get("filters", int64_t(0));
+    c["kernel_size"] = pair_json(a, "kernel_size", {1, 1});
+    c["strides"] = pair_json(a, "strides", {1, 1});
+    c["padding"] = a.get("padding", "valid");
+    c["data_format"] = "channels_last";
+    c["dilation_rate"] = pair_json(a, "dilation_rate", {1, 1});
+    if (!dw) c["groups"] = a.get("groups", int64_t(1));
+    c["activation"] = activation_json(l);
+    c["use_bias"] = a.get("use_bias", true);
+    if (!dw) c["kernel_initializer"] = initializer_json(a["kernel_initializer"], "glorot_uniform");
+    c["bias_initializer"] = initializer_json(a["bias_initializer"], "zeros");
+    if (!dw) c["kernel_regularizer"] = regularizer_json(a["kernel_regularizer"]);
+    c["bias_regularizer"] = regularizer_json(a["bias_regularizer"]);
+    c["activity_regularizer"] = nullptr;
+    if (!dw) c["kernel_constraint"] = constraint_json(a["kernel_constraint"]);
+    c["bias_constraint"] = nullptr;
+    if (dw) {
+      c["depth_multiplier"] = a.get("depth_multiplier", int64_t(1));
+      c["depthwise_initializer"] = initializer_json(a["depthwise_initializer"], "glorot_uniform");
+      c["depthwise_regularizer"] = regularizer_json(a["depthwise_regularizer"]);
+      c["depthwise_constraint"] = constraint_json(a["depthwise_constraint"]);
+    }
+  } else if (key == "max_pooling2d" || key == "average_pooling2d") {
+    const ojson pool = pair_json(a, "pool_size", {2, 2});
+    c["pool_size"] = pool;
+    c["padding"] = a.get("padding", "valid");
+    c["strides"] = pair_json(a, "strides", {pool[0].get<int64_t>(), pool[1].get<int64_t>()});
+    c["data_format"] = "channels_last";
+  } else if (key == "global_average_pooling2d" || key == "global_max_pooling2d") {
+    c["data_format"] = "channels_last";
+    c["keepdims"] = a.get("keepdims", false);
+  } else if (key == "zero_padding2d") {
+    c["padding"] = padding2d_json(a);
+    c["data_format"] = "channels_last";
+  } else if (key == "spatial_dropout2d") {
+    // Keras 3's SpatialDropout2D takes only rate, data_format, seed, name and dtype (no `trainable`,
+    // no `noise_shape`: it refuses tf_keras's own config); tf_keras takes these too.
+    ojson s;
+    s["name"] = l.name();
+    s["dtype"] = dtype_name(model);
+    s["rate"] = a.get("rate", 0.0);
+    s["data_format"] = "channels_last";
+    s["seed"] = seed_json(a);
+    return cls(cname, s);
+  } else if (key == "add" || key == "subtract" || key == "multiply" || key == "average" || key == "maximum" ||
+             key == "minimum") {
+    // The base keys only.
+  } else {
+    // A layer added to lockstep without its Keras config here would be written with the base keys
+    // only: a file Keras cannot load, or loads with other defaults. Refuse it instead.
+    throw UserError(str_cat("layer '", l.name(), "' (", key, "): no Keras export for this layer kind yet "
+                            "(core/keras_json.cpp keras_layer_json)"));
   }
-  // add, subtract, multiply, average, maximum, minimum: the base keys only.
   return cls(cname, c);
 }
 

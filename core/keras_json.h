@@ -14,6 +14,14 @@
 // momentum and epsilon, Concatenate's axis, PReLU's shared_axes. Float hyper-parameters that Keras
 // casts to float32 (regularizer factors, LeakyReLU/ELU alpha) are written float32-cast.
 //
+// Convolutional layers (channels_last): Conv2D and DepthwiseConv2D with kernel_size/strides/
+// dilation_rate as [h, w], padding, groups (Conv2D only: Keras 3's DepthwiseConv2D refuses the key);
+// MaxPooling2D/AveragePooling2D (strides default to pool_size); Global*Pooling2D with keepdims;
+// ZeroPadding2D's padding as [[top, bottom], [left, right]]; SpatialDropout2D with the keys Keras 3
+// accepts (name, dtype, rate, data_format, seed: no `trainable`, no `noise_shape`).
+// A layer kind without an entry here is refused (UserError naming the layer and its key), never
+// written with the base keys only.
+//
 // Layers without a Keras class: `rrelu` is written as LeakyReLU with alpha = (lower + upper) / 2 (its
 // inference function; its random training slopes are lost), `mc_dropout`/`mc_alpha_dropout` as
 // Dropout/AlphaDropout (Keras then drops only in training; the book's MCDropout is a custom class).
@@ -32,7 +40,8 @@ namespace lockstep {
 std::string keras_model_config(const Model& model);
 nlohmann::ordered_json keras_model_config_json(const Model& model);
 // One layer's {"class_name", "config"} (config complete, as above). UserError for what Keras cannot
-// express (e.g. a Dense activation {leaky_relu: {alpha}} other than Keras's function default).
+// express (e.g. a Dense activation {leaky_relu: {alpha}} other than Keras's function default) and for
+// a layer kind this exporter does not know.
 nlohmann::ordered_json keras_layer_json(const Model& model, const Layer& layer);
 // Human-readable notes about layers exported as their nearest Keras equivalent (empty: none).
 std::vector<std::string> keras_export_notes(const Model& model);

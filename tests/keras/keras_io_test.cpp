@@ -8,7 +8,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <tuple>
 
 #include "core/checkpoint.h"
 #include "core/keras_io.h"
@@ -117,6 +119,46 @@ const char* kFunctional = R"(model:
   outputs: softmax
 )";
 
+// Every convolutional layer, with non-default arguments where they have some.
+const char* kCnnSequential = R"(model:
+  name: cnn
+  input_shape: [9, 8, 2]
+  layers:
+    - conv2d: {filters: 4, kernel_size: 3, padding: same, activation: relu, kernel_initializer: he_normal,
+               kernel_regularizer: {l2: 0.0001}, bias_regularizer: {l1: 0.00001}, kernel_constraint: {max_norm: 2.0}}
+    - batch_normalization: {}
+    - conv2d: {filters: 6, kernel_size: [3, 2], strides: [2, 1], groups: 2, use_bias: false, trainable: false}
+    - depthwise_conv2d: {kernel_size: 2, depth_multiplier: 2, dilation_rate: 2, activation: tanh,
+                         depthwise_initializer: lecun_uniform, depthwise_regularizer: {l1_l2: {l1: 0.001, l2: 0.002}},
+                         depthwise_constraint: {max_norm: {max_value: 3.0, axis: 2}}}
+    - zero_padding2d: {padding: [[1, 0], [2, 1]]}
+    - max_pooling2d: {pool_size: 2, strides: 1, padding: same}
+    - spatial_dropout2d: {rate: 0.25, seed: 5}
+    - average_pooling2d: {pool_size: [2, 3]}
+    - zero_padding2d: {padding: 1}
+    - global_max_pooling2d: {keepdims: true}
+    - flatten: {}
+    - dense: {units: 3, activation: softmax}
+)";
+
+const char* kCnnFunctional = R"(model:
+  name: resblock
+  inputs:
+    - input: {name: image, shape: [8, 8, 3]}
+  layers:
+    - conv2d: {name: stem, filters: 4, kernel_size: 3, padding: same}
+      inputs: image
+    - depthwise_conv2d: {name: dw, kernel_size: 3, padding: same}
+    - conv2d: {name: pw, filters: 4, kernel_size: 1}
+    - add: {name: res}
+      inputs: [stem, pw]
+    - zero_padding2d: {name: pad, padding: [1, 1]}
+    - spatial_dropout2d: {name: sdrop, rate: 0.1}
+    - global_average_pooling2d: {name: gap}
+    - dense: {name: out, units: 2, activation: softmax}
+  outputs: out
+)";
+
 std::string root_string(const std::string& path, const char* name, H5T_cset_t* cset, bool* vlen) {
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t a = H5Aopen(f, name, H5P_DEFAULT);
@@ -182,6 +224,91 @@ TEST(KerasExport, CompleteLayerConfigs) {
         "\"max_value\": null, \"negative_slope\": 0.0, \"threshold\": 0.0", "\"target_shape\": [2, 2]",
         "\"shared_axes\": null", "\"activity_regularizer\": null"})
     EXPECT_NE(j.find(want), std::string::npos) << want << "\n" << j;
+}
+
+TEST(KerasExport, ConvolutionalRoundTripsAreBitIdentical) {
+  TempDir tmp;
+  for (const char* yaml : {kCnnSequential, kCnnFunctional}) {
+    auto m = build(yaml);
+    const std::string p = tmp.path() + "/c.h5";
+    write_keras_h5(p, *m, ConfigNode(), nullptr);
+    auto back = import(p);
+    expect_same_weights(*m, *back);
+    EXPECT_EQ(keras_model_config(*m), keras_model_config(*back));
+    EXPECT_EQ(m->summary(), back->summary());
+    EXPECT_EQ(m->total_params(), back->total_params());
+  }
+}
+
+// The keys and values tf_keras 2.x writes (tests/keras/keras_roundtrip.py loads them in tf_keras and Keras 3).
+TEST(KerasExport, CompleteConvolutionalLayerConfigs) {
+  const std::string j = keras_model_config(*build(kCnnSequential));
+  for (const char* want :
+       {"{\"class_name\": \"InputLayer\", \"config\": {\"batch_input_shape\": [null, 9, 8, 2]",
+        "{\"class_name\": \"Conv2D\", \"config\": {\"name\": \"conv2d\", \"trainable\": true, \"dtype\": \"float32\", "
+        "\"filters\": 4, \"kernel_size\": [3, 3], \"strides\": [1, 1], \"padding\": \"same\", \"data_format\": \"channels_last\", "
+        "\"dilation_rate\": [1, 1], \"groups\": 1, \"activation\": \"relu\", \"use_bias\": true, "
+        "\"kernel_initializer\": {\"class_name\": \"HeNormal\", \"config\": {\"seed\": null}}, "
+        "\"bias_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, "
+        "\"kernel_regularizer\": {\"class_name\": \"L2\", \"config\": {\"l2\": 9.999999747378752e-05}}, "
+        "\"bias_regularizer\": {\"class_name\": \"L1\", \"config\": {\"l1\": 9.999999747378752e-06}}, "
+        "\"activity_regularizer\": null, "
+        "\"kernel_constraint\": {\"class_name\": \"MaxNorm\", \"config\": {\"max_value\": 2.0, \"axis\": 0}}, "
+        "\"bias_constraint\": null}}",
+        "\"name\": \"conv2d_1\", \"trainable\": false, \"dtype\": \"float32\", \"filters\": 6, \"kernel_size\": [3, 2], "
+        "\"strides\": [2, 1], \"padding\": \"valid\", \"data_format\": \"channels_last\", \"dilation_rate\": [1, 1], "
+        "\"groups\": 2, \"activation\": \"linear\", \"use_bias\": false",
+        "{\"class_name\": \"DepthwiseConv2D\", \"config\": {\"name\": \"depthwise_conv2d\", \"trainable\": true, "
+        "\"dtype\": \"float32\", \"kernel_size\": [2, 2], \"strides\": [1, 1], \"padding\": \"valid\", "
+        "\"data_format\": \"channels_last\", \"dilation_rate\": [2, 2], \"activation\": \"tanh\", \"use_bias\": true, "
+        "\"bias_initializer\": {\"class_name\": \"Zeros\", \"config\": {}}, \"bias_regularizer\": null, "
+        "\"activity_regularizer\": null, \"bias_constraint\": null, \"depth_multiplier\": 2, "
+        "\"depthwise_initializer\": {\"class_name\": \"LecunUniform\", \"config\": {\"seed\": null}}, "
+        "\"depthwise_regularizer\": {\"class_name\": \"L1L2\", \"config\": {\"l1\": 0.0010000000474974513, \"l2\": 0.0020000000949949026}}, "
+        "\"depthwise_constraint\": {\"class_name\": \"MaxNorm\", \"config\": {\"max_value\": 3.0, \"axis\": 2}}}}",
+        "{\"class_name\": \"ZeroPadding2D\", \"config\": {\"name\": \"zero_padding2d\", \"trainable\": true, "
+        "\"dtype\": \"float32\", \"padding\": [[1, 0], [2, 1]], \"data_format\": \"channels_last\"}}",
+        "{\"class_name\": \"MaxPooling2D\", \"config\": {\"name\": \"max_pooling2d\", \"trainable\": true, "
+        "\"dtype\": \"float32\", \"pool_size\": [2, 2], \"padding\": \"same\", \"strides\": [1, 1], \"data_format\": \"channels_last\"}}",
+        "{\"class_name\": \"SpatialDropout2D\", \"config\": {\"name\": \"spatial_dropout2d\", \"dtype\": \"float32\", "
+        "\"rate\": 0.25, \"data_format\": \"channels_last\", \"seed\": 5}}",
+        "{\"class_name\": \"AveragePooling2D\", \"config\": {\"name\": \"average_pooling2d\", \"trainable\": true, "
+        "\"dtype\": \"float32\", \"pool_size\": [2, 3], \"padding\": \"valid\", \"strides\": [2, 3], \"data_format\": \"channels_last\"}}",
+        "\"name\": \"zero_padding2d_1\", \"trainable\": true, \"dtype\": \"float32\", \"padding\": [[1, 1], [1, 1]]",
+        "{\"class_name\": \"GlobalMaxPooling2D\", \"config\": {\"name\": \"global_max_pooling2d\", \"trainable\": true, "
+        "\"dtype\": \"float32\", \"data_format\": \"channels_last\", \"keepdims\": true}}"})
+    EXPECT_NE(j.find(want), std::string::npos) << want << "\n" << j;
+  const std::string f = keras_model_config(*build(kCnnFunctional));
+  EXPECT_NE(f.find("\"padding\": [[1, 1], [1, 1]]"), std::string::npos) << f;
+  EXPECT_NE(f.find("\"data_format\": \"channels_last\", \"keepdims\": false}"), std::string::npos) << f;
+}
+
+// A layer kind keras_layer_json has no entry for is refused by name, not written with the base keys.
+class UnknownToKeras : public Layer {
+ public:
+  std::string key() const override { return "fancy_layer"; }
+  std::string keras_class() const override { return "Fancy"; }
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<UnknownToKeras>(*this); }
+  Shape build(const Shape& in) override { return in; }
+  Tensor forward(const Tensor& x, Context&) override { return x; }
+  Tensor backward(const Tensor& dy, Context&, bool) override { return dy; }
+};
+
+TEST(KerasExport, UnknownLayerKindsAreRefused) {
+  auto m = build(kSequential);
+  UnknownToKeras l;
+  l.set_name("my_fancy");
+  try {
+    keras_layer_json(*m, l);
+    ADD_FAILURE() << "accepted";
+  } catch (const UserError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("my_fancy"), std::string::npos) << w;
+    EXPECT_NE(w.find("fancy_layer"), std::string::npos) << w;
+  }
+  // Every layer kind of the run file has an export (a model with one of each builds and exports).
+  for (const char* yaml : {kSequential, kFunctional, kCnnSequential, kCnnFunctional})
+    EXPECT_NO_THROW(keras_model_config(*build(yaml)));
 }
 
 TEST(KerasExport, RReluAndMcDropoutAreWrittenAsTheirKerasEquivalents) {
@@ -457,8 +584,31 @@ TEST(KerasImport, BadInput) {
   const std::string js = tmp.path() + "/m.json";
   std::ofstream(js) << R"({"class_name": "Sequential", "config": {"name": "s", "layers": [)"
                        R"({"class_name": "InputLayer", "config": {"batch_input_shape": [null, 3], "name": "in"}},)"
-                       R"({"class_name": "Conv2D", "config": {"name": "conv2d", "filters": 3}}]}})";
-  expect_refused([&] { keras_model_yaml(js); }, {"m.json", "conv2d", "Conv2D"});
+                       R"({"class_name": "Conv3D", "config": {"name": "conv3d", "filters": 3}}]}})";
+  expect_refused([&] { keras_model_yaml(js); }, {"m.json", "conv3d", "Conv3D"});
+  // Convolutional layers with what lockstep lacks: refused by file, layer and feature.
+  auto one_layer = [&](const std::string& cls, const std::string& cfg) {
+    std::ofstream(js) << R"({"class_name": "Sequential", "config": {"name": "s", "layers": [)"
+                         R"({"class_name": "InputLayer", "config": {"batch_input_shape": [null, 8, 8, 3], "name": "in"}},)"
+                         R"({"class_name": ")" << cls << R"(", "config": {"name": "x", )" << cfg << "}}]}}";
+    return [&] { keras_model_yaml(js); };
+  };
+  for (const auto& [cls, cfg, why] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"Conv2D", R"("filters": 2, "kernel_size": [3, 3], "data_format": "channels_first")", "channels_first"},
+           {"Conv2D", R"("filters": 2, "kernel_size": [3, 3], "bias_constraint": {"class_name": "MaxNorm", "config": {}})", "bias_constraint"},
+           {"Conv2D", R"("filters": 2, "kernel_size": [3, 3], "activity_regularizer": {"class_name": "L2", "config": {}})", "activity_regularizer"},
+           {"Conv2D", R"("filters": 2, "kernel_size": [3, 3], "padding": "causal")", "padding causal"},
+           {"Conv2D", R"("filters": 2)", "kernel_size"},
+           {"DepthwiseConv2D", R"("kernel_size": [3, 3], "groups": 3)", "groups"},
+           {"MaxPooling2D", R"("pool_size": [2, 2], "data_format": "channels_first")", "channels_first"},
+           {"GlobalAveragePooling2D", R"("data_format": "channels_first")", "channels_first"},
+           {"ZeroPadding2D", R"("padding": [1, 2, 3])", "padding"},
+           {"SpatialDropout2D", R"("rate": 0.2, "noise_shape": [null, 1, 1, 3])", "noise_shape"},
+           {"Conv2D", R"("filters": 2, "kernel_size": 3, "kernel_constraint": {"class_name": "MaxNorm", "config": {"max_value": 2, "axis": [0, 1, 2]}})",
+            "several axes"}}) {
+    SCOPED_TRACE(cls + " " + why);
+    expect_refused(one_layer(cls, cfg), {"m.json", "'x'", cls, why});
+  }
   // Broken JSON.
   const std::string bad = tmp.path() + "/bad.json";
   std::ofstream(bad) << "{\"class_name\": ";

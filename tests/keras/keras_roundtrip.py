@@ -16,6 +16,10 @@ Run with the python of tests/keras/keras_venv.sh (tensorflow-cpu, tf_keras = tf.
     (model.save("my_model_A.h5")); a lockstep run file for task B takes its hidden layers with
     `transfer: {from: my_model_A.h5, ...}`; they equal Keras's weights bit for bit while frozen and move
     after; `lockstep evaluate --checkpoint my_model_A.h5` equals Keras's model.evaluate.
+(d) CNNs both ways: a Sequential CNN and a Functional residual block (conv2d, depthwise_conv2d, BN, pooling,
+    add, zero_padding2d, spatial_dropout2d, global pooling) trained by lockstep, exported, loaded by tf_keras
+    and Keras 3 (the checks of (a)); CNNs saved by tf_keras and by Keras 3 imported with from_keras (the
+    checks of (b)).
 
 Data: small learnable Fashion-MNIST-like IDX files generated here (10 classes of 28x28 uint8 images: a
 prototype per class plus noise), converted with `lockstep data convert`. Functional models train on image
@@ -155,6 +159,23 @@ def capture():
     box["messages"] = msgs
 
 
+def keras3_loadable(path):
+    """Keras 3 cannot load tf_keras's own file of some CNN layers: its DepthwiseConv2D refuses `groups` and its
+    SpatialDropout2D refuses `trainable` and `noise_shape`, keys tf_keras writes (lockstep writes neither).
+    Remove them from tf_keras's file so that it can serve as Keras 3's baseline."""
+    drop = {"DepthwiseConv2D": ("groups",), "SpatialDropout2D": ("trainable", "noise_shape")}
+    with h5py.File(path, "r+") as f:
+        mc = json.loads(f.attrs["model_config"])
+        changed = False
+        for layer in mc["config"]["layers"]:
+            for k in drop.get(layer["class_name"], ()):
+                if k in layer["config"]:
+                    del layer["config"][k]
+                    changed = True
+        if changed:
+            f.attrs["model_config"] = json.dumps(mc)
+
+
 def load_both(path, what):
     """(tf_keras model, Keras 3 model), checking that neither warns about the file.
 
@@ -169,6 +190,7 @@ def load_both(path, what):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "You are saving your model as an HDF5 file ... legacy"
         mt.save(ref)
+    keras3_loadable(ref)
     with capture() as box:
         m3_ref = keras.saving.load_model(ref)
     baseline = box["messages"]
@@ -566,6 +588,126 @@ try:
     head = lockstep_weights(ckpts[0][1])["new_head"]["kernel"]
     check("(c) the new head is trained from epoch 1", head.shape == (50, 1) and not np.allclose(head, 0))
     print(f"(c) done in {time.time() - t_c:.1f} s", flush=True)
+    # ============================ (d) CNNs, both ways =============================================
+    # lockstep -> Keras: a Sequential CNN (conv2d, batch_normalization, pooling, dropout) and a Functional
+    # residual block (add, depthwise_conv2d, zero_padding2d, spatial_dropout2d, global pooling), trained a
+    # few steps by lockstep; Keras -> lockstep: a Sequential CNN saved by tf_keras and a Functional one
+    # saved by Keras 3 (whose DepthwiseConv2D weight is named `kernel`, not `depthwise_kernel`).
+    t_d = time.time()
+    xi_test = xs_test[..., None]  # [N, 28, 28, 1]: lockstep reads the [N, 28, 28] data with C = 1
+    cnn_seq = {"name": "cnn_sequential", "input_shape": [28, 28, 1], "layers": [
+        {"conv2d": {"filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu",
+                    "kernel_initializer": "he_normal", "kernel_regularizer": {"l2": 1e-4}}},
+        {"batch_normalization": {"momentum": 0.9}},
+        {"max_pooling2d": {}},
+        {"conv2d": {"filters": 12, "kernel_size": [3, 2], "strides": [2, 1], "groups": 4, "use_bias": False,
+                    "kernel_constraint": {"max_norm": {"max_value": 2.0, "axis": 2}}}},
+        {"activation": {"activation": "elu"}},
+        {"average_pooling2d": {"pool_size": 2, "padding": "same"}},
+        {"max_pooling2d": {"pool_size": [2, 3], "strides": 1}},
+        {"dropout": {"rate": 0.2}},
+        {"flatten": {}},
+        {"dense": {"units": 10, "activation": "softmax"}},
+    ]}
+    cnn_fun = {
+        "name": "cnn_residual",
+        "inputs": [{"input": {"name": "image", "shape": [28, 28, 1]}}],
+        "layers": [
+            {"conv2d": {"name": "stem", "filters": 6, "kernel_size": 3, "strides": 2, "padding": "same",
+                        "activation": "relu"}, "inputs": "image"},
+            {"depthwise_conv2d": {"name": "dw", "kernel_size": 3, "padding": "same",
+                                  "depthwise_initializer": "he_uniform", "bias_initializer": {"constant": {"value": 0.05}}}},
+            {"batch_normalization": {"name": "dw_bn"}},
+            {"activation": {"name": "dw_relu", "activation": "relu"}},
+            {"conv2d": {"name": "pw", "filters": 6, "kernel_size": 1}},
+            {"add": {"name": "residual"}, "inputs": ["stem", "pw"]},
+            {"zero_padding2d": {"name": "pad", "padding": [[1, 0], [0, 1]]}},
+            {"depthwise_conv2d": {"name": "dw2", "kernel_size": 2, "depth_multiplier": 2, "use_bias": False}},
+            {"conv2d": {"name": "dilated", "filters": 8, "kernel_size": 3, "dilation_rate": 2, "activation": "tanh"}},
+            {"spatial_dropout2d": {"name": "sdrop", "rate": 0.2}},
+            {"global_average_pooling2d": {"name": "gap"}, "inputs": "sdrop"},
+            {"global_max_pooling2d": {"name": "gmp", "keepdims": True}, "inputs": "sdrop"},
+            {"flatten": {"name": "gmp_flat"}},
+            {"concatenate": {"name": "pooled"}, "inputs": ["gap", "gmp_flat"]},
+            {"dense": {"name": "out", "units": 10, "activation": "softmax"}},
+        ],
+        "outputs": "out",
+    }
+    for what, model, opt in (("CNN Sequential", cnn_seq, {"name": "nadam", "learning_rate": 0.002}),
+                             ("CNN Functional", cnn_fun, {"name": "adam", "learning_rate": 0.003})):
+        stem = what.replace(" ", "_").lower()
+        run = {"name": stem, "seed": 5,
+               "data": {"path": seq_data, "validation": {"first": 100}, "scale": 255, "limit": 96},
+               "model": model, "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
+               "optimizer": opt, "train": {"epochs": 1, "batch_size": 32, "verbose": 0}}
+        run_yaml = write_yaml(os.path.join(work, stem + ".yaml"), run)
+        lockstep("train", run_yaml, "--run-dir", os.path.join(work, "runs", stem))
+        ckpt = os.path.join(work, "runs", stem, "final.h5")
+        p_lock = lockstep_predict(run_yaml, ckpt, os.path.join(work, stem + ".pred.h5"))
+        out_h5 = os.path.join(work, stem + "_export.h5")
+        lockstep("export", ckpt, "--out", out_h5)
+        mt, m3 = load_both(out_h5, f"(d) {what} export")
+        check_optimizer_state(out_h5, mt, 96 // 32, f"(d) {what}")
+        n_params = sum(int(np.prod(w.shape)) for ws in lockstep_weights(ckpt).values() for w in ws.values())
+        for lib, m in (("tf_keras", mt), ("Keras 3", m3)):
+            check(f"(d) {what}: {lib} count_params equals lockstep's", m.count_params() == n_params,
+                  f"{m.count_params()} vs {n_params}")
+            check(f"(d) {what}: {lib} has lockstep's layers, in lockstep's order",
+                  [l.name for l in m.layers] == lockstep_layer_names(ckpt))
+            x_in = [xi_test] if "inputs" in model else xi_test  # input_layers is a list: Keras 3 warns about a bare tensor
+            dd = float(np.abs(keras_predict(m, x_in)[0] - p_lock).max())
+            check(f"(d) {what}: {lib} predictions equal lockstep's", dd <= TOL, f"max |diff| {dd:.2e} over {p_lock.shape}")
+
+    # Keras -> lockstep.
+    def keras_cnns(K, functional):
+        if not functional:
+            return K.Sequential([
+                K.Input(shape=(28, 28, 1)),
+                K.layers.Conv2D(8, 3, padding="same", activation="relu", kernel_regularizer=K.regularizers.l2(1e-4)),
+                K.layers.BatchNormalization(),
+                K.layers.MaxPooling2D(),
+                K.layers.Conv2D(12, (3, 2), strides=(2, 1), groups=4, use_bias=False),
+                K.layers.ELU(),
+                K.layers.AveragePooling2D(2, padding="same"),
+                K.layers.Dropout(0.2),
+                K.layers.Flatten(),
+                K.layers.Dense(10, activation="softmax"),
+            ], name="keras_cnn_sequential")
+        x = K.Input(shape=(28, 28, 1), name="image")
+        stem = K.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="stem")(x)
+        h = K.layers.DepthwiseConv2D(3, padding="same", name="dw")(stem)
+        h = K.layers.BatchNormalization(name="dw_bn")(h)
+        h = K.layers.ReLU(name="dw_relu")(h)
+        h = K.layers.Conv2D(6, 1, name="pw")(h)
+        h = K.layers.Add(name="residual")([stem, h])
+        h = K.layers.ZeroPadding2D(((1, 0), (0, 1)), name="pad")(h)
+        h = K.layers.DepthwiseConv2D(2, depth_multiplier=2, use_bias=False, name="dw2")(h)
+        h = K.layers.Conv2D(8, 3, dilation_rate=2, activation="tanh", name="dilated")(h)
+        h = K.layers.SpatialDropout2D(0.2, name="sdrop")(h)
+        g1 = K.layers.GlobalAveragePooling2D(name="gap")(h)
+        g2 = K.layers.Flatten(name="gmp_flat")(K.layers.GlobalMaxPooling2D(keepdims=True, name="gmp")(h))
+        y = K.layers.Dense(10, activation="softmax", name="out")(K.layers.Concatenate(name="pooled")([g1, g2]))
+        return K.Model(x, y, name="keras_cnn_residual")
+
+    for lib, K, functional in (("tf_keras", tf_keras, False), ("tf_keras", tf_keras, True), ("Keras 3", keras, True)):
+        what = f"{lib} CNN {'Functional' if functional else 'Sequential'}"
+        K.utils.set_random_seed(4)
+        km = keras_cnns(K, functional)
+        km.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        km.fit(xs_train[:64, ..., None], ys_train[:64], epochs=1, batch_size=32, verbose=0)
+        path = os.path.join(work, what.replace(" ", "_").lower() + ".h5")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras 3: "You are saving your model as an HDF5 file ... legacy"
+            km.save(path)
+        y_k = keras_predict(km, xi_test)[0]
+        n = total_params(lockstep("summary", path))
+        check(f"(d) {what}: lockstep summary total equals count_params", n == km.count_params(),
+              f"{n} vs {km.count_params()}")
+        stem = what.replace(" ", "_").lower()
+        p = predict_from_keras("from_" + stem, seq_data, {"from_keras": path}, path)
+        dd = float(np.abs(p - y_k).max())
+        check(f"(d) {what}: lockstep predict (model: {{from_keras: FILE.h5}}) equals Keras", dd <= TOL, f"max |diff| {dd:.2e}")
+    print(f"(d) done in {time.time() - t_d:.1f} s", flush=True)
 except Exception as e:  # a lockstep command or a Keras call failed: report it as a failure, keep the summary
     import traceback
     traceback.print_exc()
