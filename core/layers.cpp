@@ -498,13 +498,25 @@ Tensor Dropout::backward(const Tensor& dy, Context&, bool need_dx) {
 }
 
 // ---- convolutional layers ----------------------------------------------------------------------------
+namespace {
+// A 2-D layer (`layer`: "name (Class)") given something other than a map [H, W, C]; for [H, W] images,
+// the fix in their own dimensions.
+void expect_feature_map(const Shape& in, const std::string& layer) {
+  if (in.size() == 3) return;
+  std::string hint;
+  if (in.size() == 2) {
+    const std::string hw1 = str_cat("[", in[0], ", ", in[1], ", 1]");
+    hint = str_cat(" (give the images a channel axis: declare the input ", hw1, ", as `input_shape: ", hw1,
+                   "` or `- input: {shape: ", hw1, "}`; [", in[0], ", ", in[1], "] images feed it as they are)");
+  }
+  throw ConfigError(str_cat("layer ", layer, ": expected an input of shape (height, width, channels), got ",
+                            shape_str(with_batch(-1, in)).replace(1, 2, "None"), hint));
+}
+}  // namespace
+
 ops::Window2d window_geometry(const Window2dArgs& a, const Shape& in, int64_t out_c, int64_t groups,
                               const std::string& layer, const char* size_key) {
-  if (in.size() != 3)
-    throw ConfigError(str_cat("layer ", layer, ": expected an input of shape (height, width, channels), got ",
-                              shape_str(with_batch(-1, in)).replace(1, 2, "None"),
-                              in.size() == 2 ? " (give a [H, W] image its channel axis with `- input: {shape: [H, W, 1]}`)"
-                                             : ""));
+  expect_feature_map(in, layer);
   ops::Window2d g;
   g.in_h = in[0];
   g.in_w = in[1];
@@ -646,9 +658,7 @@ Tensor GlobalPooling2D::backward(const Tensor& dy, Context&, bool need_dx) {
 }
 
 Shape ZeroPadding2D::build(const Shape& in) {
-  if (in.size() != 3)
-    throw ConfigError(str_cat("layer ", name_, " (ZeroPadding2D): expected an input of shape (height, width, channels), got ",
-                              shape_str(with_batch(-1, in)).replace(1, 2, "None")));
+  expect_feature_map(in, name_ + " (ZeroPadding2D)");
   input_shape_ = in;
   output_shape_ = {in[0] + t_ + b_, in[1] + l_ + r_, in[2]};
   return output_shape_;
@@ -666,9 +676,7 @@ Tensor ZeroPadding2D::backward(const Tensor& dy, Context&, bool need_dx) {
 }
 
 Shape SpatialDropout2D::build(const Shape& in) {
-  if (in.size() != 3)
-    throw ConfigError(str_cat("layer ", name_, " (SpatialDropout2D): expected an input of shape (height, width, channels), got ",
-                              shape_str(with_batch(-1, in)).replace(1, 2, "None")));
+  expect_feature_map(in, name_ + " (SpatialDropout2D)");
   input_shape_ = output_shape_ = in;
   return in;
 }

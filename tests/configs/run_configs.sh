@@ -9,6 +9,8 @@
 # converted with `lockstep data convert`; without them, tiny random IDX / CIFAR-binary files are
 # generated (python3, standard library only; MNIST on its own when only it is absent). Exit 77 (CTest:
 # skipped) when neither is possible.
+# The heavy convolutional run files (fashion_mnist_cnn, cifar10_resnet20) train on 64 images, the
+# CIFAR-10 ones on the partial CIFAR-10 (its first 4,000 training images).
 # Run files that take another's final.h5 (transfer.from) run after it: model_b_on_a after model_a,
 # pretrained_classifier after pretraining_pairs. Pair runs (data.pairs) draw 256 pairs per epoch.
 set -uo pipefail
@@ -115,6 +117,11 @@ for cfg in "${ordered[@]}"; do
   grep -Eq '^ *(data:.*[{,] *)?subset:' "$cfg" && sets+=(--set "data.subset={start: -500}")
   # Pairs (data.pairs): 256 per epoch, whatever the split's size.
   grep -Eq '^ *pairs:|[{,] *pairs:' "$cfg" && sets+=(--set "data.pairs.per_epoch=256")
+  # The convolutional networks that are heavy on one core (ResNet-20: ~41 M multiply-adds per 32x32
+  # image, the Fashion-MNIST CNN ~90 M per image, forward alone): 64 training and 64 validation images.
+  if [[ $name == cifar10_resnet20 || $name == fashion_mnist_cnn ]]; then
+    sets+=(--set "data.limit=64" --set "data.validation={first: 64}")
+  fi
   if [[ $name == model_b_on_a ]]; then
     # Two epochs, the first frozen: exercises the unfreezing and the fresh optimizer.
     epochs=2

@@ -1,9 +1,13 @@
 // Keras's Functional model.summary() table and plot_model's DOT graph (core/summary.h): the tables for
 // five models, built here by hand, equal tf_keras 2.21's output byte for byte (tests/core/golden/,
-// made by make_goldens.py there); the graph has every node and edge; dot renders it to SVG.
+// made by make_goldens.py there), and so do Model::summary() of the convolutional run files of
+// launch/configs (what `lockstep summary` prints); the graph has every node and edge; dot renders it to SVG.
 #include "core/summary.h"
 
 #include <gtest/gtest.h>
+
+#include "core/config.h"
+#include "core/model.h"
 
 #include <cstdlib>
 #include <filesystem>
@@ -214,6 +218,34 @@ TEST(GraphDot, RefusesUnknownInboundAndWrongShapeCount) {
   EXPECT_THROW(graph_dot("m", rows, {{}}), std::invalid_argument);
   rows.push_back(row("orphan", "Dense", {1}, 2, {"nowhere[0][0]"}));
   EXPECT_THROW(graph_dot("m", rows, {}), std::invalid_argument);
+}
+
+// The convolutional run files of launch/configs, built as `lockstep summary` builds them (float32),
+// against tf_keras 2.21's model.summary() of the same Keras models (make_goldens.py).
+std::unique_ptr<Model> run_file_model(const std::string& name) {
+  const fs::path p = fs::path(LOCKSTEP_GOLDEN_DIR) / ".." / ".." / ".." / "launch" / "configs" / name;
+  return Model::from_config(load_config_file(p.string())["model"], Device::CPU, DType::F32);
+}
+
+TEST(RunFileSummary, FashionMnistCnnMatchesTfKeras) {
+  auto m = run_file_model("fashion_mnist_cnn.yaml");
+  EXPECT_EQ(m->total_params(), 1413834);
+  EXPECT_EQ(m->trainable_params(), 1413834);
+  EXPECT_EQ(m->summary(), golden("sequential_fashion_mnist_cnn.txt"));
+}
+
+TEST(RunFileSummary, Cifar10CnnMatchesTfKeras) {
+  auto m = run_file_model("cifar10_cnn.yaml");
+  EXPECT_EQ(m->total_params(), 289642);
+  EXPECT_EQ(m->total_params() - m->trainable_params(), 896);
+  EXPECT_EQ(m->summary(), golden("sequential_cifar10_cnn.txt"));
+}
+
+TEST(RunFileSummary, Cifar10ResNet20MatchesTfKeras) {
+  auto m = run_file_model("cifar10_resnet20.yaml");
+  EXPECT_EQ(m->total_params(), 274442);
+  EXPECT_EQ(m->total_params() - m->trainable_params(), 1376);
+  EXPECT_EQ(m->summary(), golden("functional_cifar10_resnet20.txt"));
 }
 
 bool have_dot() { return std::system("command -v dot >/dev/null 2>&1") == 0; }

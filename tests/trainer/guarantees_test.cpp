@@ -19,6 +19,11 @@
 //                            graph checkpoint into a Sequential model, frozen; MC dropout predict on pairs.
 //   Cli.*     (label graph)  `lockstep summary`/`train` on Functional run files with a cycle, an unknown
 //                            input, an add of two shapes: exit 2, FILE:LINE:COL: KEY on stderr; --plot SVG.
+//   Convolutional models (labels mpi, resume, unit): a small CNN (Conv2D, sync BN on feature maps,
+//                            SpatialDropout2D, pooling, Dropout) with data.augment (random crop + flips)
+//                            on generated 32x32x3 images: 1 vs 2 vs 4 ranks to relative 1e-5, resumed
+//                            bit-identically on 1 and 2 ranks; Cli.Conv*: bad conv/pool arguments exit 2
+//                            with FILE:LINE:COL: KEY and the layer named.
 //   TensorBoard.* (labels unit, resume, mpi)  callbacks.tensorboard's event files against
 //                            ../shared/reference/tensorboard-events.md: tags, steps, values (= history.csv,
 //                            the schedule, the running means), record order, file names, histograms
@@ -32,7 +37,8 @@
 // the real signal at an exact step or write point, so every trial is reproducible.
 //
 // `trainer_guarantee_tests --make-data DIR` (the CTest fixture) writes DIR/train.h5: the first 1024/256
-// MNIST images of ../shared/datasets/mnist when present, otherwise generated 28x28 images (it says which).
+// MNIST images of ../shared/datasets/mnist when present, otherwise generated 28x28 images (it says which),
+// and DIR/cifar.h5: 512/128 generated CIFAR-shaped 32x32x3 images of 10 classes.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <sys/wait.h>
@@ -71,7 +77,8 @@ using namespace lockstep;
 
 namespace {
 
-std::string g_data;  // train.h5
+std::string g_data;   // train.h5
+std::string g_cifar;  // cifar.h5 (32x32x3)
 
 // ---- processes -----------------------------------------------------------------------------------
 
@@ -1279,6 +1286,177 @@ TEST(Cli, SummaryPlotWritesSvg) {
 }
 
 // ==================================================================================================
+// CONVOLUTIONAL MODELS (labels mpi, resume, unit): a small CNN on generated 32x32x3 images
+// ==================================================================================================
+
+// Conv2D (stride 2, no bias) + synchronized BN on the feature maps + ReLU + SpatialDropout2D + max
+// pooling, a second conv + BN, global average pooling, Dropout, softmax; data.augment's random crop
+// (4 pixels of zero padding) and horizontal flips, per-channel standardization, 64 validation images.
+struct CnnRunSpec {
+  std::string optimizer = "{name: sgd, learning_rate: 0.05, momentum: 0.9}";
+  std::string augment = ", augment: {random_crop: {padding: 4}, horizontal_flip: true}";
+  int epochs = 3;
+  std::string checkpoint = "{every_epochs: 1}";
+};
+
+std::string write_cnn_run(const std::string& path, const CnnRunSpec& s) {
+  std::ofstream f(path);
+  f << "name: guarantee_cnn\nseed: 13\n"
+    << "data: {path: " << g_cifar << ", scale: 255, standardize: per_channel, limit: 256, validation: {first: 64}"
+    << s.augment << "}\n"
+    << "model:\n  input_shape: [32, 32, 3]\n  layers:\n"
+    << "    - conv2d: {filters: 8, kernel_size: 3, strides: 2, padding: same, use_bias: false, kernel_initializer: he_normal}\n"
+    << "    - batch_normalization: {sync: true}\n"
+    << "    - relu: {}\n"
+    << "    - spatial_dropout2d: {rate: 0.2}\n"
+    << "    - max_pooling2d: {}\n"
+    << "    - conv2d: {filters: 16, kernel_size: 3, padding: same, use_bias: false, kernel_initializer: he_normal}\n"
+    << "    - batch_normalization: {}\n"
+    << "    - relu: {}\n"
+    << "    - global_average_pooling2d: {}\n"
+    << "    - dropout: {rate: 0.2}\n"
+    << "    - dense: {units: 10, activation: softmax}\n"
+    << "loss: sparse_categorical_crossentropy\nmetrics: [accuracy]\n"
+    << "optimizer: " << s.optimizer << "\n"
+    << "train: {epochs: " << s.epochs << ", batch_size: 32, verbose: 2}\n"
+    << "distributed: {check_every_steps: 1}\n"
+    << "checkpoint: " << s.checkpoint << "\n";
+  return path;
+}
+
+// 1, 2 and 4 ranks: the same final weights and BN moving statistics to relative 1e-5 (the tolerance of
+// the Equiv tests above): sync BN's statistics over the global batch, the spatial/plain dropout masks and
+// the augmentation draws per sample of the global batch.
+TEST(Equiv, CnnSyncBatchNormAugmentSpatialDropout1vs2vs4) {
+  Tmp t;
+  const CnnRunSpec spec;
+  equivalent_runs(t, write_cnn_run(t / "run.yaml", spec), "CNN, sync BN on maps, augment, spatial dropout", 2);
+  if (HasFailure()) return;
+  // The augmentation acts: without it the run ends elsewhere.
+  CnnRunSpec plain = spec;
+  plain.augment = "";
+  Res r = train(write_cnn_run(t / "plain.yaml", plain), t / "plain", 0);
+  ASSERT_EQ(r.rc, 0) << tail(r.out);
+  const double d = max_rel_diff(t / "np1/final.h5", t / "plain/final.h5", nullptr);
+  std::cout << "[measure] CNN with vs without data.augment: relative difference " << d << "\n";
+  EXPECT_GT(d, 1e-2) << "data.augment did not change the run";
+}
+
+// Stopped mid-epoch, at an epoch's last step and the next's first, resumed with --resume auto: final.h5
+// bit-identical (weights, BN statistics, Adam's slots) and history.csv identical; then 2 ranks stopped
+// once mid-epoch.
+TEST(Resume, CnnSyncBatchNormAugmentSpatialDropout) {
+  CnnRunSpec s;
+  s.optimizer = "{name: adam, learning_rate: 0.01}";
+  s.checkpoint = "{every_epochs: 1, every_steps: 3}";
+  {
+    Tmp t;
+    resume_run(t, write_cnn_run(t / "run.yaml", s), s.optimizer);
+  }
+  if (HasFailure()) return;
+  Tmp t;
+  const std::string run = write_cnn_run(t / "run.yaml", s);
+  int64_t spe = 0;
+  reference(run, t / "ref", 2, &spe);
+  ASSERT_GT(spe, 2);
+  stop_and_resume_chain(run, t / "ref", t / "run", 2, {spe + spe / 2});
+}
+
+// A Sequential run file on the 32x32x3 images (`input` sets input_shape and data.path: cifar.h5 or
+// train.h5); its layers start at line 7.
+std::string conv_file(const Tmp& t, const std::string& name, const std::string& input, const std::string& layers,
+                      const std::string& data) {
+  const std::string path = t / name;
+  std::ofstream f(path);
+  f << "name: bad\nseed: 1\n"
+    << "data: {path: " << data << ", scale: 255, limit: 64}\n"
+    << "model:\n  input_shape: " << input << "\n  layers:\n"
+    << layers
+    << "    - flatten: {}\n    - dense: {units: 10, activation: softmax}\n"
+    << "loss: sparse_categorical_crossentropy\n"
+    << "optimizer: {name: sgd}\n"
+    << "train: {epochs: 1, batch_size: 32, verbose: 2}\n";
+  return path;
+}
+
+// `lockstep summary` and `lockstep train` exit 2 with FILE:LINE:COL: KEY: and a message naming the layer
+// or the key for convolution and pooling arguments that cannot work.
+TEST(Cli, ConvRunFileErrorsExit2WithFileLineAndKey) {
+  Tmp t;
+  struct Case {
+    std::string file, input, layers;
+    int line;                           // of the entry or key the error must point at
+    std::string key;                    // the key path printed after FILE:LINE:COL
+    std::vector<std::string> messages;  // each must appear
+    bool mnist = false;                 // the 28x28 images (train.h5) instead of cifar.h5
+  };
+  const std::vector<Case> cases = {
+      {"kernel.yaml", "[32, 32, 3]",
+       "    - max_pooling2d: {pool_size: 4}\n"                                        // 7
+       "    - conv2d: {filters: 4, kernel_size: 9}\n",                                // 8
+       8, "model.layers[1]",
+       {"layer conv2d (Conv2D)", "kernel_size 9x9 is larger than its input 8x8 with padding valid", "padding: same"}},
+      {"dilated.yaml", "[32, 32, 3]",
+       "    - max_pooling2d: {pool_size: 4}\n"                                        // 7
+       "    - conv2d: {filters: 4, kernel_size: 3, dilation_rate: 4}\n",              // 8
+       8, "model.layers[1]", {"layer conv2d (Conv2D)", "kernel_size 3x3 (dilated: 9x9) is larger than its input 8x8"}},
+      {"strides.yaml", "[32, 32, 3]", "    - conv2d: {filters: 4, kernel_size: 3, strides: 0}\n", 7,
+       "model.layers[0].conv2d.strides", {"expected positive values, got (0, 0)"}},
+      {"pool.yaml", "[32, 32, 3]",
+       "    - conv2d: {filters: 4, kernel_size: 3, strides: 2}\n"                     // 7: 15x15
+       "    - max_pooling2d: {pool_size: [2, 16]}\n",                                 // 8
+       8, "model.layers[1]", {"layer max_pooling2d (MaxPooling2D)", "pool_size 2x16 is larger than its input 15x15"}},
+      {"avgpool.yaml", "[32, 32, 3]", "    - average_pooling2d: {pool_size: 33}\n", 7, "model.layers[0]",
+       {"layer average_pooling2d (AveragePooling2D)", "pool_size 33x33 is larger than its input 32x32"}},
+      {"groups.yaml", "[32, 32, 3]", "    - conv2d: {filters: 4, kernel_size: 3, groups: 2}\n", 7, "model.layers[0]",
+       {"layer conv2d (Conv2D)", "groups 2 must divide both the input's 3 channels and the 4 filters"}},
+      {"groups_filters.yaml", "[32, 32, 3]", "    - conv2d: {filters: 6, kernel_size: 3, groups: 4}\n", 7,
+       "model.layers[0].conv2d.groups", {"groups 4 must divide filters (6)"}},
+      {"dilation_strides.yaml", "[32, 32, 3]",
+       "    - conv2d: {filters: 4, kernel_size: 3, strides: 2, dilation_rate: 2}\n", 7,
+       "model.layers[0].conv2d.dilation_rate", {"dilation_rate > 1 cannot be combined with strides > 1"}},
+      {"padding.yaml", "[32, 32, 3]", "    - conv2d: {filters: 4, kernel_size: 3, padding: causal}\n", 7,
+       "model.layers[0].conv2d.padding", {"unknown value 'causal'; expected one of: valid, same"}},
+      {"pool_padding.yaml", "[32, 32, 3]", "    - max_pooling2d: {padding: full}\n", 7,
+       "model.layers[0].max_pooling2d.padding", {"unknown value 'full'; expected one of: valid, same"}},
+      // MNIST's [28, 28] images straight into a conv: the message says how to declare the channel axis.
+      {"rank2.yaml", "[28, 28]", "    - conv2d: {filters: 4, kernel_size: 3}\n", 7, "model.layers[0]",
+       {"layer conv2d (Conv2D)", "expected an input of shape (height, width, channels), got (None, 28, 28)",
+        "`input_shape: [28, 28, 1]`", "`- input: {shape: [28, 28, 1]}`"},
+       true},
+      {"rank2_padding.yaml", "[28, 28]",
+       "    - zero_padding2d: {padding: 2}\n    - conv2d: {filters: 4, kernel_size: 3}\n", 7, "model.layers[0]",
+       {"layer zero_padding2d (ZeroPadding2D)", "got (None, 28, 28)", "`input_shape: [28, 28, 1]`"}, true},
+  };
+  for (const Case& c : cases) {
+    const std::string file = conv_file(t, c.file, c.input, c.layers, c.mnist ? g_data : g_cifar);
+    for (const std::string verb : {"summary", "train"}) {
+      for (int np : verb == "train" && c.file == "kernel.yaml" ? std::vector<int>{0, 2} : std::vector<int>{0}) {
+        std::string cmd = np ? mpirun(np, 30) : "";
+        cmd += std::string(LOCKSTEP_BIN) + " " + verb + " " + file + " --threads 1";
+        if (verb == "train") cmd += " --run-dir " + t / ("run-" + c.file);
+        CliRes r = cli(t, cmd);
+        const std::string what = c.file + " " + verb + (np ? " on 2 ranks" : "");
+        std::cout << "[cli] " << what << " -> " << r.rc << ": " << r.err.substr(0, r.err.find('\n')) << "\n";
+        EXPECT_EQ(r.rc, 2) << what << "\n" << r.err << r.out;
+        const std::regex where(file + ":([0-9]+):[0-9]+: ([^ :]+):");
+        std::smatch m;
+        ASSERT_TRUE(std::regex_search(r.err, m, where)) << what << ": no FILE:LINE:COL: KEY: on stderr:\n" << r.err;
+        EXPECT_EQ(std::stoi(m[1]), c.line) << what << "\n" << r.err;
+        EXPECT_EQ(m[2].str(), c.key) << what << "\n" << r.err;
+        for (const std::string& msg : c.messages) EXPECT_NE(r.err.find(msg), std::string::npos) << what << ": " << msg << "\n" << r.err;
+        EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+        if (np) {  // printed once, by rank 0
+          size_t n = 0;
+          for (size_t at = r.err.find(c.messages[0]); at != std::string::npos; at = r.err.find(c.messages[0], at + 1)) ++n;
+          EXPECT_EQ(n, 1u) << what << "\n" << r.err;
+        }
+      }
+    }
+  }
+}
+
+// ==================================================================================================
 // TENSORBOARD (labels unit, resume, mpi): the event files `lockstep train` writes with
 // callbacks.tensorboard, against ../shared/reference/tensorboard-events.md (§1.1 names, §1.4/§2.3-2.5
 // records, §2.2 tags/steps/order, §3.7-3.8 steps and resume), read back with tb::read_event_file and
@@ -2080,6 +2258,29 @@ int make_data(const std::string& dir) {
     std::cout << "test data: " << mnist << " not found; using generated 28x28 images (10 classes)\n";
   }
   data::write_dataset_file(ds, dir + "/train.h5", 0);
+
+  // 32x32x3 images: a class colour, a class-dependent diagonal stripe pattern, noise.
+  data::RawDataset cifar;
+  cifar.name = "guarantee-cifar";
+  cifar.class_names = ds.class_names;
+  cifar.source = "generated";
+  std::mt19937 rng(9);
+  for (auto [s, n] : {std::pair{&cifar.train, int64_t{512}}, std::pair{&cifar.test, int64_t{128}}}) {
+    s->n = n, s->h = 32, s->w = 32, s->c = 3;
+    s->x.resize(size_t(n) * 3072);
+    s->y.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const int label = int(rng() % 10);
+      s->y[size_t(i)] = label;
+      for (int p = 0; p < 1024; ++p) {
+        const bool stripe = ((p / 32) + (label % 2 ? p % 32 : 31 - p % 32)) % (label / 2 + 3) == 0;
+        for (int ch = 0; ch < 3; ++ch)
+          s->x[size_t(i * 3072 + p * 3 + ch)] = uint8_t((stripe ? 150 : 30) + 25 * ((label + ch) % 3) + rng() % 50);
+      }
+    }
+  }
+  data::write_dataset_file(cifar, dir + "/cifar.h5", 0);
+  std::cout << "test data: generated 32x32x3 images (10 classes) in " << dir << "/cifar.h5\n";
   return 0;
 }
 
@@ -2091,7 +2292,8 @@ int main(int argc, char** argv) {
   const std::string data_dir = std::getenv("LOCKSTEP_TEST_DATA_DIR") ? std::getenv("LOCKSTEP_TEST_DATA_DIR") : LOCKSTEP_TEST_DATA_DIR;
   if (argc == 3 && std::string(argv[1]) == "--make-data") return make_data(argv[2]);
   g_data = data_dir + "/train.h5";
-  if (!fs::exists(g_data)) make_data(data_dir);  // run outside CTest's fixture
+  g_cifar = data_dir + "/cifar.h5";
+  if (!fs::exists(g_data) || !fs::exists(g_cifar)) make_data(data_dir);  // run outside CTest's fixture
   // FINDINGS.md §1a: the environment every mpirun of the suite needs (root, oversubscription, no CMA).
   for (const char* kv : {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", "OMPI_MCA_rmaps_base_oversubscribe=1",
                          "OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_vader_single_copy_mechanism=none",

@@ -139,6 +139,104 @@ def sequential_mlp():
     return save(model, "sequential_mlp.txt")
 
 
+def fashion_mnist_cnn():
+    # tf_keras 2.21.0 / tensorflow 2.21.0: launch/configs/fashion_mnist_cnn.yaml, as HML2 ch. 14 writes
+    # it (DefaultConv2D = partial(Conv2D, kernel_size=3, activation="relu", padding="SAME")).
+    # Total 1,413,834.
+    keras.backend.clear_session()
+
+    def conv(filters, kernel_size=3, **kwargs):
+        return keras.layers.Conv2D(filters, kernel_size, activation="relu", padding="SAME", **kwargs)
+
+    model = keras.Sequential([
+        conv(64, 7, input_shape=[28, 28, 1]),
+        keras.layers.MaxPooling2D(pool_size=2),
+        conv(128),
+        conv(128),
+        keras.layers.MaxPooling2D(pool_size=2),
+        conv(256),
+        conv(256),
+        keras.layers.MaxPooling2D(pool_size=2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    assert model.count_params() == 1413834, model.count_params()
+    return save(model, "sequential_fashion_mnist_cnn.txt")
+
+
+def cifar10_cnn():
+    # tf_keras 2.21.0 / tensorflow 2.21.0: launch/configs/cifar10_cnn.yaml. [Conv2D(no bias), BN, ReLU]
+    # x 2 per width 32/64/128, MaxPooling2D between, GlobalAveragePooling2D, Dropout, Dense.
+    # Total 289,642, 896 non-trainable.
+    keras.backend.clear_session()
+    layers = []
+    for filters in (32, 64, 128):
+        for _ in range(2):
+            kwargs = {"input_shape": [32, 32, 3]} if not layers else {}
+            layers += [
+                keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                                    **kwargs),
+                keras.layers.BatchNormalization(),
+                keras.layers.Activation("relu"),
+            ]
+        if filters != 128:
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(10, activation="softmax"),
+    ]
+    model = keras.Sequential(layers)
+    assert model.count_params() == 289642, model.count_params()
+    return save(model, "sequential_cifar10_cnn.txt")
+
+
+def cifar10_resnet20():
+    # tf_keras 2.21.0 / tensorflow 2.21.0: launch/configs/cifar10_resnet20.yaml, the layers made in the
+    # run file's order with its names (Keras's CIFAR-10 ResNet example, resnet_v1 depth 20).
+    # Total 274,442, 1,376 non-trainable.
+    keras.backend.clear_session()
+    reg = keras.regularizers.l2(1e-4)
+
+    def conv(name, filters, kernel_size=3, strides=1):
+        return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                                   kernel_initializer="he_normal", kernel_regularizer=reg, name=name)
+
+    def bn(name):
+        return keras.layers.BatchNormalization(name=name)
+
+    def relu(name):
+        return keras.layers.Activation("relu", name=name)
+
+    image = keras.Input((32, 32, 3), name="image")
+    x = relu("relu_stem")(bn("bn_stem")(conv("conv_stem", 16)(image)))
+    for stack, filters in enumerate((16, 32, 64), start=1):
+        for block in range(1, 4):
+            p = f"s{stack}b{block}_"
+            strides = 2 if stack > 1 and block == 1 else 1
+            y = relu(p + "relu1")(bn(p + "bn1")(conv(p + "conv1", filters, strides=strides)(x)))
+            y = bn(p + "bn2")(conv(p + "conv2", filters)(y))
+            shortcut = x
+            if strides > 1:
+                shortcut = conv(p + "shortcut", filters, kernel_size=1, strides=strides)(x)
+                y = keras.layers.Add(name=p + "add")([shortcut, y])
+            else:
+                y = keras.layers.Add(name=p + "add")([shortcut, y])
+            x = relu(p + "out")(y)
+    x = keras.layers.AveragePooling2D(pool_size=8, name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(10, activation="softmax", kernel_initializer="he_normal", name="logits")(x)
+    model = keras.Model(inputs=image, outputs=out, name="resnet20")
+    assert model.count_params() == 274442, model.count_params()
+    non_trainable = sum(int(tf.size(w)) for w in model.non_trainable_weights)
+    assert non_trainable == 1376, non_trainable
+    return save(model, "functional_cifar10_resnet20.txt")
+
+
 def main():
     seed_exercise()
     book_comparison()
@@ -146,6 +244,9 @@ def main():
     merges()
     shape_forms()
     sequential_mlp()
+    fashion_mnist_cnn()
+    cifar10_cnn()
+    cifar10_resnet20()
     with open(os.path.join(HERE, "versions.txt"), "w", encoding="utf-8") as f:
         f.write(f"tf_keras {keras.__version__}\ntensorflow {tf.__version__}\n"
                 f"python {sys.version.split()[0]}\n")
