@@ -494,6 +494,454 @@ void bias_grad(Cuda, const float* dy, float* db, int64_t rows, int64_t cols, flo
       "bias_grad");
 }
 
+// ---- convolutions, pooling, padding -----------------------------------------------------------------
+// The semantics of kernels/conv_cpu.cpp (NHWC maps, kernels [k_h, k_w, in_c/groups, out_c]).
+//  * General convolutions: im2col into a pool block (a block of samples at a time, one group at a
+//    time: [pixels, k_h·k_w·in_c/groups], the kernel's own row order) and cuBLAS sgemm, exactly the
+//    CPU's lowering; 1x1 stride-1 unpadded ones are one sgemm. The input gradient is dy·Wᵀ into the
+//    columns, then col2im written as a gather: one thread per dx element sums the columns it appears
+//    in. The kernel gradient is colᵀ·dy summed over the blocks by sgemm with beta = 1.
+//  * Depthwise (groups == in_c > 1): direct kernels, one thread per output element; the kernel
+//    gradient sums fixed chunks of positions into partials, then the partials in chunk order.
+//  * Pooling, padding, channel scaling: one thread per element written. Max pooling's gradient finds
+//    each output's winning position first (the first in row-major order holding the max), then each
+//    dx element gathers the outputs it won.
+// No atomics anywhere, and every sum has a fixed order that does not depend on the launch, so results
+// are the same bits run to run. Where the CPU's loops add in a fixed order (depthwise, pooling,
+// col2im's own sums) the gathers add in that same order. The per-element bodies are __host__
+// __device__ functions of the geometry (Window2d's own member functions are host-only).
+namespace {
+
+using ops::Window2d;
+
+// Column blocks of about this many bytes (the CPU's 4 MiB is sized for its cache; a GPU's products
+// want more rows).
+constexpr int64_t kGpuColumnBytes = int64_t(32) << 20;
+// Depthwise kernel gradient: partial sums for about this many (chunk, tap, channel) threads, chunks of
+// at least kMinChunk positions.
+constexpr int64_t kDwPartials = int64_t(1) << 17;
+constexpr int64_t kMinChunk = 64;
+
+bool conv_pointwise(const Window2d& g) {
+  return g.k_h == 1 && g.k_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 && g.pad_left == 0 &&
+         g.groups == 1 && g.out_h == g.in_h && g.out_w == g.in_w;
+}
+bool conv_depthwise(const Window2d& g) { return g.groups > 1 && g.groups == g.in_c; }
+int64_t conv_block_samples(const Window2d& g, int64_t k) {
+  const int64_t per_sample = g.out_h * g.out_w * k * int64_t(sizeof(float));
+  return std::min<int64_t>(std::max<int64_t>(kGpuColumnBytes / std::max<int64_t>(per_sample, 1), 1),
+                           std::max<int64_t>(g.batch, 1));
+}
+
+__host__ __device__ inline int64_t row_of(const Window2d& g, int64_t o, int64_t k) {
+  return o * g.stride_h - g.pad_top + k * g.dil_h;
+}
+__host__ __device__ inline int64_t col_of(const Window2d& g, int64_t o, int64_t k) {
+  return o * g.stride_w - g.pad_left + k * g.dil_w;
+}
+__host__ __device__ inline int64_t in_pix(const Window2d& g, int64_t n, int64_t h, int64_t w) {
+  return (n * g.in_h + h) * g.in_w + w;
+}
+__host__ __device__ inline int64_t out_pix(const Window2d& g, int64_t n, int64_t h, int64_t w) {
+  return (n * g.out_h + h) * g.out_w + w;
+}
+// The output index along one axis that tap k maps input position i to, or -1 (conv_cpu.cpp's out_of).
+__host__ __device__ inline int64_t out_of(int64_t i, int64_t k, int64_t pad, int64_t stride, int64_t dil,
+                                          int64_t out) {
+  const int64_t t = i + pad - k * dil;
+  if (t < 0 || t % stride != 0) return -1;
+  return t / stride < out ? t / stride : -1;
+}
+
+// col[i], i over [b·out_h·out_w, k]: x[n, in_row, in_col, grp·cg + ci] or 0 in the padding.
+__host__ __device__ inline float im2col_at(const float* x, const Window2d& g, int64_t grp, int64_t n0, int64_t i) {
+  const int64_t cg = g.in_c / g.groups, k = g.k_h * g.k_w * cg;
+  const int64_t m = i / k, kk = i - m * k;
+  const int64_t ci = kk % cg, tap = kk / cg, kw = tap % g.k_w, kh = tap / g.k_w;
+  const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, n = n0 + m / (g.out_w * g.out_h);
+  const int64_t ih = row_of(g, oh, kh), iw = col_of(g, ow, kw);
+  if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return 0.0f;
+  return x[in_pix(g, n, ih, iw) * g.in_c + grp * cg + ci];
+}
+
+// col2im as a gather: i over [b, in_h, in_w, cg]; dx[n0 + s, ih, iw, grp·cg + ci] = the sum of the
+// column entries of that input, in the CPU's order (output pixels ascending: taps descending).
+__host__ __device__ inline void col2im_at(const float* col, const Window2d& g, int64_t grp, int64_t n0, int64_t i,
+                                          float* dx) {
+  const int64_t cg = g.in_c / g.groups, k = g.k_h * g.k_w * cg;
+  const int64_t ci = i % cg;
+  int64_t r = i / cg;
+  const int64_t iw = r % g.in_w;
+  r /= g.in_w;
+  const int64_t ih = r % g.in_h, s = r / g.in_h;
+  float acc = 0.0f;
+  for (int64_t kh = g.k_h - 1; kh >= 0; --kh) {
+    const int64_t oh = out_of(ih, kh, g.pad_top, g.stride_h, g.dil_h, g.out_h);
+    if (oh < 0) continue;
+    for (int64_t kw = g.k_w - 1; kw >= 0; --kw) {
+      const int64_t ow = out_of(iw, kw, g.pad_left, g.stride_w, g.dil_w, g.out_w);
+      if (ow < 0) continue;
+      acc += col[((s * g.out_h + oh) * g.out_w + ow) * k + (kh * g.k_w + kw) * cg + ci];
+    }
+  }
+  dx[in_pix(g, n0 + s, ih, iw) * g.in_c + grp * cg + ci] = acc;
+}
+
+// Depthwise: output channel oc reads input channel oc / mult. i over y [N, out_h, out_w, out_c].
+__host__ __device__ inline void dw_forward_at(const float* x, const float* w, const Window2d& g, int64_t i, float* y) {
+  const int64_t mult = g.out_c / g.in_c, oc = i % g.out_c;
+  int64_t r = i / g.out_c;
+  const int64_t ow = r % g.out_w;
+  r /= g.out_w;
+  const int64_t oh = r % g.out_h, n = r / g.out_h;
+  float acc = 0.0f;
+  for (int64_t kh = 0; kh < g.k_h; ++kh) {
+    const int64_t ih = row_of(g, oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) {
+      const int64_t iw = col_of(g, ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      acc += x[in_pix(g, n, ih, iw) * g.in_c + oc / mult] * w[(kh * g.k_w + kw) * g.out_c + oc];
+    }
+  }
+  y[i] = acc;
+}
+// i over dx [N, in_h, in_w, in_c]: the sum over the outputs reading it (taps descending) and its
+// `mult` output channels (ascending), the CPU's order.
+__host__ __device__ inline void dw_backward_data_at(const float* dy, const float* w, const Window2d& g, int64_t i,
+                                                    float* dx) {
+  const int64_t mult = g.out_c / g.in_c, ci = i % g.in_c;
+  int64_t r = i / g.in_c;
+  const int64_t iw = r % g.in_w;
+  r /= g.in_w;
+  const int64_t ih = r % g.in_h, n = r / g.in_h;
+  float acc = 0.0f;
+  for (int64_t kh = g.k_h - 1; kh >= 0; --kh) {
+    const int64_t oh = out_of(ih, kh, g.pad_top, g.stride_h, g.dil_h, g.out_h);
+    if (oh < 0) continue;
+    for (int64_t kw = g.k_w - 1; kw >= 0; --kw) {
+      const int64_t ow = out_of(iw, kw, g.pad_left, g.stride_w, g.dil_w, g.out_w);
+      if (ow < 0) continue;
+      const float* dyo = dy + out_pix(g, n, oh, ow) * g.out_c + ci * mult;
+      const float* wk = w + (kh * g.k_w + kw) * g.out_c + ci * mult;
+      for (int64_t m = 0; m < mult; ++m) acc += dyo[m] * wk[m];
+    }
+  }
+  dx[i] = acc;
+}
+// Kernel gradient, partial sums: i over [chunks, taps, out_c]; chunk j sums positions (n, oh, ow)
+// [j·len, min((j+1)·len, N·out_h·out_w)) in order.
+__host__ __device__ inline void dw_filter_partial_at(const float* x, const float* dy, const Window2d& g, int64_t len,
+                                                     int64_t i, float* part) {
+  const int64_t mult = g.out_c / g.in_c, taps = g.k_h * g.k_w, oc = i % g.out_c;
+  const int64_t t = (i / g.out_c) % taps, j = i / (g.out_c * taps);
+  const int64_t kh = t / g.k_w, kw = t % g.k_w, pixels = g.out_h * g.out_w;
+  const int64_t p1 = (j + 1) * len < g.batch * pixels ? (j + 1) * len : g.batch * pixels;
+  float acc = 0.0f;
+  for (int64_t p = j * len; p < p1; ++p) {
+    const int64_t n = p / pixels, oh = (p / g.out_w) % g.out_h, ow = p % g.out_w;
+    const int64_t ih = row_of(g, oh, kh), iw = col_of(g, ow, kw);
+    if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+    acc += x[in_pix(g, n, ih, iw) * g.in_c + oc / mult] * dy[p * g.out_c + oc];
+  }
+  part[i] = acc;
+}
+
+// Pooling.
+__host__ __device__ inline int64_t window_count(const Window2d& g, int64_t oh, int64_t ow) {
+  int64_t h0 = row_of(g, oh, 0), h1 = row_of(g, oh, g.k_h - 1) + 1;
+  int64_t w0 = col_of(g, ow, 0), w1 = col_of(g, ow, g.k_w - 1) + 1;
+  h0 = h0 > 0 ? h0 : 0;
+  h1 = h1 < g.in_h ? h1 : g.in_h;
+  w0 = w0 > 0 ? w0 : 0;
+  w1 = w1 < g.in_w ? w1 : g.in_w;
+  return (h1 > h0 ? h1 - h0 : 0) * (w1 > w0 ? w1 - w0 : 0);
+}
+__host__ __device__ inline float avg_inv(const Window2d& g, int64_t oh, int64_t ow) {
+  const int64_t c = window_count(g, oh, ow);
+  return 1.0f / float(c > 1 ? c : 1);
+}
+// i over y [N, out_h, out_w, C]: the max over the window's positions inside the input (-inf if none);
+// `x > m ? x : m` as the CPU, so a NaN never wins.
+__host__ __device__ inline void max_pool_forward_at(const float* x, const Window2d& g, int64_t i, float* y) {
+  const int64_t cn = g.in_c, c = i % cn;
+  int64_t r = i / cn;
+  const int64_t ow = r % g.out_w;
+  r /= g.out_w;
+  const int64_t oh = r % g.out_h, n = r / g.out_h;
+  float m = -INFINITY;
+  for (int64_t kh = 0; kh < g.k_h; ++kh) {
+    const int64_t ih = row_of(g, oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) {
+      const int64_t iw = col_of(g, ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      const float v = x[in_pix(g, n, ih, iw) * cn + c];
+      m = v > m ? v : m;
+    }
+  }
+  y[i] = m;
+}
+// i over y: the tap (kh·k_w + kw) of the first window position, row-major, with x == y, or -1.
+__host__ __device__ inline void max_pool_arg_at(const float* x, const float* y, const Window2d& g, int64_t i,
+                                                int32_t* arg) {
+  const int64_t cn = g.in_c, c = i % cn;
+  int64_t r = i / cn;
+  const int64_t ow = r % g.out_w;
+  r /= g.out_w;
+  const int64_t oh = r % g.out_h, n = r / g.out_h;
+  const float m = y[i];
+  int32_t found = -1;
+  for (int64_t kh = 0; kh < g.k_h && found < 0; ++kh) {
+    const int64_t ih = row_of(g, oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) {
+      const int64_t iw = col_of(g, ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      if (x[in_pix(g, n, ih, iw) * cn + c] == m) {
+        found = int32_t(kh * g.k_w + kw);
+        break;
+      }
+    }
+  }
+  arg[i] = found;
+}
+// i over dx [N, in_h, in_w, C]: the sum of dy over the outputs this position won, in the CPU's order
+// (outputs ascending: taps descending).
+__host__ __device__ inline void max_pool_backward_at(const int32_t* arg, const float* dy, const Window2d& g, int64_t i,
+                                                     float* dx) {
+  const int64_t cn = g.in_c, c = i % cn;
+  int64_t r = i / cn;
+  const int64_t iw = r % g.in_w;
+  r /= g.in_w;
+  const int64_t ih = r % g.in_h, n = r / g.in_h;
+  float acc = 0.0f;
+  for (int64_t kh = g.k_h - 1; kh >= 0; --kh) {
+    const int64_t oh = out_of(ih, kh, g.pad_top, g.stride_h, g.dil_h, g.out_h);
+    if (oh < 0) continue;
+    for (int64_t kw = g.k_w - 1; kw >= 0; --kw) {
+      const int64_t ow = out_of(iw, kw, g.pad_left, g.stride_w, g.dil_w, g.out_w);
+      if (ow < 0) continue;
+      const int64_t o = out_pix(g, n, oh, ow) * cn + c;
+      if (arg[o] == int32_t(kh * g.k_w + kw)) acc += dy[o];
+    }
+  }
+  dx[i] = acc;
+}
+__host__ __device__ inline void avg_pool_forward_at(const float* x, const Window2d& g, int64_t i, float* y) {
+  const int64_t cn = g.in_c, c = i % cn;
+  int64_t r = i / cn;
+  const int64_t ow = r % g.out_w;
+  r /= g.out_w;
+  const int64_t oh = r % g.out_h, n = r / g.out_h;
+  float acc = 0.0f;
+  for (int64_t kh = 0; kh < g.k_h; ++kh) {
+    const int64_t ih = row_of(g, oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) {
+      const int64_t iw = col_of(g, ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      acc += x[in_pix(g, n, ih, iw) * cn + c];
+    }
+  }
+  y[i] = acc * avg_inv(g, oh, ow);
+}
+__host__ __device__ inline void avg_pool_backward_at(const float* dy, const Window2d& g, int64_t i, float* dx) {
+  const int64_t cn = g.in_c, c = i % cn;
+  int64_t r = i / cn;
+  const int64_t iw = r % g.in_w;
+  r /= g.in_w;
+  const int64_t ih = r % g.in_h, n = r / g.in_h;
+  float acc = 0.0f;
+  for (int64_t kh = g.k_h - 1; kh >= 0; --kh) {
+    const int64_t oh = out_of(ih, kh, g.pad_top, g.stride_h, g.dil_h, g.out_h);
+    if (oh < 0) continue;
+    for (int64_t kw = g.k_w - 1; kw >= 0; --kw) {
+      const int64_t ow = out_of(iw, kw, g.pad_left, g.stride_w, g.dil_w, g.out_w);
+      if (ow < 0) continue;
+      acc += dy[out_pix(g, n, oh, ow) * cn + c] * avg_inv(g, oh, ow);
+    }
+  }
+  dx[i] = acc;
+}
+
+// Padding: i over big [n, bh, bw, c] (into_big) or small [n, h, w, c].
+__host__ __device__ inline void pad_into_big_at(const float* small, float* big, int64_t h, int64_t w, int64_t c,
+                                                int64_t bh, int64_t bw, int64_t top, int64_t left, int64_t i) {
+  const int64_t ch = i % c;
+  int64_t r = i / c;
+  const int64_t bx = r % bw;
+  r /= bw;
+  const int64_t by = r % bh, s = r / bh;
+  const int64_t sy = by - top, sx = bx - left;
+  big[i] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? small[((s * h + sy) * w + sx) * c + ch] : 0.0f;
+}
+__host__ __device__ inline void pad_from_big_at(float* small, const float* big, int64_t h, int64_t w, int64_t c,
+                                                int64_t bh, int64_t bw, int64_t top, int64_t left, int64_t i) {
+  const int64_t ch = i % c;
+  int64_t r = i / c;
+  const int64_t sx = r % w;
+  r /= w;
+  const int64_t sy = r % h, s = r / h;
+  small[i] = big[((s * bh + sy + top) * bw + sx + left) * c + ch];
+}
+
+// Depthwise kernel gradient: chunk length over the N·out_h·out_w positions (a function of the geometry
+// only, so the summation order is fixed).
+int64_t dw_filter_chunk_len(const Window2d& g) {
+  const int64_t positions = g.batch * g.out_h * g.out_w, outputs = g.k_h * g.k_w * g.out_c;
+  const int64_t want = std::max<int64_t>(kDwPartials / std::max<int64_t>(outputs, 1), 1);
+  const int64_t chunks = std::min(want, std::max<int64_t>((positions + kMinChunk - 1) / kMinChunk, 1));
+  return (positions + chunks - 1) / chunks;
+}
+
+}  // namespace
+
+void conv2d_forward(Cuda, const float* x, const float* w, const Window2d& geom, float* y, bool /*reference*/) {
+  const Window2d g = geom;
+  if (g.batch == 0) return;
+  if (conv_depthwise(g)) {
+    each(
+        g.batch * g.out_h * g.out_w * g.out_c, [=] __device__(int64_t i) { dw_forward_at(x, w, g, i, y); },
+        "conv2d_forward (depthwise)");
+    return;
+  }
+  const int64_t pixels = g.out_h * g.out_w;
+  if (conv_pointwise(g))
+    return gemm(Cuda{}, false, false, g.batch * pixels, g.out_c, g.in_c, 1.0f, x, g.in_c, w, g.out_c, 0.0f, y,
+                g.out_c);
+  const int64_t cg = g.in_c / g.groups, og = g.out_c / g.groups, k = g.k_h * g.k_w * cg;
+  const int64_t nb = conv_block_samples(g, k);
+  Scratch buf(nb * pixels * k * int64_t(sizeof(float)));
+  float* col = buf.as<float>();
+  for (int64_t n0 = 0; n0 < g.batch; n0 += nb) {
+    const int64_t b = std::min(nb, g.batch - n0), rows = b * pixels;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      each(rows * k, [=] __device__(int64_t i) { col[i] = im2col_at(x, g, grp, n0, i); }, "conv2d_forward (im2col)");
+      gemm(Cuda{}, false, false, rows, og, k, 1.0f, col, k, w + grp * og, g.out_c, 0.0f,
+           y + n0 * pixels * g.out_c + grp * og, g.out_c);
+    }
+  }
+}
+
+void conv2d_backward_data(Cuda, const float* dy, const float* w, const Window2d& geom, float* dx, bool /*reference*/) {
+  const Window2d g = geom;
+  if (g.batch == 0) return;
+  if (conv_depthwise(g)) {
+    each(
+        g.batch * g.in_h * g.in_w * g.in_c, [=] __device__(int64_t i) { dw_backward_data_at(dy, w, g, i, dx); },
+        "conv2d_backward_data (depthwise)");
+    return;
+  }
+  const int64_t pixels = g.out_h * g.out_w;
+  if (conv_pointwise(g))
+    return gemm(Cuda{}, false, true, g.batch * pixels, g.in_c, g.out_c, 1.0f, dy, g.out_c, w, g.out_c, 0.0f, dx,
+                g.in_c);
+  const int64_t cg = g.in_c / g.groups, og = g.out_c / g.groups, k = g.k_h * g.k_w * cg;
+  const int64_t nb = conv_block_samples(g, k);
+  Scratch buf(nb * pixels * k * int64_t(sizeof(float)));
+  float* col = buf.as<float>();
+  for (int64_t n0 = 0; n0 < g.batch; n0 += nb) {
+    const int64_t b = std::min(nb, g.batch - n0), rows = b * pixels;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      gemm(Cuda{}, false, true, rows, k, og, 1.0f, dy + n0 * pixels * g.out_c + grp * og, g.out_c, w + grp * og,
+           g.out_c, 0.0f, col, k);
+      // Every dx element of these samples and this group is written once: no zero fill, no atomics.
+      each(b * g.in_h * g.in_w * cg, [=] __device__(int64_t i) { col2im_at(col, g, grp, n0, i, dx); },
+           "conv2d_backward_data (col2im)");
+    }
+  }
+}
+
+void conv2d_backward_filter(Cuda, const float* x, const float* dy, const Window2d& geom, float* dw,
+                            bool /*reference*/) {
+  const Window2d g = geom;
+  const int64_t cg = g.in_c / g.groups, og = g.out_c / g.groups, k = g.k_h * g.k_w * cg;
+  if (g.batch == 0) {  // an empty sum
+    fill(Cuda{}, dw, k * g.out_c, 0.0f);
+    return;
+  }
+  if (conv_depthwise(g)) {
+    const int64_t len = dw_filter_chunk_len(g), positions = g.batch * g.out_h * g.out_w;
+    const int64_t chunks = (positions + len - 1) / len, outputs = g.k_h * g.k_w * g.out_c;
+    if (chunks == 1) {
+      each(outputs, [=] __device__(int64_t i) { dw_filter_partial_at(x, dy, g, len, i, dw); },
+           "conv2d_backward_filter (depthwise)");
+      return;
+    }
+    Scratch buf(chunks * outputs * int64_t(sizeof(float)));
+    float* part = buf.as<float>();
+    each(chunks * outputs, [=] __device__(int64_t i) { dw_filter_partial_at(x, dy, g, len, i, part); },
+         "conv2d_backward_filter (depthwise partials)");
+    each(
+        outputs,
+        [=] __device__(int64_t i) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j < chunks; ++j) acc += part[j * outputs + i];
+          dw[i] = acc;
+        },
+        "conv2d_backward_filter (depthwise sum)");
+    return;
+  }
+  const int64_t pixels = g.out_h * g.out_w;
+  if (conv_pointwise(g))
+    return gemm(Cuda{}, true, false, g.in_c, g.out_c, g.batch * pixels, 1.0f, x, g.in_c, dy, g.out_c, 0.0f, dw,
+                g.out_c);
+  const int64_t nb = conv_block_samples(g, k);
+  Scratch buf(nb * pixels * k * int64_t(sizeof(float)));
+  float* col = buf.as<float>();
+  for (int64_t n0 = 0; n0 < g.batch; n0 += nb) {
+    const int64_t b = std::min(nb, g.batch - n0), rows = b * pixels;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      each(rows * k, [=] __device__(int64_t i) { col[i] = im2col_at(x, g, grp, n0, i); },
+           "conv2d_backward_filter (im2col)");
+      gemm(Cuda{}, true, false, k, og, rows, 1.0f, col, k, dy + n0 * pixels * g.out_c + grp * og, g.out_c,
+           n0 == 0 ? 0.0f : 1.0f, dw + grp * og, g.out_c);
+    }
+  }
+}
+
+void max_pool2d_forward(Cuda, const float* x, const Window2d& geom, float* y) {
+  const Window2d g = geom;
+  each(g.batch * g.out_h * g.out_w * g.in_c, [=] __device__(int64_t i) { max_pool_forward_at(x, g, i, y); },
+       "max_pool2d_forward");
+}
+void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const Window2d& geom, float* dx) {
+  const Window2d g = geom;
+  const int64_t outs = g.batch * g.out_h * g.out_w * g.in_c;
+  if (g.batch == 0) return;
+  Scratch buf(outs * int64_t(sizeof(int32_t)));
+  int32_t* arg = buf.as<int32_t>();
+  each(outs, [=] __device__(int64_t i) { max_pool_arg_at(x, y, g, i, arg); }, "max_pool2d_backward (argmax)");
+  each(g.batch * g.in_h * g.in_w * g.in_c, [=] __device__(int64_t i) { max_pool_backward_at(arg, dy, g, i, dx); },
+       "max_pool2d_backward");
+}
+void avg_pool2d_forward(Cuda, const float* x, const Window2d& geom, float* y) {
+  const Window2d g = geom;
+  each(g.batch * g.out_h * g.out_w * g.in_c, [=] __device__(int64_t i) { avg_pool_forward_at(x, g, i, y); },
+       "avg_pool2d_forward");
+}
+void avg_pool2d_backward(Cuda, const float* dy, const Window2d& geom, float* dx) {
+  const Window2d g = geom;
+  each(g.batch * g.in_h * g.in_w * g.in_c, [=] __device__(int64_t i) { avg_pool_backward_at(dy, g, i, dx); },
+       "avg_pool2d_backward");
+}
+
+void pad2d(Cuda, float* small, float* big, int64_t n, int64_t h, int64_t w, int64_t c, int64_t bh, int64_t bw,
+           int64_t top, int64_t left, bool into_big) {
+  if (into_big)
+    each(n * bh * bw * c,
+         [=] __device__(int64_t i) { pad_into_big_at(small, big, h, w, c, bh, bw, top, left, i); }, "pad2d");
+  else
+    each(n * h * w * c, [=] __device__(int64_t i) { pad_from_big_at(small, big, h, w, c, bh, bw, top, left, i); },
+         "pad2d");
+}
+
+void scale_channels(Cuda, const float* x, const float* m, float* y, int64_t n, int64_t s, int64_t c) {
+  const int64_t sc = s * c;
+  each(n * sc, [=] __device__(int64_t i) { y[i] = x[i] * m[(i / sc) * c + i % c]; }, "scale_channels");
+}
+
 // ---- activations -----------------------------------------------------------------------------------
 void activation_forward(Cuda, ops::Activation act, float alpha, const float* x, float* y, int64_t rows,
                         int64_t cols) {

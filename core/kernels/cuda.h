@@ -45,6 +45,23 @@ void gemm(Cuda, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
 void bias_add(Cuda, float* y, const float* b, int64_t rows, int64_t cols);
 void bias_grad(Cuda, const float* dy, float* db, int64_t rows, int64_t cols, float beta);
 
+// Convolutions, pooling, padding (NHWC; kernels [k_h, k_w, in_c/groups, out_c]): the semantics of
+// kernels/conv_cpu.cpp. `reference` is ignored (there is one CUDA path). General convolutions are
+// im2col + cuBLAS gemm over blocks of samples (column buffer from the pool); depthwise convolutions,
+// pooling, padding and channel scaling are direct kernels. Every gradient is a gather (each output
+// element sums its own contributions in a fixed order), so results are the same bits run to run.
+void conv2d_forward(Cuda, const float* x, const float* w, const ops::Window2d& g, float* y, bool reference);
+void conv2d_backward_data(Cuda, const float* dy, const float* w, const ops::Window2d& g, float* dx, bool reference);
+void conv2d_backward_filter(Cuda, const float* x, const float* dy, const ops::Window2d& g, float* dw, bool reference);
+void max_pool2d_forward(Cuda, const float* x, const ops::Window2d& g, float* y);
+void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const ops::Window2d& g, float* dx);
+void avg_pool2d_forward(Cuda, const float* x, const ops::Window2d& g, float* y);
+void avg_pool2d_backward(Cuda, const float* dy, const ops::Window2d& g, float* dx);
+// small [n, h, w, c] <-> the block at (top, left) of big [n, bh, bw, c].
+void pad2d(Cuda, float* small, float* big, int64_t n, int64_t h, int64_t w, int64_t c, int64_t bh, int64_t bw,
+           int64_t top, int64_t left, bool into_big);
+void scale_channels(Cuda, const float* x, const float* m, float* y, int64_t n, int64_t s, int64_t c);
+
 void activation_forward(Cuda, ops::Activation act, float alpha, const float* x, float* y, int64_t rows, int64_t cols);
 void activation_backward(Cuda, ops::Activation act, float alpha, const float* x, const float* y, const float* dy,
                          float* dx, int64_t rows, int64_t cols);

@@ -1,7 +1,8 @@
 // A minimal stand-in for GoogleTest, enough for tests/gpu/gpu_ops_test.cpp, so the CUDA kernels can be
 // validated on a machine that has nvcc and a host g++ but none of the project's Debian packages (see
 // tests/gpu/standalone/run.sh). Supports TEST, TEST_F (SetUp/TearDown), EXPECT_/ASSERT_ EQ NE LT LE
-// GT GE TRUE FALSE NEAR THROW NO_THROW, FAIL, GTEST_SKIP, SCOPED_TRACE and streamed messages.
+// GT GE TRUE FALSE NEAR THROW NO_THROW, FAIL, GTEST_SKIP, SCOPED_TRACE (testing::Message too) and
+// streamed messages.
 #pragma once
 
 #include <cmath>
@@ -22,6 +23,21 @@ class Test {
   virtual void TearDown() {}
   virtual void TestBody() = 0;
 };
+// SCOPED_TRACE(testing::Message() << ...): a message built by streaming.
+class Message {
+ public:
+  Message() = default;
+  Message(const Message& o) { os_ << o.str(); }
+  template <typename T> Message& operator<<(const T& v) {
+    os_ << v;
+    return *this;
+  }
+  std::string str() const { return os_.str(); }
+
+ private:
+  std::ostringstream os_;
+};
+inline std::ostream& operator<<(std::ostream& os, const Message& m) { return os << m.str(); }
 }  // namespace testing
 
 namespace mg {
