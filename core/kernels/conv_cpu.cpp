@@ -335,7 +335,7 @@ void conv2d_backward_filter(Cpu, const T* x, const T* dy, const Window2d& g, T* 
   if (g.batch == 0) return std::fill(dw, dw + g.k_h * g.k_w * (g.in_c / g.groups) * g.out_c, T(0));
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
-    return product<T>(true, false, g.in_c, g.out_c, g.batch * pixels, x, g.in_c, dy, g.out_c, T(0), dw, g.out_c);
+    return gemm_weight_grad(Cpu{}, g.in_c, g.out_c, g.batch * pixels, x, g.in_c, dy, g.out_c, T(0), dw, g.out_c);
   const int64_t cg = g.in_c / g.groups, og = g.out_c / g.groups, k = g.k_h * g.k_w * cg;
   const int64_t nb = block_samples<T>(g, k);
   T* col = scratch_of<T>(nb * pixels * k);
@@ -343,8 +343,8 @@ void conv2d_backward_filter(Cpu, const T* x, const T* dy, const Window2d& g, T* 
     const int64_t b = std::min(nb, g.batch - n0), rows = b * pixels;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       im2col(x, g, grp, n0, b, col);
-      product<T>(true, false, k, og, rows, col, k, dy + n0 * pixels * g.out_c + grp * og, g.out_c,
-           T(n0 == 0 ? 0 : 1), dw + grp * og, g.out_c);
+      gemm_weight_grad(Cpu{}, k, og, rows, col, k, dy + n0 * pixels * g.out_c + grp * og, g.out_c,
+                       T(n0 == 0 ? 0 : 1), dw + grp * og, g.out_c);
     }
   }
 }

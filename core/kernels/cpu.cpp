@@ -263,9 +263,9 @@ constexpr int64_t kXsmmMaxDepth = 512;                 // samples summed in a we
 // 79k samples/s for model a at batch 256 on 2 threads, against 140k for OpenBLAS's own threads (whose
 // idle workers spin on the core the OpenMP team needs).
 bool xsmm_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+                const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t max_depth = kXsmmMaxDepth) {
   if ((ta && tb) || alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || omp_get_max_threads() > 1) return false;
-  if (ta ? (m * n > kXsmmMaxOperand || k > kXsmmMaxDepth) : k * n > kXsmmMaxOperand) return false;
+  if (ta ? (m * n > kXsmmMaxOperand || k > max_depth) : k * n > kXsmmMaxOperand) return false;
   static const bool ready = [] {
     libxsmm_init();
     return true;
@@ -313,6 +313,24 @@ void gemm<double>(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double
   }
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m), int(n), int(k),
               alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+// A convolution's kernel gradient colᵀ·dY sums over a block's pixels (784 to 38k rows), far deeper than a
+// Dense layer's batch; while the gradient [m, n] is small libxsmm still beats OpenBLAS at any depth (1 thread,
+// the ch. 14 CNN's and ResNet-20's shapes: 99 of 104 products, 1.2-2.6x; level at 1152x256 and 2304x256,
+// where this bound hands them back to OpenBLAS; tests/bench/conv_gemm_bench.cpp).
+constexpr int64_t kXsmmConvGradOutput = 300000;
+template <>
+void gemm_weight_grad<float>(Cpu, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                             int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m * n <= kXsmmConvGradOutput &&
+      xsmm_sgemm(true, false, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc, std::numeric_limits<int64_t>::max()))
+    return;
+  gemm<float>(Cpu{}, true, false, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+template <>
+void gemm_weight_grad<double>(Cpu, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+                              int64_t ldb, double beta, double* c, int64_t ldc) {
+  gemm<double>(Cpu{}, true, false, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
 }
 template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols) {
   rowwise(rows, rows * cols, [=](int64_t r) {

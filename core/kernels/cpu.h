@@ -38,6 +38,11 @@ void extremum_backward(Cpu, bool is_max, const T* a, const T* b, const T* dy, T*
 template <typename T>
 void gemm(Cpu, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
           int64_t ldb, T beta, T* c, int64_t ldc);
+// C[m, n] = Aᵀ·B (+ C when beta is 1) with A [k, m], B [k, n]: a weight gradient summed over k rows, routed
+// for a convolution's deep sums (see cpu.cpp).
+template <typename T>
+void gemm_weight_grad(Cpu, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T beta,
+                      T* c, int64_t ldc);
 template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols);
 template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int64_t cols, T beta);
 
