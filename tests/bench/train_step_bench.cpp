@@ -16,6 +16,19 @@
 //   pairs       (--model pairs) the comparison network of launch/configs/pretraining_pairs.yaml (HML2
 //               ch. 11 ex. 10: two towers of Flatten + 5 Dense(100, elu), concatenate, Dense(10, elu),
 //               Dense(1, sigmoid)), read from that file with its loss and optimizer (--config PATH).
+// Convolutional networks, each read from its run file with the file's loss and optimizer (run_cnn_bench.sh
+// times them beside tests/bench/torch_cnn.py, which uses the same optimizers):
+//   cnn         (--model cnn) HML2 ch. 14's Fashion-MNIST CNN, launch/configs/fashion_mnist_cnn.yaml: 1,413,834
+//               parameters, input [28, 28, 1], Nadam (Keras defaults).
+//   resnet20    (--model resnet20) ResNet-20, launch/configs/cifar10_resnet20.yaml: 274,442 parameters, a
+//               Functional graph with `add`, input [32, 32, 3], SGD lr 0.1 momentum 0.9 (the schedule is left
+//               out: a constant rate costs the same), l2(1e-4) on the kernels.
+//   --config PATH replaces the run file of a run-file model (pairs, cnn, resnet20; one of them per process).
+// Every row carries the step's product FLOPs per sample, counted from the layers (train_flops_per_sample):
+// 2 x the multiply-adds of each Conv2D (out_h·out_w·kernel elements) and Dense (kernel elements), times 3
+// for forward, input gradient and kernel gradient, times 2 for a layer with no trainable weight below it
+// (its input gradient is never computed: the first layer). gflops = that x samples/s.
+// --warmup-steps N (default 11, as before) and --min-steps N (steps per window, default 5) shorten the slow models' runs.
 // A comma-separated --model (e.g. a,a_func,a_graph) builds every model in one process and interleaves
 // their timed windows (window r of each model, then window r+1 of each, ...): machine noise then hits
 // all of them alike, and each row's vs_first is the median over windows of its rate / the first model's
@@ -129,9 +142,46 @@ bool takes_chain_path(const Model& m) {
   return true;
 }
 
+// Forward and training-step FLOPs per sample of the model's products (the header's rule): Conv2D
+// out_h·out_w·kernel elements and Dense kernel elements multiply-adds; x3 in a step, x2 for a call with
+// no trainable weight upstream (Model computes no input gradient for it).
+void product_flops(const Model& m, double* fwd, double* train) {
+  const auto& calls = m.calls();
+  const int n_in = m.num_inputs();
+  std::vector<char> upstream(size_t(n_in) + calls.size(), 0);  // a trainable weight at or below the value
+  auto has_trainable = [](const Layer& l) {
+    if (!l.trainable()) return false;
+    for (const Weight& w : l.weights())
+      if (w.trainable) return true;
+    return false;
+  };
+  *fwd = *train = 0.0;
+  // Calls are in a topological order (Model sorts them); repeat until nothing changes to be safe.
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t k = 0; k < calls.size(); ++k) {
+      char up = has_trainable(*m.layers()[size_t(calls[k].layer)]);
+      for (int v : calls[k].inputs) up |= upstream[size_t(v)];
+      if (up != upstream[size_t(n_in) + k]) upstream[size_t(n_in) + k] = up, changed = true;
+    }
+  }
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const Layer& l = *m.layers()[size_t(calls[k].layer)];
+    if (l.key() != "conv2d" && l.key() != "depthwise_conv2d" && l.key() != "dense") continue;
+    double macs = 1.0;
+    for (int64_t d : l.weights()[0].shape) macs *= double(d);  // the kernel
+    if (l.key() != "dense") macs *= double(l.output_shape()[0] * l.output_shape()[1]);
+    bool dx = false;
+    for (int v : calls[k].inputs) dx |= upstream[size_t(v)] != 0;
+    *fwd += 2.0 * macs;
+    *train += 2.0 * macs * (dx ? 3.0 : 2.0);
+  }
+}
+
 // One model's training step and its timing.
 struct Bench {
   std::string model, form;
+  double fwd_flops = 0.0, train_flops = 0.0;  // per sample, products only (see the header)
   std::unique_ptr<Model> m;
   std::unique_ptr<LossFunction> loss;
   std::unique_ptr<Optimizer> opt;
@@ -163,9 +213,10 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
   std::string form = form_arg;
   if (model.size() > 2 && model.compare(1, std::string::npos, "_graph") == 0) form = "graph";
   if (model.size() > 2 && model.compare(1, std::string::npos, "_func") == 0) form = "functional";
-  if (model != "pairs") model = model.substr(0, 1);
-  if (model != "a" && model != "b" && model != "c" && model != "d" && model != "e" && model != "pairs") {
-    std::fprintf(stderr, "model must be a, b, c, d, e (optionally a_func / a_graph ...) or pairs\n");
+  const bool run_file = model == "pairs" || model == "cnn" || model == "resnet20";
+  if (!run_file) model = model.substr(0, 1);
+  if (model != "a" && model != "b" && model != "c" && model != "d" && model != "e" && !run_file) {
+    std::fprintf(stderr, "model must be a, b, c, d, e (optionally a_func / a_graph ...), pairs, cnn or resnet20\n");
     std::exit(2);
   }
   if (form != "sequential" && form != "functional" && form != "graph") {
@@ -179,9 +230,13 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
   b->batch = global_batch / b->world;
   LossSpec spec;  // sparse_categorical_crossentropy
   ConfigNode opt_node;
-  if (model == "pairs") {
-    ConfigNode run = load_config_file(config);
-    b->form = "functional";
+  if (run_file) {
+    std::string path = config;
+    if (path.empty())
+      path = std::string(LOCKSTEP_SOURCE_DIR "/launch/configs/") +
+             (model == "pairs" ? "pretraining_pairs.yaml" : model == "cnn" ? "fashion_mnist_cnn.yaml" : "cifar10_resnet20.yaml");
+    ConfigNode run = load_config_file(path);
+    b->form = run["model"].has("inputs") ? "functional" : "sequential";
     b->m = Model::from_config(run["model"]);
     spec = parse_loss(run["loss"]);
     opt_node = run["optimizer"];
@@ -198,6 +253,7 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
   m.init(0);
   b->loss = std::make_unique<LossFunction>(spec, fusable_output(spec, m.output_activation()));
   m.set_fused_output(b->loss->fused());
+  product_flops(m, &b->fwd_flops, &b->train_flops);
 
   const int64_t n = b->n;
   for (int i = 0; i < m.num_inputs(); ++i) {
@@ -231,8 +287,8 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
 
 int main(int argc, char** argv) {
   ops::ensure_passive_openmp(argv);
-  std::string model = "a", form = "sequential", config = LOCKSTEP_SOURCE_DIR "/launch/configs/pretraining_pairs.yaml";
-  int batch = 32, threads = 1, reps = 5;
+  std::string model = "a", form = "sequential", config;  // config: the run-file model's own by default
+  int batch = 32, threads = 1, reps = 5, warmup_steps = 11, min_steps = 5;
   double window = 0.3;
   comm::BucketOptions bucket_opts;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -245,6 +301,8 @@ int main(int argc, char** argv) {
     else if (k == "--threads") threads = std::atoi(v.c_str());
     else if (k == "--reps") reps = std::atoi(v.c_str());
     else if (k == "--window-sec") window = std::atof(v.c_str());
+    else if (k == "--warmup-steps") warmup_steps = std::atoi(v.c_str());
+    else if (k == "--min-steps") min_steps = std::max(1, std::atoi(v.c_str()));
     else if (k == "--bucket-mb") bucket_opts.bucket_cap_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--first-bucket-mb") bucket_opts.first_bucket_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--one-in-flight") bucket_opts.one_in_flight = std::atoi(v.c_str()) != 0;
@@ -273,12 +331,12 @@ int main(int argc, char** argv) {
     if (world > 1) comm->all_reduce(std::span<int64_t>(&v, 1), comm::ReduceOp::Min);
     return v != 0;
   };
-  // warm-up: at least 10 steps and 0.3 s of each
+  // warm-up: at least --warmup-steps steps and 0.3 s of each
   for (auto& b : benches) {
     double t0 = now();
     for (int i = 0;; ++i) {
       b->step();
-      if (!agree(i < 10 || now() - t0 < 0.3)) break;
+      if (!agree(i + 1 < warmup_steps || now() - t0 < 0.3)) break;
     }
     b->wait0 = b->update->comm_wait_seconds();
   }
@@ -291,7 +349,7 @@ int main(int argc, char** argv) {
       for (;;) {
         b.step();
         ++steps;
-        if (!agree(steps < 5 || now() - start < window)) break;
+        if (!agree(steps < min_steps || now() - start < window)) break;
       }
       const double dt = now() - start;
       b.total_s += dt;
@@ -309,12 +367,14 @@ int main(int argc, char** argv) {
       Bench& b = *benches[bi];
       const double sps = median(b.rates);
       std::printf("impl=lockstep model=%s form=%s path=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f "
-                  "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld",
+                  "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld "
+                  "fwd_flops_per_sample=%.0f train_flops_per_sample=%.0f gflops=%.2f",
                   b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", b.global_batch, world,
                   threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
                   *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
                   100.0 * (b.update->comm_wait_seconds() - b.wait0) / std::max(b.total_s, 1e-9), median(b.cpu_rates),
-                  static_cast<long long>(b.m->trainable_params()));
+                  static_cast<long long>(b.m->trainable_params()), b.fwd_flops, b.train_flops,
+                  b.train_flops * sps * 1e-9);
       // Every window's rate, in order (windows of the models in one process alternate: paired in time).
       std::printf(" win_sps=");
       for (size_t r = 0; r < b.rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.rates[r]);
