@@ -35,6 +35,20 @@ constexpr int64_t kParallelWork = 1 << 15;
 
 int64_t pix(const Window2d& g, int64_t n, int64_t h, int64_t w) { return (n * g.in_h + h) * g.in_w + w; }
 
+// f(tap, ih, iw) for each tap of output (oh, ow)'s window that falls inside the input (padding skipped), in
+// row-major tap order (tap = kh·k_w + kw).
+template <typename F> inline void for_taps(const Window2d& g, int64_t oh, int64_t ow, F&& f) {
+  for (int64_t kh = 0; kh < g.k_h; ++kh) {
+    const int64_t ih = g.in_row(oh, kh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kw = 0; kw < g.k_w; ++kw) {
+      const int64_t iw = g.in_col(ow, kw);
+      if (iw < 0 || iw >= g.in_w) continue;
+      f(kh * g.k_w + kw, ih, iw);
+    }
+  }
+}
+
 bool pointwise(const Window2d& g) {
   return g.k_h == 1 && g.k_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 && g.pad_left == 0 &&
          g.groups == 1 && g.out_h == g.in_h && g.out_w == g.in_w;
@@ -106,18 +120,12 @@ template <typename T> void col2im(const T* col, const Window2d& g, int64_t grp, 
     for (int64_t p = 0; p < per; ++p) {
       const int64_t oh = p / g.out_w, ow = p % g.out_w;
       const T* src = col + (s * per + p) * k;
-      for (int64_t kh = 0; kh < g.k_h; ++kh) {
-        const int64_t ih = g.in_row(oh, kh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t kw = 0; kw < g.k_w; ++kw) {
-          const int64_t iw = g.in_col(ow, kw);
-          if (iw < 0 || iw >= g.in_w) continue;
-          T* d = dx + pix(g, n, ih, iw) * g.in_c + grp * cg;
-          const T* c = src + (kh * g.k_w + kw) * cg;
+      for_taps(g, oh, ow, [&](int64_t tap, int64_t ih, int64_t iw) {
+        T* d = dx + pix(g, n, ih, iw) * g.in_c + grp * cg;
+        const T* c = src + tap * cg;
 #pragma omp simd
-          for (int64_t i = 0; i < cg; ++i) d[i] += c[i];
-        }
-      }
+        for (int64_t i = 0; i < cg; ++i) d[i] += c[i];
+      });
     }
   }
 }
@@ -131,17 +139,11 @@ template <typename T> void ref_forward(const T* x, const T* w, const Window2d& g
         for (int64_t oc = 0; oc < g.out_c; ++oc) {
           const int64_t grp = oc / og;
           double acc = 0;
-          for (int64_t kh = 0; kh < g.k_h; ++kh) {
-            const int64_t ih = g.in_row(oh, kh);
-            if (ih < 0 || ih >= g.in_h) continue;
-            for (int64_t kw = 0; kw < g.k_w; ++kw) {
-              const int64_t iw = g.in_col(ow, kw);
-              if (iw < 0 || iw >= g.in_w) continue;
-              for (int64_t ci = 0; ci < cg; ++ci)
-                acc += double(x[pix(g, n, ih, iw) * g.in_c + grp * cg + ci]) *
-                       double(w[((kh * g.k_w + kw) * cg + ci) * g.out_c + oc]);
-            }
-          }
+          for_taps(g, oh, ow, [&](int64_t tap, int64_t ih, int64_t iw) {
+            for (int64_t ci = 0; ci < cg; ++ci)
+              acc += double(x[pix(g, n, ih, iw) * g.in_c + grp * cg + ci]) *
+                     double(w[(tap * cg + ci) * g.out_c + oc]);
+          });
           y[((n * g.out_h + oh) * g.out_w + ow) * g.out_c + oc] = T(acc);
         }
 }
@@ -211,22 +213,16 @@ template <typename T> void dw_forward(const T* x, const T* w, const Window2d& g,
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       T* yo = y + ((n * g.out_h + oh) * g.out_w + ow) * oc_n;
       std::fill(yo, yo + oc_n, T(0));
-      for (int64_t kh = 0; kh < g.k_h; ++kh) {
-        const int64_t ih = g.in_row(oh, kh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t kw = 0; kw < g.k_w; ++kw) {
-          const int64_t iw = g.in_col(ow, kw);
-          if (iw < 0 || iw >= g.in_w) continue;
-          const T* xi = x + pix(g, n, ih, iw) * g.in_c;
-          const T* wk = w + (kh * g.k_w + kw) * oc_n;
-          if (mult == 1) {
+      for_taps(g, oh, ow, [&](int64_t tap, int64_t ih, int64_t iw) {
+        const T* xi = x + pix(g, n, ih, iw) * g.in_c;
+        const T* wk = w + tap * oc_n;
+        if (mult == 1) {
 #pragma omp simd
-            for (int64_t c = 0; c < oc_n; ++c) yo[c] += xi[c] * wk[c];
-          } else {
-            for (int64_t c = 0; c < oc_n; ++c) yo[c] += xi[c / mult] * wk[c];
-          }
+          for (int64_t c = 0; c < oc_n; ++c) yo[c] += xi[c] * wk[c];
+        } else {
+          for (int64_t c = 0; c < oc_n; ++c) yo[c] += xi[c / mult] * wk[c];
         }
-      }
+      });
     }
   }
 }
@@ -238,22 +234,16 @@ template <typename T> void dw_backward_data(const T* dy, const T* w, const Windo
     for (int64_t oh = 0; oh < g.out_h; ++oh)
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const T* dyo = dy + ((n * g.out_h + oh) * g.out_w + ow) * oc_n;
-        for (int64_t kh = 0; kh < g.k_h; ++kh) {
-          const int64_t ih = g.in_row(oh, kh);
-          if (ih < 0 || ih >= g.in_h) continue;
-          for (int64_t kw = 0; kw < g.k_w; ++kw) {
-            const int64_t iw = g.in_col(ow, kw);
-            if (iw < 0 || iw >= g.in_w) continue;
-            T* dxi = dx + pix(g, n, ih, iw) * g.in_c;
-            const T* wk = w + (kh * g.k_w + kw) * oc_n;
-            if (mult == 1) {
+        for_taps(g, oh, ow, [&](int64_t tap, int64_t ih, int64_t iw) {
+          T* dxi = dx + pix(g, n, ih, iw) * g.in_c;
+          const T* wk = w + tap * oc_n;
+          if (mult == 1) {
 #pragma omp simd
-              for (int64_t c = 0; c < oc_n; ++c) dxi[c] += dyo[c] * wk[c];
-            } else {
-              for (int64_t c = 0; c < oc_n; ++c) dxi[c / mult] += dyo[c] * wk[c];
-            }
+            for (int64_t c = 0; c < oc_n; ++c) dxi[c] += dyo[c] * wk[c];
+          } else {
+            for (int64_t c = 0; c < oc_n; ++c) dxi[c / mult] += dyo[c] * wk[c];
           }
-        }
+        });
       }
 }
 template <typename T> void dw_backward_filter(const T* x, const T* dy, const Window2d& g, T* dw) {
@@ -358,17 +348,11 @@ template <typename T> void max_pool2d_forward(Cpu, const T* x, const Window2d& g
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       T* yo = y + ((n * g.out_h + oh) * g.out_w + ow) * c_n;
       std::fill(yo, yo + c_n, -std::numeric_limits<T>::infinity());
-      for (int64_t kh = 0; kh < g.k_h; ++kh) {
-        const int64_t ih = g.in_row(oh, kh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t kw = 0; kw < g.k_w; ++kw) {
-          const int64_t iw = g.in_col(ow, kw);
-          if (iw < 0 || iw >= g.in_w) continue;
-          const T* xi = x + pix(g, n, ih, iw) * c_n;
+      for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
+        const T* xi = x + pix(g, n, ih, iw) * c_n;
 #pragma omp simd
-          for (int64_t c = 0; c < c_n; ++c) yo[c] = xi[c] > yo[c] ? xi[c] : yo[c];
-        }
-      }
+        for (int64_t c = 0; c < c_n; ++c) yo[c] = xi[c] > yo[c] ? xi[c] : yo[c];
+      });
     }
   }
 }
@@ -385,20 +369,14 @@ void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const int64_t o = ((n * g.out_h + oh) * g.out_w + ow) * c_n;
         std::fill(done.begin(), done.end(), uint8_t(0));
-        for (int64_t kh = 0; kh < g.k_h; ++kh) {
-          const int64_t ih = g.in_row(oh, kh);
-          if (ih < 0 || ih >= g.in_h) continue;
-          for (int64_t kw = 0; kw < g.k_w; ++kw) {
-            const int64_t iw = g.in_col(ow, kw);
-            if (iw < 0 || iw >= g.in_w) continue;
-            const int64_t i = pix(g, n, ih, iw) * c_n;
-            for (int64_t c = 0; c < c_n; ++c)
-              if (!done[c] && x[i + c] == y[o + c]) {
-                dx[i + c] += dy[o + c];
-                done[c] = 1;
-              }
-          }
-        }
+        for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
+          const int64_t i = pix(g, n, ih, iw) * c_n;
+          for (int64_t c = 0; c < c_n; ++c)
+            if (!done[c] && x[i + c] == y[o + c]) {
+              dx[i + c] += dy[o + c];
+              done[c] = 1;
+            }
+        });
       }
   }
 }
@@ -418,17 +396,11 @@ template <typename T> void avg_pool2d_forward(Cpu, const T* x, const Window2d& g
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       T* yo = y + ((n * g.out_h + oh) * g.out_w + ow) * c_n;
       std::fill(yo, yo + c_n, T(0));
-      for (int64_t kh = 0; kh < g.k_h; ++kh) {
-        const int64_t ih = g.in_row(oh, kh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t kw = 0; kw < g.k_w; ++kw) {
-          const int64_t iw = g.in_col(ow, kw);
-          if (iw < 0 || iw >= g.in_w) continue;
-          const T* xi = x + pix(g, n, ih, iw) * c_n;
+      for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
+        const T* xi = x + pix(g, n, ih, iw) * c_n;
 #pragma omp simd
-          for (int64_t c = 0; c < c_n; ++c) yo[c] += xi[c];
-        }
-      }
+        for (int64_t c = 0; c < c_n; ++c) yo[c] += xi[c];
+      });
       const T inv = T(1) / T(std::max<int64_t>(window_count(g, oh, ow), 1));
 #pragma omp simd
       for (int64_t c = 0; c < c_n; ++c) yo[c] *= inv;
@@ -445,17 +417,11 @@ template <typename T> void avg_pool2d_backward(Cpu, const T* dy, const Window2d&
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const T* dyo = dy + ((n * g.out_h + oh) * g.out_w + ow) * c_n;
         const T inv = T(1) / T(std::max<int64_t>(window_count(g, oh, ow), 1));
-        for (int64_t kh = 0; kh < g.k_h; ++kh) {
-          const int64_t ih = g.in_row(oh, kh);
-          if (ih < 0 || ih >= g.in_h) continue;
-          for (int64_t kw = 0; kw < g.k_w; ++kw) {
-            const int64_t iw = g.in_col(ow, kw);
-            if (iw < 0 || iw >= g.in_w) continue;
-            T* dxi = dx + pix(g, n, ih, iw) * c_n;
+        for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
+          T* dxi = dx + pix(g, n, ih, iw) * c_n;
 #pragma omp simd
-            for (int64_t c = 0; c < c_n; ++c) dxi[c] += dyo[c] * inv;
-          }
-        }
+          for (int64_t c = 0; c < c_n; ++c) dxi[c] += dyo[c] * inv;
+        });
       }
 }
 
