@@ -49,6 +49,21 @@ template <typename F> inline void for_taps(const Window2d& g, int64_t oh, int64_
   }
 }
 
+// f(n, oh, ow, ih, iw) for each output position whose window's tap (kh, kw) falls inside the input: the
+// positions a kernel gradient's tap sums over.
+template <typename F> inline void for_tap_outputs(const Window2d& g, int64_t kh, int64_t kw, F&& f) {
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t ih = g.in_row(oh, kh);
+      if (ih < 0 || ih >= g.in_h) continue;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t iw = g.in_col(ow, kw);
+        if (iw < 0 || iw >= g.in_w) continue;
+        f(n, oh, ow, ih, iw);
+      }
+    }
+}
+
 bool pointwise(const Window2d& g) {
   return g.k_h == 1 && g.k_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_top == 0 && g.pad_left == 0 &&
          g.groups == 1 && g.out_h == g.in_h && g.out_w == g.in_w;
@@ -188,17 +203,10 @@ template <typename T> void ref_backward_filter(const T* x, const T* dy, const Wi
         for (int64_t oc = 0; oc < g.out_c; ++oc) {
           const int64_t c = (oc / og) * cg + ci;
           double acc = 0;
-          for (int64_t n = 0; n < g.batch; ++n)
-            for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              const int64_t ih = g.in_row(oh, kh);
-              if (ih < 0 || ih >= g.in_h) continue;
-              for (int64_t ow = 0; ow < g.out_w; ++ow) {
-                const int64_t iw = g.in_col(ow, kw);
-                if (iw < 0 || iw >= g.in_w) continue;
-                acc += double(x[pix(g, n, ih, iw) * g.in_c + c]) *
-                       double(dy[((n * g.out_h + oh) * g.out_w + ow) * g.out_c + oc]);
-              }
-            }
+          for_tap_outputs(g, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
+            acc += double(x[pix(g, n, ih, iw) * g.in_c + c]) *
+                   double(dy[((n * g.out_h + oh) * g.out_w + ow) * g.out_c + oc]);
+          });
           dw[((kh * g.k_w + kw) * cg + ci) * g.out_c + oc] = T(acc);
         }
 }
@@ -254,23 +262,16 @@ template <typename T> void dw_backward_filter(const T* x, const T* dy, const Win
     const int64_t kh = t / g.k_w, kw = t % g.k_w;
     T* dwk = dw + t * oc_n;
     std::fill(dwk, dwk + oc_n, T(0));
-    for (int64_t n = 0; n < g.batch; ++n)
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        const int64_t ih = g.in_row(oh, kh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t iw = g.in_col(ow, kw);
-          if (iw < 0 || iw >= g.in_w) continue;
-          const T* xi = x + pix(g, n, ih, iw) * g.in_c;
-          const T* dyo = dy + ((n * g.out_h + oh) * g.out_w + ow) * oc_n;
-          if (mult == 1) {
+    for_tap_outputs(g, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
+      const T* xi = x + pix(g, n, ih, iw) * g.in_c;
+      const T* dyo = dy + ((n * g.out_h + oh) * g.out_w + ow) * oc_n;
+      if (mult == 1) {
 #pragma omp simd
-            for (int64_t c = 0; c < oc_n; ++c) dwk[c] += xi[c] * dyo[c];
-          } else {
-            for (int64_t c = 0; c < oc_n; ++c) dwk[c] += xi[c / mult] * dyo[c];
-          }
-        }
+        for (int64_t c = 0; c < oc_n; ++c) dwk[c] += xi[c] * dyo[c];
+      } else {
+        for (int64_t c = 0; c < oc_n; ++c) dwk[c] += xi[c / mult] * dyo[c];
       }
+    });
   }
 }
 
