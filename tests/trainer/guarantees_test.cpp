@@ -1010,20 +1010,27 @@ TEST(Equiv, PairsTwoInputsSharedLayerSyncBatchNormDropout1vs2vs4) {
 
 // (b) The same model stopped mid-epoch, at epoch boundaries and just after, resumed with --resume auto:
 // final.h5 bit-identical and history.csv identical (1 rank; then 2 ranks stopped once mid-epoch).
-TEST(Resume, PairsTwoInputsSharedLayerDropout) {
-  PairRunSpec s;
-  s.checkpoint = "{every_epochs: 1, every_steps: 3}";
+// The resume scenario of the Functional and convolutional run files: the run file `write(path)` makes,
+// resumed on 1 rank after each stop resume_run chooses, then on 2 ranks stopped once mid-epoch (step 1.5
+// epochs in) against an uninterrupted 2-rank reference.
+template <typename Write> void resume_on_one_then_two_ranks(Write write, const std::string& optimizer) {
   {
     Tmp t;
-    resume_run(t, write_pair_run(t / "run.yaml", s), s.optimizer);
+    resume_run(t, write(t / "run.yaml"), optimizer);
   }
-  if (HasFailure()) return;
+  if (::testing::Test::HasFailure()) return;
   Tmp t;
-  const std::string run = write_pair_run(t / "run.yaml", s);
+  const std::string run = write(t / "run.yaml");
   int64_t spe = 0;
   reference(run, t / "ref", 2, &spe);
   ASSERT_GT(spe, 2);
   stop_and_resume_chain(run, t / "ref", t / "run", 2, {spe + spe / 2});
+}
+
+TEST(Resume, PairsTwoInputsSharedLayerDropout) {
+  PairRunSpec s;
+  s.checkpoint = "{every_epochs: 1, every_steps: 3}";
+  resume_on_one_then_two_ranks([&](const std::string& path) { return write_pair_run(path, s); }, s.optimizer);
 }
 
 // (c) Two outputs, loss weights 1.0 and 0.5, a metric per output: Keras's history keys, the logged
@@ -1349,17 +1356,7 @@ TEST(Resume, CnnSyncBatchNormAugmentSpatialDropout) {
   CnnRunSpec s;
   s.optimizer = "{name: adam, learning_rate: 0.01}";
   s.checkpoint = "{every_epochs: 1, every_steps: 3}";
-  {
-    Tmp t;
-    resume_run(t, write_cnn_run(t / "run.yaml", s), s.optimizer);
-  }
-  if (HasFailure()) return;
-  Tmp t;
-  const std::string run = write_cnn_run(t / "run.yaml", s);
-  int64_t spe = 0;
-  reference(run, t / "ref", 2, &spe);
-  ASSERT_GT(spe, 2);
-  stop_and_resume_chain(run, t / "ref", t / "run", 2, {spe + spe / 2});
+  resume_on_one_then_two_ranks([&](const std::string& path) { return write_cnn_run(path, s); }, s.optimizer);
 }
 
 // A Sequential run file on the 32x32x3 images (`input` sets input_shape and data.path: cifar.h5 or
