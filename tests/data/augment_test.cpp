@@ -26,22 +26,8 @@ using testing::TempDir;
 
 static_assert(std::is_base_of_v<UserError, ConfigError>, "config errors exit with status 2");
 
-DataConfig parse(const std::string& yaml, const std::string& dir = "/runs") {
-  ConfigNode root = load_config_string(yaml, "run.yaml");
-  return parse_data_config(root["data"], dir);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return std::string("ConfigError: ") + e.what();
-  } catch (const DataError& e) {
-    return std::string("DataError: ") + e.what();
-  }
-  return "<no error>";
-}
+using testing::parse;
+using testing::error_of;
 
 // The transform by definition: build the (h+2p) x (w+2p) zero-padded image, take the h x w window at
 // (dy, dx), then reverse its columns when flipping. Element by element.

@@ -18,10 +18,7 @@ namespace {
 using testing::TempDir;
 namespace fs = std::filesystem;
 
-DataConfig parse(const std::string& yaml, const std::string& dir = "/runs") {
-  ConfigNode root = load_config_string(yaml, "run.yaml");
-  return parse_data_config(root["data"], dir);
-}
+using testing::parse;
 
 TEST(DataConfigTest, ParsesEveryKey) {
   DataConfig c = parse(

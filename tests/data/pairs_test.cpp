@@ -21,23 +21,8 @@ namespace {
 
 using testing::TempDir;
 
-DataConfig parse(const std::string& yaml, const std::string& dir = "/runs") {
-  ConfigNode root = load_config_string(yaml, "run.yaml");
-  return parse_data_config(root["data"], dir);
-}
-
-// The message of the ConfigError/DataError `f` throws, or "<no error>".
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return std::string("ConfigError: ") + e.what();
-  } catch (const DataError& e) {
-    return std::string("DataError: ") + e.what();
-  }
-  return "<no error>";
-}
+using testing::parse;
+using testing::error_of;
 
 // A file like write_index_file (pixels = little-endian bytes of the sample's index, 2x2x1) whose
 // training labels are `labels`; test split: 10 samples, label i % 10.

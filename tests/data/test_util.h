@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
+#include "core/error.h"
 #include "data/dataset.h"
 
 namespace lockstep::data::testing {
@@ -36,6 +38,25 @@ void make_cifar_dir(const std::string& dir, int64_t n_per_batch, int batches, in
 void write_index_file(const std::string& path, int64_t n_train, int64_t n_test,
                       const std::vector<int32_t>& train_labels = {});
 int64_t decode_index(const float* sample);  // inverse of the above (scale 1, no standardization)
+
+// A run file's `data:` section given as YAML text, parsed as the trainer parses it (paths relative to `dir`).
+inline DataConfig parse(const std::string& yaml, const std::string& dir = "/runs") {
+  ConfigNode root = load_config_string(yaml, "run.yaml");
+  return parse_data_config(root["data"], dir);
+}
+
+// The message of the ConfigError/DataError `f` throws, prefixed with its kind, or "<no error>".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return std::string("ConfigError: ") + e.what();
+  } catch (const DataError& e) {
+    return std::string("DataError: ") + e.what();
+  }
+  return "<no error>";
+}
 
 // Run a shell command, return its exit status.
 int shell(const std::string& cmd);
