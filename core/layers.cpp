@@ -936,6 +936,11 @@ std::pair<int64_t, int64_t> parse_pair(const ConfigNode& a, const std::string& k
     if (x < 1) n.fail(str_cat("expected positive values, got ", shape_str(v)));
   return {v[0], v[1]};
 }
+// Keras's data_format: only channels_last (the maps' layout) is accepted.
+void require_channels_last(const ConfigNode& a) {
+  if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
+    a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+}
 Window2dArgs parse_window(const ConfigNode& a, const char* size_key, bool size_required, int64_t size_def,
                           bool strides_default_size) {
   Window2dArgs w;
@@ -953,8 +958,7 @@ Window2dArgs parse_window(const ConfigNode& a, const char* size_key, bool size_r
       a["dilation_rate"].fail("dilation_rate > 1 cannot be combined with strides > 1 (as in Keras)");
   }
   w.same = a.get_choice("padding", "valid", {"valid", "same"}) == "same";
-  if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
-    a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+  require_channels_last(a);
   return w;
 }
 }  // namespace
@@ -1090,13 +1094,11 @@ std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std
     layer = std::make_unique<Pooling2D>(key == "max_pooling2d", parse_window(a, "pool_size", false, 2, true));
   } else if (key == "global_average_pooling2d" || key == "global_max_pooling2d") {
     a.allow_keys(common({"data_format", "keepdims"}));
-    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
-      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    require_channels_last(a);
     layer = std::make_unique<GlobalPooling2D>(key == "global_max_pooling2d", a.get("keepdims", false));
   } else if (key == "zero_padding2d") {
     a.allow_keys(common({"padding", "data_format"}));
-    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
-      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    require_channels_last(a);
     int64_t p[4] = {1, 1, 1, 1};  // top, bottom, left, right
     if (a.has("padding")) {
       ConfigNode n = a["padding"];
@@ -1119,8 +1121,7 @@ std::unique_ptr<Layer> make_layer(const ConfigNode& entry, const std::vector<std
     layer = std::make_unique<ZeroPadding2D>(p[0], p[1], p[2], p[3]);
   } else if (key == "spatial_dropout2d") {
     a.allow_keys(common({"rate", "data_format", "seed"}));
-    if (a.has("data_format") && a["data_format"].defined() && a["data_format"].as_string() != "channels_last")
-      a["data_format"].fail("only channels_last is supported (maps are [height, width, channels])");
+    require_channels_last(a);
     double rate = a.require("rate").as_double();
     if (!(rate >= 0 && rate < 1)) a["rate"].fail(str_cat("expected a rate in [0, 1), got ", rate));
     layer = std::make_unique<SpatialDropout2D>(rate);
