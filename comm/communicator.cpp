@@ -47,6 +47,22 @@ const char* reduce_op_name(ReduceOp op) {
   return "?";
 }
 
+const char* compression_name(Compression c) {
+  switch (c) {
+    case Compression::None: return "none";
+    case Compression::BF16: return "bf16";
+    case Compression::FP16: return "fp16";
+  }
+  return "?";
+}
+
+Compression parse_compression(const std::string& s) {
+  if (s == "none") return Compression::None;
+  if (s == "bf16") return Compression::BF16;
+  if (s == "fp16") return Compression::FP16;
+  throw ConfigError(str_cat("compression must be none, bf16 or fp16 (got '", s, "')"));
+}
+
 std::string Buffer::describe() const {
   char size[32];
   const double b = static_cast<double>(bytes());

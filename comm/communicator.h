@@ -74,6 +74,22 @@ ElemType elem_type_of(DType t);
 enum class ReduceOp { Sum, Max, Min };
 const char* reduce_op_name(ReduceOp op);  // "SUM", "MAX", "MIN"
 
+// What crosses nodes in a hierarchical all-reduce of float32 gradients (Horovod's compression):
+// None sends float32; BF16 and FP16 send each value rounded to nearest-even in 16 bits, and the sums
+// are formed in float32 (see comm/shared_reduction.h). FP16 overflows above 65504.
+enum class Compression { None, BF16, FP16 };
+const char* compression_name(Compression c);  // "none", "bf16", "fp16"
+// "none" | "bf16" | "fp16"; anything else is a ConfigError listing these.
+Compression parse_compression(const std::string& s);
+
+// How the reduction buffer (allocate_reduction_buffer) is reduced across nodes.
+struct ReductionOptions {
+  Compression compression = Compression::None;
+  // All-reduces of its slices that may cross the nodes at once (0: the implementation's default,
+  // which LOCKSTEP_INTER_NODE_IN_FLIGHT overrides).
+  int inter_node_in_flight = 0;
+};
+
 // A typed, contiguous region of memory on one device. Does not own the memory: it must stay alive
 // (and untouched) until the collective using it has completed.
 struct Buffer {
@@ -150,8 +166,18 @@ class Communicator {
   // copy through the transport); otherwise an undefined Tensor, and the caller keeps its own memory.
   // all_reduce of a slice of it is matched across ranks by the slice's offset and count, which must
   // then be the same on every rank (a mismatch is a CommError, not a wrong sum).
-  virtual Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) {
-    (void)numel, (void)dtype, (void)device;
+  // With ranks on several nodes (MPI), the buffer is reduced hierarchically: through shared memory
+  // within each node, then across nodes (comm/mpi_communicator.h), as `options` say.
+  virtual Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device,
+                                           const ReductionOptions& options = {}) {
+    (void)numel, (void)dtype, (void)device, (void)options;
+    return {};
+  }
+  // How all_reduce of slices of `buffer` (one of allocate_reduction_buffer's) runs, for logs:
+  // "shared memory", "shared memory within 2 nodes x 2 ranks, then a ring across the nodes (bf16)";
+  // empty for any other tensor.
+  virtual std::string describe_reduction(const Tensor& buffer) const {
+    (void)buffer;
     return {};
   }
 

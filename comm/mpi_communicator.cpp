@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -113,6 +114,10 @@ class MpiWork : public Work {
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator();
+  // A communicator over `comm` (taken over and freed here), made by its parent for one stage of a
+  // collective (the hierarchical all-reduce's ring across nodes); `family` is set once any
+  // communicator of the family fails, so that pending work is abandoned rather than waited for.
+  MpiCommunicator(MPI_Comm comm, std::shared_ptr<std::atomic<bool>> family);
   ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }
@@ -130,7 +135,15 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> barrier_async() override;
   [[noreturn]] void abort(int code, const std::string& message) override;
   bool queues_collectives(const Buffer& buf) const override { return shared_for(buf) != nullptr; }
-  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) override;
+  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device,
+                                   const ReductionOptions& options) override;
+  std::string describe_reduction(const Tensor& buffer) const override {
+    if (!buffer.defined()) return {};
+    auto s = shared_for(make_buffer(buffer));
+    return s ? s->description() : std::string();
+  }
+  // The ring all-reduce of `buf` over this communicator, whatever its size (the inter-node stage).
+  std::unique_ptr<Work> ring_all_reduce(const Buffer& buf, ReduceOp op, Compression wire, const std::string& what);
 
   // The shared mapping `buf` lies in (allocate_reduction_buffer), or null.
   std::shared_ptr<SharedReduction> shared_for(const Buffer& buf) const {
@@ -146,7 +159,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   MPI_Comm comm() const { return comm_; }
-  void mark_failed() { poison(); }
+  void mark_failed() {
+    poison();
+    family_->store(true);
+  }
+  bool family_failed() const { return family_->load(); }
   std::string describe_launch(const std::string& what) {
     const int64_t seq = next_sequence();
     return str_cat(what, " #", seq, label().empty() ? "" : " [" + label() + "]");
@@ -187,6 +204,7 @@ class MpiCommunicator final : public Communicator {
   int tag_ub_ = 32767;
   int64_t ring_tags_ = 0;
   std::vector<std::weak_ptr<SharedReduction>> shared_;  // alive while their buffers are
+  std::shared_ptr<std::atomic<bool>> family_ = std::make_shared<std::atomic<bool>>(false);
   static constexpr size_t kMaxScratch = 16;
   std::vector<std::vector<char>> scratch_;
 };
@@ -242,7 +260,7 @@ void MpiWork::wait(std::chrono::milliseconds timeout) {
 bool MpiWork::settle() {
   if (done_) return true;
   if (failed_) return false;
-  if (comm_.poisoned()) {
+  if (comm_.poisoned() || comm_.family_failed()) {
     std::fprintf(stderr, "lockstep: rank %d: abandoning unfinished %s (the communicator already failed)\n",
                  comm_.rank(), description_.c_str());
     return false;
@@ -276,19 +294,34 @@ class RequestWork final : public MpiWork {
 
 // In-place ring all-reduce: p-1 reduce-scatter steps then p-1 all-gather steps; in each, one
 // ~count/p chunk goes to the right neighbour while one comes from the left. Each test() advances as
-// many steps as have arrived. Chunk c covers [off(c), off(c) + len(c)).
+// many steps as have arrived. Chunk c covers [off(c), off(c) + len(c)); chunks may be empty.
+// Compressed (float32 SUM only, Compression::BF16/FP16): what travels is 16 bits per value. A
+// reduce-scatter step sends its chunk's partial sums rounded to 16 bits, and the receiver adds them
+// to its own float32 chunk; the rank that ends with a chunk fully summed rounds it once, keeps the
+// rounded values itself and passes those same 16-bit words round the all-gather, so every rank ends
+// with the same bits.
 class RingAllReduceWork final : public MpiWork {
  public:
-  RingAllReduceWork(MpiCommunicator& comm, std::string description, Buffer buf, ReduceOp op)
-      : MpiWork(comm, std::move(description)), buf_(buf), op_(op), type_(mpi_type(buf.type)),
-        p_(comm.size()), r_(comm.rank()), esize_(elem_size(buf.type)) {
+  RingAllReduceWork(MpiCommunicator& comm, std::string description, Buffer buf, ReduceOp op,
+                    Compression wire = Compression::None)
+      : MpiWork(comm, std::move(description)), buf_(buf), op_(op), p_(comm.size()), r_(comm.rank()),
+        esize_(elem_size(buf.type)), wire_(wire) {
+    LS_CHECK(wire_ == Compression::None || (buf.type == ElemType::F32 && op == ReduceOp::Sum),
+             "compressed ring all-reduce of ", buf.describe(), " with ", reduce_op_name(op));
+    type_ = compressed() ? MPI_UINT16_T : mpi_type(buf.type);
     tag_ = comm.ring_tag();
-    scratch_ = comm.take_scratch(static_cast<size_t>(len(0) * esize_));
+    scratch_ = comm.take_scratch(static_cast<size_t>(len(0) * (compressed() ? 2 : esize_)));
+    if (compressed()) stage_ = comm.take_scratch(static_cast<size_t>(buf.count * 2));
     post();
   }
   ~RingAllReduceWork() override {
-    if (settle()) comm_.give_scratch(std::move(scratch_));
-    else static_cast<void>(new std::vector<char>(std::move(scratch_)));  // MPI may still write into it: leak
+    if (settle()) {
+      comm_.give_scratch(std::move(scratch_));
+      if (compressed()) comm_.give_scratch(std::move(stage_));
+    } else {  // MPI may still write into them: leak
+      static_cast<void>(new std::vector<char>(std::move(scratch_)));
+      static_cast<void>(new std::vector<char>(std::move(stage_)));
+    }
   }
 
  protected:
@@ -297,9 +330,12 @@ class RingAllReduceWork final : public MpiWork {
       int flag = 0;
       LS_MPI_CHECK_IN(MPI_Testall(2, requests_, &flag, MPI_STATUSES_IGNORE), description_);
       if (!flag) return false;
+      const int rc = recv_chunk();
       if (step_ < p_ - 1) {
-        const int rc = recv_chunk();
-        reduce_into(at(off(rc)), scratch_.data(), len(rc), buf_.type, op_);
+        if (compressed()) detail::decode16(wire_, words(scratch_), floats(off(rc)), len(rc), true);
+        else reduce_into(at(off(rc)), scratch_.data(), len(rc), buf_.type, op_);
+      } else if (compressed()) {
+        detail::decode16(wire_, words(stage_) + off(rc), floats(off(rc)), len(rc), false);
       }
       ++step_;
       if (step_ < 2 * (p_ - 1)) post();
@@ -308,6 +344,7 @@ class RingAllReduceWork final : public MpiWork {
   }
 
  private:
+  bool compressed() const { return wire_ != Compression::None; }
   int64_t off(int c) const {
     const int64_t base = buf_.count / p_, rem = buf_.count % p_;
     return c * base + std::min<int64_t>(c, rem);
@@ -317,26 +354,45 @@ class RingAllReduceWork final : public MpiWork {
     return base + (c < rem ? 1 : 0);
   }
   char* at(int64_t elem) const { return static_cast<char*>(buf_.data) + elem * esize_; }
+  float* floats(int64_t elem) const { return static_cast<float*>(buf_.data) + elem; }
+  static uint16_t* words(std::vector<char>& v) { return reinterpret_cast<uint16_t*>(v.data()); }
   int send_chunk() const { return step_ < p_ - 1 ? (r_ - step_ + p_) % p_ : (r_ + 1 - (step_ - (p_ - 1)) + p_) % p_; }
   int recv_chunk() const { return step_ < p_ - 1 ? (r_ - step_ - 1 + p_) % p_ : (r_ - (step_ - (p_ - 1)) + p_) % p_; }
   void post() {
     const int right = (r_ + 1) % p_, left = (r_ - 1 + p_) % p_;
     const int sc = send_chunk(), rc = recv_chunk();
-    void* dst = step_ < p_ - 1 ? static_cast<void*>(scratch_.data()) : static_cast<void*>(at(off(rc)));
+    const bool scatter = step_ < p_ - 1;
+    void* dst = nullptr;
+    const void* src = nullptr;
+    if (!compressed()) {
+      dst = scatter ? static_cast<void*>(scratch_.data()) : static_cast<void*>(at(off(rc)));
+      src = at(off(sc));
+    } else {
+      uint16_t* stage = words(stage_);
+      dst = scatter ? static_cast<void*>(scratch_.data()) : static_cast<void*>(stage + off(rc));
+      if (scatter) {
+        detail::encode16(wire_, floats(off(sc)), stage + off(sc), len(sc));
+      } else if (step_ == p_ - 1) {  // this rank's fully summed chunk: rounded once, for every rank alike
+        detail::encode16(wire_, floats(off(sc)), stage + off(sc), len(sc));
+        detail::decode16(wire_, stage + off(sc), floats(off(sc)), len(sc), false);
+      }  // later all-gather steps pass on the words received in the step before
+      src = stage + off(sc);
+    }
     LS_MPI_CHECK_IN(MPI_Irecv(dst, static_cast<int>(len(rc)), type_, left, tag_, comm_.comm(), &requests_[0]),
                     description_);
-    LS_MPI_CHECK_IN(MPI_Isend(at(off(sc)), static_cast<int>(len(sc)), type_, right, tag_, comm_.comm(), &requests_[1]),
+    LS_MPI_CHECK_IN(MPI_Isend(src, static_cast<int>(len(sc)), type_, right, tag_, comm_.comm(), &requests_[1]),
                     description_);
   }
 
   Buffer buf_;
   ReduceOp op_;
-  MPI_Datatype type_;
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
   int p_, r_;
   int64_t esize_;
+  Compression wire_;
   int tag_ = 0;
   int step_ = 0;
-  std::vector<char> scratch_;
+  std::vector<char> scratch_, stage_;
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
 };
 
@@ -399,9 +455,23 @@ MpiCommunicator::MpiCommunicator() {
   }
 }
 
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::shared_ptr<std::atomic<bool>> family)
+    : comm_(comm), family_(std::move(family)) {
+  LS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  LS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  LS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  void* attr = nullptr;
+  int flag = 0;
+  LS_MPI_CHECK(MPI_Comm_get_attr(comm_, MPI_TAG_UB, &attr, &flag));
+  if (flag && attr != nullptr) tag_ub_ = std::max(1, *static_cast<int*>(attr));
+  local_rank_ = 0;
+  local_size_ = 1;
+  ++g_instances;  // MPI stays initialised while it lives (a reduction buffer may outlive its parent)
+}
+
 MpiCommunicator::~MpiCommunicator() {
   --g_instances;
-  if (poisoned()) return;  // a collective is half done: freeing or finalising would hang
+  if (poisoned() || family_failed()) return;  // a collective is half done: freeing or finalising would hang
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (g_instances == 0 && g_we_initialised) {
     int finalized = 0;
@@ -416,11 +486,8 @@ std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op)
   std::string what = describe_launch(
       str_cat("all_reduce(", reduce_op_name(op), ", ", buf.describe(), shared ? ", shared memory)" : ")"));
   if (shared) return std::make_unique<SharedAllReduceWork>(*this, std::move(what), std::move(shared), buf, op);
-  if (size_ > 1 && buf.bytes() >= kRingMinBytes && buf.count >= size_) {
-    LS_REQUIRE(buf.count / size_ < INT_MAX, CommError, where("all_reduce"), " of ", buf.describe(),
-               ": chunks over 2^31-1 elements");
-    return std::make_unique<RingAllReduceWork>(*this, std::move(what), buf, op);
-  }
+  if (size_ > 1 && buf.bytes() >= kRingMinBytes && buf.count >= size_)
+    return ring_all_reduce(buf, op, Compression::None, what);
   check_count("all_reduce", buf);
   auto w = std::make_unique<RequestWork>(*this, what);
   LS_MPI_CHECK_IN(MPI_Iallreduce(MPI_IN_PLACE, buf.data, static_cast<int>(buf.count), mpi_type(buf.type), mpi_op(op),
@@ -429,32 +496,99 @@ std::unique_ptr<Work> MpiCommunicator::all_reduce_async(Buffer buf, ReduceOp op)
   return w;
 }
 
-Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, Device device) {
+std::unique_ptr<Work> MpiCommunicator::ring_all_reduce(const Buffer& buf, ReduceOp op, Compression wire,
+                                                       const std::string& what) {
+  LS_REQUIRE(buf.count / size_ < INT_MAX, CommError, where("all_reduce"), " of ", buf.describe(),
+             ": chunks over 2^31-1 elements");
+  return std::make_unique<RingAllReduceWork>(*this, what, buf, op, wire);
+}
+
+namespace {
+// A positive integer from the environment, 0 when unset; CommError naming the variable otherwise.
+int env_count(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  LS_REQUIRE(*end == '\0' && n >= 1 && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
+             "' is not a positive integer");
+  return static_cast<int>(n);
+}
+}  // namespace
+
+Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, Device device,
+                                                  const ReductionOptions& options) {
   // Whether to try is decided together (the environment could differ between ranks); every rank then
-  // takes part in create_shared_reduction's two collectives or none does.
+  // takes part in the same collectives below or none does.
   const char* env = std::getenv("LOCKSTEP_SHARED_ALLREDUCE");
-  int want = device == Device::CPU && size_ > 1 && local_size_ == size_ && numel > 0 &&
-             !(env != nullptr && std::strcmp(env, "0") == 0);
+  int want = device == Device::CPU && size_ > 1 && numel > 0 && !(env != nullptr && std::strcmp(env, "0") == 0);
   LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &want, 1, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
   if (!want) return {};
+
+  // The nodes: the ranks that share memory (MPI_COMM_TYPE_SHARED: one per host), or consecutive
+  // groups of LOCKSTEP_RANKS_PER_NODE ranks (to run the several-node path on one host, as tests and
+  // benchmarks do). Every node must hold the same number of ranks: each rank of a node then owns one
+  // share of every all-reduce, and all-reduces it with the same-index ranks of the other nodes.
+  const int group = env_count("LOCKSTEP_RANKS_PER_NODE");
+  LS_REQUIRE(group == 0 || size_ % group == 0, CommError, "rank ", rank_, ": LOCKSTEP_RANKS_PER_NODE=", group,
+             " does not divide the ", size_, " ranks into nodes");
+  MPI_Comm node = MPI_COMM_NULL, across = MPI_COMM_NULL;
+  if (group > 0) LS_MPI_CHECK_IN(MPI_Comm_split(comm_, rank_ / group, rank_, &node), "allocate_reduction_buffer");
+  else LS_MPI_CHECK_IN(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+                       "allocate_reduction_buffer");
+  int node_rank = 0, node_size = 1;
+  LS_MPI_CHECK(MPI_Comm_rank(node, &node_rank));
+  LS_MPI_CHECK(MPI_Comm_size(node, &node_size));
+  int sizes[2] = {node_size, -node_size};  // min and -max of the ranks per node
+  LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
+  if (sizes[0] != -sizes[1]) {
+    MPI_Comm_free(&node);
+    if (rank_ == 0)
+      std::fprintf(stderr, "lockstep: the nodes hold different numbers of ranks (%d to %d): gradients are reduced "
+                   "over one MPI ring across all ranks instead of hierarchically\n", sizes[0], -sizes[1]);
+    return {};
+  }
+  const int nodes = size_ / node_size;
+
   auto share_name = [&](std::string name) {
     char buf[256] = {0};
     std::snprintf(buf, sizeof buf, "%s", name.c_str());
-    LS_MPI_CHECK_IN(MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, comm_), "allocate_reduction_buffer");
+    LS_MPI_CHECK_IN(MPI_Bcast(buf, sizeof buf, MPI_CHAR, 0, node), "allocate_reduction_buffer");
     return std::string(buf);
   };
   auto all_ok = [&](bool ok) {
     int v = ok ? 1 : 0;
-    LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
+    LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, node), "allocate_reduction_buffer");
     return v != 0;
   };
   std::string why;
-  auto shared = create_shared_reduction(size_, rank_, numel * dtype_size(dtype), share_name, all_ok, &why);
-  if (!shared) {
+  auto shared = create_shared_reduction(node_size, node_rank, numel * dtype_size(dtype), share_name, all_ok, &why);
+  MPI_Comm_free(&node);
+  int ok = shared != nullptr;  // on every node
+  LS_MPI_CHECK_IN(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm_), "allocate_reduction_buffer");
+  if (!ok) {
     if (!why.empty())
       std::fprintf(stderr, "lockstep: rank %d: no all-reduce through shared memory (%s); reducing over MPI instead\n",
                    rank_, why.c_str());
     return {};
+  }
+  if (nodes > 1) {
+    LS_MPI_CHECK_IN(MPI_Comm_split(comm_, node_rank, rank_, &across), "allocate_reduction_buffer");
+    auto ring = std::make_shared<MpiCommunicator>(across, family_);
+    ring->set_timeout(timeout());
+    const Compression wire = dtype == DType::F32 ? options.compression : Compression::None;
+    int in_flight = options.inter_node_in_flight > 0 ? options.inter_node_in_flight : kInterNodeInFlight;
+    if (const int e = env_count("LOCKSTEP_INTER_NODE_IN_FLIGHT")) in_flight = e;
+    shared->set_inter_node(SharedReduction::InterNode{
+        [ring, wire](const Buffer& share, ReduceOp op, const std::string& what) {
+          return ring->ring_all_reduce(share, op, op == ReduceOp::Sum ? wire : Compression::None,
+                                       str_cat(what, " across nodes"));
+        },
+        in_flight});
+    shared->set_description(str_cat("hierarchical: shared memory within each of ", nodes, " nodes x ", node_size,
+                                     " rank(s), a ring across the nodes",
+                                     wire == Compression::None ? "" : str_cat(" carrying ", compression_name(wire)),
+                                     ", ", in_flight, " in flight"));
   }
   std::erase_if(shared_, [](const auto& w) { return w.expired(); });
   shared_.push_back(shared);

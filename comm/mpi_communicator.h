@@ -16,7 +16,14 @@
 //    matches it. Smaller all-reduces, broadcast, all_gather and barrier use MPI_I* directly.
 //  * allocate_reduction_buffer: with every rank on one node, a shared mapping (comm/shared_reduction.h);
 //    all_reduce of a slice of it is reduced in place through shared memory, with no MPI call, 3-13x
-//    faster than the ring here (the kernel copy CMA and the rendezvous are gone). Every test() also
+//    faster than the ring here (the kernel copy CMA and the rendezvous are gone). With ranks on several
+//    nodes (MPI_COMM_TYPE_SHARED, or groups of LOCKSTEP_RANKS_PER_NODE ranks), the same buffer is
+//    reduced HIERARCHICALLY: within each node through shared memory, where each of the node's L ranks
+//    sums 1/L of the slice; then each rank all-reduces its 1/L with the same-index ranks of the other
+//    nodes over a ring on a sub-communicator (a node's share of the traffic is split over its ranks,
+//    which run their rings side by side); then the results return through shared memory. Up to
+//    kInterNodeInFlight slices cross the nodes at once; ReductionOptions::compression sends them as
+//    bf16/fp16. Every node must hold the same number of ranks, else the flat ring below is used. Every test() also
 //    does this rank's share of any such reduction that all ranks have launched, so a rank waiting on
 //    another collective never holds the others up. LOCKSTEP_SHARED_ALLREDUCE=0 on any rank turns it off.
 //  * Device::CUDA buffers are refused: Debian's Open MPI is not CUDA-aware.
@@ -49,5 +56,8 @@ WaitPolicy wait_policy();
 
 // All-reduces of at least this many bytes use the ring.
 inline constexpr int64_t kRingMinBytes = 64 * 1024;
+// Hierarchical all-reduce: slices of the reduction buffer whose rings across nodes may run at once
+// (ReductionOptions::inter_node_in_flight and LOCKSTEP_INTER_NODE_IN_FLIGHT override it).
+inline constexpr int kInterNodeInFlight = 2;
 
 }  // namespace lockstep::comm

@@ -179,9 +179,11 @@ class NcclCommunicator final : public Communicator {
     return b.device == Device::CUDA || boot_->queues_collectives(b);
   }
   // Host buffers are reduced by the MPI communicator underneath, so it is the one to place them.
-  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device) override {
-    return device == Device::CPU ? boot_->allocate_reduction_buffer(numel, dtype, device) : Tensor{};
+  Tensor allocate_reduction_buffer(int64_t numel, DType dtype, Device device,
+                                   const ReductionOptions& options) override {
+    return device == Device::CPU ? boot_->allocate_reduction_buffer(numel, dtype, device, options) : Tensor{};
   }
+  std::string describe_reduction(const Tensor& buffer) const override { return boot_->describe_reduction(buffer); }
   void set_stream(void* stream) override {
     compute_ = stream ? static_cast<cudaStream_t>(stream) : static_cast<cudaStream_t>(lockstep::cuda::compute_stream());
   }

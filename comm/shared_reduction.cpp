@@ -36,6 +36,54 @@ void reduce_into(void* dst, const void* src, int64_t n, ElemType t, ReduceOp op)
     case ElemType::U8: reduce_typed(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), n, op); break;
   }
 }
+
+namespace {
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint16_t to_bf16(float f) {
+  const uint32_t u = bits_of(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays a NaN
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                  // nearest, ties to even
+}
+float from_bf16(uint16_t h) { return float_of(uint32_t(h) << 16); }
+uint16_t to_fp16(float f) {
+  const _Float16 h = static_cast<_Float16>(f);  // IEEE binary16, nearest even (F16C where the CPU has it)
+  uint16_t u;
+  std::memcpy(&u, &h, 2);
+  return u;
+}
+float from_fp16(uint16_t u) {
+  _Float16 h;
+  std::memcpy(&h, &u, 2);
+  return static_cast<float>(h);
+}
+}  // namespace
+
+void encode16(Compression c, const float* src, uint16_t* dst, int64_t n) {
+  if (c == Compression::BF16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = to_fp16(src[i]);
+  }
+}
+
+void decode16(Compression c, const uint16_t* src, float* dst, int64_t n, bool accumulate) {
+  if (c == Compression::BF16) {
+    if (accumulate) for (int64_t i = 0; i < n; ++i) dst[i] += from_bf16(src[i]);
+    else for (int64_t i = 0; i < n; ++i) dst[i] = from_bf16(src[i]);
+  } else {
+    if (accumulate) for (int64_t i = 0; i < n; ++i) dst[i] += from_fp16(src[i]);
+    else for (int64_t i = 0; i < n; ++i) dst[i] = from_fp16(src[i]);
+  }
+}
 }  // namespace detail
 
 namespace {
@@ -100,42 +148,106 @@ int64_t SharedReduction::launch(const Buffer& b, ReduceOp op, const std::string&
   Control& me = control(rank_);
   me.slots[seq % kSlots] = Slot{seq, offset, b.count, int32_t(b.type), int32_t(op)};
   store(me.arrived, seq);
-  pending_.push_back(Pending{seq, offset, b.count, b.type, op, what});
+  pending_.push_back(Pending{seq, offset, b.count, b.type, op, what, nullptr});
   return seq;
 }
 
-void SharedReduction::progress() {
-  while (!pending_.empty()) {
-    const Pending& p = pending_.front();
-    for (int q = 0; q < ranks_; ++q)
-      if (load(control(q).arrived) < p.seq) return;
-    for (int q = 0; q < ranks_; ++q) {
-      const Slot s = control(q).slots[p.seq % kSlots];
-      LS_REQUIRE(s.seq == p.seq && s.offset == p.offset && s.count == p.count && s.type == int32_t(p.type) &&
-                     s.op == int32_t(p.op),
-                 CommError, "rank ", rank_, ": ", p.what, ": rank ", q, " launched a different all-reduce at this "
-                 "place in shared memory (", s.count, " x ", elem_type_name(ElemType(s.type)), " at byte ", s.offset,
-                 " of its buffer, ", reduce_op_name(ReduceOp(s.op)), ", against ", p.count, " x ",
-                 elem_type_name(p.type), " at byte ", p.offset, ", ", reduce_op_name(p.op),
-                 "): every rank must call the collectives in the same order, on the same slices");
-    }
-    reduce_share(p);
-    store(control(rank_).reduced, p.seq);
-    pending_.pop_front();
+bool SharedReduction::all_arrived(const Pending& p) const {
+  for (int q = 0; q < ranks_; ++q)
+    if (load(control(q).arrived) < p.seq) return false;
+  return true;
+}
+
+void SharedReduction::check_slots(const Pending& p) const {
+  for (int q = 0; q < ranks_; ++q) {
+    const Slot s = control(q).slots[p.seq % kSlots];
+    LS_REQUIRE(s.seq == p.seq && s.offset == p.offset && s.count == p.count && s.type == int32_t(p.type) &&
+                   s.op == int32_t(p.op),
+               CommError, "rank ", rank_, ": ", p.what, ": rank ", q, " launched a different all-reduce at this "
+               "place in shared memory (", s.count, " x ", elem_type_name(ElemType(s.type)), " at byte ", s.offset,
+               " of its buffer, ", reduce_op_name(ReduceOp(s.op)), ", against ", p.count, " x ",
+               elem_type_name(p.type), " at byte ", p.offset, ", ", reduce_op_name(p.op),
+               "): every rank must call the collectives in the same order, on the same slices");
   }
 }
 
-void SharedReduction::reduce_share(const Pending& p) {
+void SharedReduction::progress() {
+  for (bool moved = true; moved;) {
+    moved = false;
+    // Stage 1 (and 2 across nodes): in launch order, sum the share of every launch all ranks made ready.
+    moved |= sum_ready();
+    // Stage 3: complete in launch order (frees room for more inter-node all-reduces).
+    moved |= complete_ready() && across_nodes() && summed_ < pending_.size();
+  }
+}
+
+bool SharedReduction::sum_ready() {
+  bool moved = false;
+  while (summed_ < pending_.size()) {
+    Pending& p = pending_[summed_];
+    if (!all_arrived(p)) break;
+    if (across_nodes() && in_flight_ >= std::max(1, inter_.max_in_flight)) break;
+    check_slots(p);
+    reduce_share(p, !across_nodes());
+    if (across_nodes()) {
+      const auto [begin, end] = share_of(p);
+      const int64_t esize = elem_size(p.type);
+      p.inter = inter_.start(Buffer{data_of(rank_) + p.offset + begin * esize, end - begin, p.type, Device::CPU}, p.op,
+                             p.what);
+      ++in_flight_;
+    }
+    ++summed_;
+    moved = true;
+  }
+  return moved;
+}
+
+bool SharedReduction::complete_ready() {
+  bool moved = false;
+  while (summed_ > 0) {
+    Pending& p = pending_.front();
+    if (p.inter) {
+      if (!p.inter->test()) break;
+      --in_flight_;
+      p.inter.reset();
+      scatter_share(p);
+    }
+    store(control(rank_).reduced, p.seq);
+    pending_.pop_front();
+    --summed_;
+    moved = true;
+  }
+  return moved;
+}
+
+std::pair<int64_t, int64_t> SharedReduction::share_of(const Pending& p) const {
+  return {p.count * rank_ / ranks_, p.count * (rank_ + 1) / ranks_};
+}
+
+void SharedReduction::reduce_share(const Pending& p, bool everywhere) {
   const int64_t esize = elem_size(p.type);
-  const int64_t begin = p.count * rank_ / ranks_, end = p.count * (rank_ + 1) / ranks_;
+  const auto [begin, end] = share_of(p);
+  if (ranks_ == 1) return;  // the share is the whole slice, already in place
   const int64_t tile = kTileBytes / esize;
   char* t = tile_.data();
   for (int64_t i = begin; i < end; i += tile) {
     const int64_t n = std::min(tile, end - i), at = p.offset + i * esize, bytes = n * esize;
     std::memcpy(t, data_of(0) + at, size_t(bytes));  // rank order: the same bits on every rank
     for (int q = 1; q < ranks_; ++q) detail::reduce_into(t, data_of(q) + at, n, p.type, p.op);
-    for (int q = 0; q < ranks_; ++q) std::memcpy(data_of(q) + at, t, size_t(bytes));
+    if (everywhere) {
+      for (int q = 0; q < ranks_; ++q) std::memcpy(data_of(q) + at, t, size_t(bytes));
+    } else {
+      std::memcpy(data_of(rank_) + at, t, size_t(bytes));
+    }
   }
+}
+
+void SharedReduction::scatter_share(const Pending& p) {
+  const int64_t esize = elem_size(p.type);
+  const auto [begin, end] = share_of(p);
+  const int64_t at = p.offset + begin * esize, bytes = (end - begin) * esize;
+  for (int q = 0; q < ranks_; ++q)
+    if (q != rank_) std::memcpy(data_of(q) + at, data_of(rank_) + at, size_t(bytes));
 }
 
 bool SharedReduction::done(int64_t seq) const {

@@ -25,6 +25,16 @@
 //   caller's again (until its next launch) as soon as done(s).
 //   A slot is reused after kSlots launches, once every rank has reduced the launch that used it.
 //
+// ACROSS NODES (the hierarchical all-reduce; set_inter_node)
+//   The group is then the ranks of ONE node, and the same-index ranks of the other nodes hold the
+//   same shares. progress() splits a launch into three stages: (1) once every rank has arrived, rank
+//   r sums its share over the regions in rank order into ITS OWN region only (no other rank reads
+//   share r of any region, so this is safe before the others are done); (2) it starts the all-reduce
+//   of that share across the nodes (InterNode::start, e.g. a ring over MPI), at most
+//   `max_in_flight` at once, in launch order on every rank; (3) once that completes, it copies the
+//   share into every other region and sets `reduced`. The sum is (node sums in rank order) combined
+//   across nodes in the inter-node all-reduce's order: the same bits run after run on one topology.
+//
 // LIFETIME AND FAILURE
 //   The mapping is created by the lowest rank (a POSIX shm object, its size reserved with
 //   posix_fallocate so that a full /dev/shm is an error here and not a SIGBUS later), opened by the
@@ -48,6 +58,11 @@ namespace lockstep::comm {
 namespace detail {
 // dst[i] = op(dst[i], src[i]) for n elements of type t.
 void reduce_into(void* dst, const void* src, int64_t n, ElemType t, ReduceOp op);
+// The 16-bit wire formats of Compression::BF16 / FP16 (not None): float32 -> 16 bits, rounded to
+// nearest even (a NaN stays a NaN; FP16 overflows to infinity above 65504), and back, either
+// replacing dst or added to it (accumulate) in float32.
+void encode16(Compression c, const float* src, uint16_t* dst, int64_t n);
+void decode16(Compression c, const uint16_t* src, float* dst, int64_t n, bool accumulate);
 }  // namespace detail
 
 class SharedReduction {
@@ -63,6 +78,19 @@ class SharedReduction {
   void* data() const { return data_of(rank_); }  // this rank's region
   // Whether `b` lies inside this rank's region.
   bool contains(const Buffer& b) const;
+
+  // The stage across nodes: `start` begins the all-reduce of this rank's share of a launch (a Buffer
+  // inside this rank's region; count may be 0) with the ranks holding that share on the other nodes.
+  struct InterNode {
+    std::function<std::unique_ptr<Work>(const Buffer& share, ReduceOp op, const std::string& what)> start;
+    int max_in_flight = 2;
+  };
+  // Call before the first launch, on every rank of the group alike.
+  void set_inter_node(InterNode stage) { inter_ = std::move(stage); }
+  bool across_nodes() const { return static_cast<bool>(inter_.start); }
+  // For logs (MpiCommunicator::describe_reduction).
+  void set_description(std::string d) { description_ = std::move(d); }
+  const std::string& description() const { return description_; }
 
   // Start reducing `b` (inside this rank's region); returns the launch's sequence number. When
   // kSlots earlier launches are still being reduced somewhere, first helps them along for up to
@@ -85,19 +113,32 @@ class SharedReduction {
     ElemType type;
     ReduceOp op;
     std::string what;
+    std::unique_ptr<Work> inter;  // its share's all-reduce across nodes, once started
   };
   static int64_t control_bytes();  // a control block, rounded up to whole pages
   Control& control(int q) const;
   char* data_of(int q) const;
   int64_t min_reduced() const;
-  void reduce_share(const Pending& p);
+  bool sum_ready();       // stages 1-2 of every launch that can go; whether any did
+  bool complete_ready();  // stage 3 of every launch that can end; whether any did
+  bool all_arrived(const Pending& p) const;
+  void check_slots(const Pending& p) const;
+  std::pair<int64_t, int64_t> share_of(const Pending& p) const;  // [begin, end) elements of this rank's share
+  // Sums this rank's share over every region in rank order into every region (`everywhere`) or into
+  // this rank's region only.
+  void reduce_share(const Pending& p, bool everywhere);
+  void scatter_share(const Pending& p);  // this rank's region's share into every other region
 
   char* base_;
   int ranks_, rank_;
   int64_t data_bytes_, stride_;
   std::shared_ptr<void> keep_;
   int64_t launched_ = 0;
-  std::deque<Pending> pending_;  // launched here, this rank's share not yet reduced
+  std::deque<Pending> pending_;  // launched here, not yet complete here (`reduced` not yet set)
+  size_t summed_ = 0;            // pending_[0, summed_) have had their share summed (stage 1)
+  int in_flight_ = 0;            // inter-node all-reduces started and not yet seen complete
+  InterNode inter_;
+  std::string description_ = "shared memory";
   std::vector<char> tile_;
 };
 

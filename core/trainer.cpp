@@ -267,7 +267,11 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
     train["batch_size"].fail(str_cat("the global batch (", batch_size_, ") must be divisible by the number of ranks (",
                                      comm_.size(), "): each rank takes batch_size/ranks samples of it"));
   ConfigNode dist = run_["distributed"];
-  if (dist.defined()) dist.allow_keys({"bucket_mb", "first_bucket_mb", "timeout_s", "check_every_steps"});
+  if (dist.defined())
+    dist.allow_keys({"bucket_mb", "first_bucket_mb", "timeout_s", "check_every_steps", "compression"});
+  // What crosses nodes in the hierarchical all-reduce (Horovod's compression); off by default.
+  reduction_options_.compression =
+      comm::parse_compression(dist.get_choice("compression", "none", {"none", "bf16", "fp16"}));
   bucket_options_.bucket_cap_bytes = int64_t(dist.get_in("bucket_mb", 4.0, 0.0, 1024.0, true) * (1 << 20));
   bucket_options_.first_bucket_bytes = int64_t(dist.get_in("first_bucket_mb", 1.0, 0.0, 1024.0, true) * (1 << 20));
   check_every_steps_ = dist.get_at_least("check_every_steps", 100, 0);
@@ -401,7 +405,7 @@ Trainer::Trainer(const ConfigNode& run, const std::string& run_file, comm::Commu
   // Replicas start identical: rank 0's weights everywhere (they already are, being a pure function of
   // the seed and the files; the broadcast makes it true whatever happened).
   comm_.broadcast(model_->weights_arena(), 0);
-  update_ = std::make_unique<UpdateStep>(*model_, comm_, bucket_options_);
+  update_ = std::make_unique<UpdateStep>(*model_, comm_, bucket_options_, reduction_options_);
 }
 
 Trainer::~Trainer() = default;
@@ -882,7 +886,8 @@ FitResult Trainer::fit(const std::string& run_dir, const std::string& resume) {
               << (dataset_.validation ? str_cat(", validate on ", dataset_.validation->size(), " samples") : "")
               << "; " << comm_.size() << " rank(s) x "
               << (device_ == Device::CUDA ? std::string("1 GPU") : str_cat(ops::num_threads(), " thread(s)"))
-              << (update_->gradients_in_reduction_buffer() ? " (gradients reduced in shared memory)" : "")
+              << (update_->gradients_in_reduction_buffer() ? str_cat(" (gradients reduced: ", update_->reduction_description(), ")")
+                                                            : std::string())
               << ", global batch " << batch_size_ << ", " << steps << " steps per epoch\n";
 
   const size_t nsums = 2 + metrics_.size();

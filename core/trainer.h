@@ -156,6 +156,7 @@ class Trainer {
   std::optional<TensorBoardOptions> tensorboard_;  // callbacks.tensorboard (rank 0 writes)
   // Gradient synchronisation.
   comm::BucketOptions bucket_options_;
+  comm::ReductionOptions reduction_options_;
   std::unique_ptr<UpdateStep> update_;
   int64_t check_every_steps_ = 100;
   std::chrono::milliseconds step_timeout_{30'000};

@@ -2,13 +2,14 @@
 
 namespace lockstep {
 
-UpdateStep::UpdateStep(Model& model, comm::Communicator& comm, comm::BucketOptions options)
+UpdateStep::UpdateStep(Model& model, comm::Communicator& comm, comm::BucketOptions options,
+                       const comm::ReductionOptions& reduction)
     : model_(model), comm_(comm), options_(options) {
   // Gradients live where the communicator reduces them best (MPI on one node: shared memory that the
   // ranks reduce in place). Collective: every rank constructs its UpdateStep at the same point.
   if (comm_.size() > 1) {
     const Tensor& g = model_.grads_arena();
-    Tensor placed = comm_.allocate_reduction_buffer(g.numel(), g.dtype(), g.device());
+    Tensor placed = comm_.allocate_reduction_buffer(g.numel(), g.dtype(), g.device(), reduction);
     if (placed.defined()) {
       model_.place_gradients(placed);
       in_reduction_buffer_ = true;

@@ -21,7 +21,8 @@ namespace lockstep {
 
 class UpdateStep {
  public:
-  UpdateStep(Model& model, comm::Communicator& comm, comm::BucketOptions options = {});
+  UpdateStep(Model& model, comm::Communicator& comm, comm::BucketOptions options = {},
+             const comm::ReductionOptions& reduction = {});
   // The trainable weights changed (freezing): new buckets.
   void rebuild();
   // Backward from dL/d(output), gradient synchronisation, then the update by `opt` (bound to the model).
@@ -30,8 +31,12 @@ class UpdateStep {
   void run(const std::vector<Tensor>& douts, Context& ctx, Optimizer& opt);
   // Seconds spent blocked waiting for all-reduces, summed over the steps run.
   double comm_wait_seconds() const { return bucketer_ ? bucketer_->wait_seconds() : 0.0; }
-  // Whether the gradients live in the communicator's reduction buffer (shared memory on one node).
+  // Whether the gradients live in the communicator's reduction buffer (shared memory, hierarchical
+  // across nodes), and how that is reduced ("" when they do not).
   bool gradients_in_reduction_buffer() const { return in_reduction_buffer_; }
+  std::string reduction_description() const {
+    return in_reduction_buffer_ ? comm_.describe_reduction(model_.grads_arena()) : std::string();
+  }
 
  private:
   Model& model_;

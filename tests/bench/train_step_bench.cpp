@@ -208,7 +208,8 @@ struct Bench {
 };
 
 std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg, const std::string& config,
-                                  int global_batch, comm::Communicator& comm, const comm::BucketOptions& bucket_opts) {
+                                  int global_batch, comm::Communicator& comm, const comm::BucketOptions& bucket_opts,
+                                  const comm::ReductionOptions& reduction) {
   auto b = std::make_unique<Bench>();
   std::string form = form_arg;
   if (model.size() > 2 && model.compare(1, std::string::npos, "_graph") == 0) form = "graph";
@@ -279,7 +280,7 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
   b->opt = Optimizer::from_config(opt_node);
   b->opt->bind(m);
   // The trainer's backward, all-reduce and update (core/update_step.h).
-  b->update = std::make_unique<UpdateStep>(m, comm, bucket_opts);
+  b->update = std::make_unique<UpdateStep>(m, comm, bucket_opts, reduction);
   b->pos = int64_t(b->rank) * b->batch;
   return b;
 }
@@ -291,6 +292,7 @@ int main(int argc, char** argv) {
   int batch = 32, threads = 1, reps = 5, warmup_steps = 11, min_steps = 5;
   double window = 0.3;
   comm::BucketOptions bucket_opts;
+  comm::ReductionOptions reduction;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--model") model = v;
@@ -306,6 +308,7 @@ int main(int argc, char** argv) {
     else if (k == "--bucket-mb") bucket_opts.bucket_cap_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--first-bucket-mb") bucket_opts.first_bucket_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--one-in-flight") bucket_opts.one_in_flight = std::atoi(v.c_str()) != 0;
+    else if (k == "--compression") reduction.compression = comm::parse_compression(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -322,7 +325,7 @@ int main(int argc, char** argv) {
   for (size_t p = 0; p <= model.size();) {
     size_t q = model.find(',', p);
     if (q == std::string::npos) q = model.size();
-    if (q > p) benches.push_back(make_bench(model.substr(p, q - p), form, config, batch, *comm, bucket_opts));
+    if (q > p) benches.push_back(make_bench(model.substr(p, q - p), form, config, batch, *comm, bucket_opts, reduction));
     p = q + 1;
   }
   // Agree on "go on" across ranks: rank 0's clock decides, every rank runs the same number of steps.

@@ -1027,6 +1027,78 @@ template <typename Write> void resume_on_one_then_two_ranks(Write write, const s
   stop_and_resume_chain(run, t / "ref", t / "run", 2, {spe + spe / 2});
 }
 
+// ---- several nodes: the hierarchical all-reduce, on one host ----------------------------------------
+// LOCKSTEP_RANKS_PER_NODE=K makes consecutive groups of K ranks act as nodes (mpirun's local ranks
+// inherit the variable): the trainer then takes the several-node path (shared memory within a node, a
+// ring across nodes), as across hosts (tests/cluster's multinode label runs it on simulated hosts).
+struct ScopedEnv {
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  const char* name_;
+};
+
+// 2 nodes x 2 ranks, 2 x 1 and 4 x 1 against one process: within 1e-5 (the summation order differs),
+// and the log names the path.
+TEST(Equiv, HierarchicalNodes2x2And2x1And4x1vs1) {
+  Tmp t;
+  const std::string run = write_run(t / "run.yaml", RunSpec{});
+  Res r1 = train(run, t / "np1", 0);
+  ASSERT_EQ(r1.rc, 0) << tail(r1.out);
+  for (auto [np, per_node] : {std::pair{4, "2"}, std::pair{2, "1"}, std::pair{4, "1"}}) {
+    ScopedEnv env("LOCKSTEP_RANKS_PER_NODE", per_node);
+    const std::string dir = t / str_cat("np", np, "_per_node", per_node);
+    Res r = train(run, dir, np);
+    ASSERT_EQ(r.rc, 0) << tail(r.out);
+    EXPECT_NE(r.out.find(str_cat("hierarchical: shared memory within each of ", np / std::atoi(per_node), " nodes")),
+              std::string::npos)
+        << tail(r.out);
+    std::string where;
+    const double d = max_rel_diff(t / "np1/final.h5", dir + "/final.h5", &where);
+    std::cout << "[measure] hierarchical " << np << " ranks, " << per_node << " per node: max relative difference "
+              << "against 1 process " << d << " (" << where << ")\n";
+    EXPECT_LE(d, 1e-5) << where;
+  }
+}
+
+// bf16 and fp16 across 2 nodes x 2 ranks: the run ends, the replicas stay identical (check_every_steps:
+// 1), and the model stays near the uncompressed one; the difference is printed.
+TEST(Equiv, HierarchicalCompressionStaysNearUncompressed) {
+  Tmp t;
+  ScopedEnv env("LOCKSTEP_RANKS_PER_NODE", "2");
+  Res r0 = train(write_run(t / "none.yaml", RunSpec{}), t / "none", 4);
+  ASSERT_EQ(r0.rc, 0) << tail(r0.out);
+  const double loss0 = history_columns(t / "none", nullptr)["loss"].back();
+  for (const char* c : {"bf16", "fp16"}) {
+    RunSpec s;
+    s.distributed = str_cat("{check_every_steps: 1, compression: ", c, "}");
+    Res r = train(write_run(t / str_cat(c, ".yaml"), s), t / c, 4);
+    ASSERT_EQ(r.rc, 0) << tail(r.out);
+    EXPECT_NE(r.out.find(str_cat("carrying ", c)), std::string::npos) << tail(r.out);
+    std::string where;
+    const double d = max_rel_diff(t / "none/final.h5", t / c + "/final.h5", &where);
+    const double loss = history_columns(t / c, nullptr)["loss"].back();
+    std::cout << "[measure] " << c << " across 2 nodes x 2 ranks: max relative weight difference " << d << " (" << where
+              << "), final loss " << loss << " vs " << loss0 << " uncompressed\n";
+    EXPECT_GT(d, 0) << c << " changed nothing: is the compression applied?";
+    EXPECT_LE(d, 0.05) << where;
+    EXPECT_NEAR(loss, loss0, 0.02 * loss0 + 1e-3);
+  }
+}
+
+// Stopped and resumed on 2 nodes x 2 ranks with bf16: bit-identical to the uninterrupted run there.
+TEST(Resume, HierarchicalBf16Nodes2x2) {
+  Tmp t;
+  ScopedEnv env("LOCKSTEP_RANKS_PER_NODE", "2");
+  RunSpec s;
+  s.distributed = "{check_every_steps: 1, compression: bf16}";
+  s.checkpoint = "{every_epochs: 1, every_steps: 3}";
+  const std::string run = write_run(t / "run.yaml", s);
+  int64_t spe = 0;
+  reference(run, t / "ref", 4, &spe);
+  ASSERT_GT(spe, 2);
+  stop_and_resume_chain(run, t / "ref", t / "run", 4, {spe / 2 + 1, spe + spe / 2});
+}
+
 TEST(Resume, PairsTwoInputsSharedLayerDropout) {
   PairRunSpec s;
   s.checkpoint = "{every_epochs: 1, every_steps: 3}";
