@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -56,6 +58,71 @@ using Clock = std::chrono::steady_clock;
 WaitPolicy g_policy;
 int g_instances = 0;           // live MpiCommunicators
 bool g_we_initialised = false;  // MPI_Init_thread was ours, so MPI_Finalize is too
+int g_thread_level = MPI_THREAD_SINGLE;
+
+// Whether the launcher put ranks on several nodes (or LOCKSTEP_RANKS_PER_NODE asks to act so), read
+// before MPI_Init: then MPI is initialised with MPI_THREAD_MULTIPLE, for the ProgressThread.
+bool several_nodes_from_env() {
+  auto num = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && *v != '\0' ? std::atol(v) : 0L;
+  };
+  if (num("LOCKSTEP_RANKS_PER_NODE") > 0) return true;
+  if (num("SLURM_JOB_NUM_NODES") > 1 || num("SLURM_NNODES") > 1) return true;
+  const long size = num("OMPI_COMM_WORLD_SIZE"), local = num("OMPI_COMM_WORLD_LOCAL_SIZE");
+  return size > 0 && local > 0 && local < size;
+}
+
+// Background progress for the rings across nodes. Open MPI moves a message larger than its eager
+// limit (64 KiB over TCP) only inside MPI calls, and the trainer calls into MPI only between layers,
+// so without help a bucket's ring mostly advances once the backward pass is over. While any such ring
+// is in flight, this thread calls MPI_Iprobe (on a communicator of its own, a tag nothing uses) every
+// `interval`, which drives Open MPI's progress engine for every pending transfer; it never touches a
+// request or a buffer. Needs MPI_THREAD_MULTIPLE; LOCKSTEP_PROGRESS_US sets the interval (0: no thread).
+class ProgressThread {
+ public:
+  ProgressThread(MPI_Comm comm, std::chrono::microseconds interval)
+      : comm_(comm), interval_(interval), thread_([this] { run(); }) {}
+  ~ProgressThread() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+    MPI_Comm_free(&comm_);
+  }
+  void add() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (active_++ == 0) wake_.notify_all();
+  }
+  void remove() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --active_;
+  }
+
+ private:
+  static constexpr int kNeverTag = 32767;  // no message carries it: the probe only drives progress
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      wake_.wait(lock, [&] { return stop_ || active_ > 0; });
+      if (stop_) return;
+      lock.unlock();
+      int flag = 0;
+      MPI_Iprobe(MPI_ANY_SOURCE, kNeverTag, comm_, &flag, MPI_STATUS_IGNORE);
+      std::this_thread::sleep_for(interval_);
+      lock.lock();
+    }
+  }
+  MPI_Comm comm_;
+  std::chrono::microseconds interval_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  int active_ = 0;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 MPI_Datatype mpi_type(ElemType t) {
   switch (t) {
@@ -164,6 +231,8 @@ class MpiCommunicator final : public Communicator {
     family_->store(true);
   }
   bool family_failed() const { return family_->load(); }
+  ProgressThread* progress_thread() const { return progress_.get(); }
+  void set_progress_thread(std::shared_ptr<ProgressThread> t) { progress_ = std::move(t); }
   std::string describe_launch(const std::string& what) {
     const int64_t seq = next_sequence();
     return str_cat(what, " #", seq, label().empty() ? "" : " [" + label() + "]");
@@ -205,6 +274,7 @@ class MpiCommunicator final : public Communicator {
   int64_t ring_tags_ = 0;
   std::vector<std::weak_ptr<SharedReduction>> shared_;  // alive while their buffers are
   std::shared_ptr<std::atomic<bool>> family_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<ProgressThread> progress_;  // drives this communicator's rings in the background, or null
   static constexpr size_t kMaxScratch = 16;
   std::vector<std::vector<char>> scratch_;
 };
@@ -313,9 +383,12 @@ class RingAllReduceWork final : public MpiWork {
     scratch_ = comm.take_scratch(static_cast<size_t>(len(0) * (compressed() ? 2 : esize_)));
     if (compressed()) stage_ = comm.take_scratch(static_cast<size_t>(buf.count * 2));
     post();
+    if ((background_ = comm.progress_thread())) background_->add();
   }
   ~RingAllReduceWork() override {
-    if (settle()) {
+    const bool settled = settle();
+    leave_background();
+    if (settled) {
       comm_.give_scratch(std::move(scratch_));
       if (compressed()) comm_.give_scratch(std::move(stage_));
     } else {  // MPI may still write into them: leak
@@ -340,10 +413,15 @@ class RingAllReduceWork final : public MpiWork {
       ++step_;
       if (step_ < 2 * (p_ - 1)) post();
     }
+    leave_background();
     return true;
   }
 
  private:
+  void leave_background() {
+    if (background_) background_->remove();
+    background_ = nullptr;
+  }
   bool compressed() const { return wire_ != Compression::None; }
   int64_t off(int c) const {
     const int64_t base = buf_.count / p_, rem = buf_.count % p_;
@@ -394,6 +472,7 @@ class RingAllReduceWork final : public MpiWork {
   int step_ = 0;
   std::vector<char> scratch_, stage_;
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  ProgressThread* background_ = nullptr;  // registered with while in flight
 };
 
 // An all-reduce of a slice of the shared reduction buffer (comm/shared_reduction.h): launched by
@@ -425,11 +504,14 @@ MpiCommunicator::MpiCommunicator() {
   MPI_Initialized(&initialized);
   if (!initialized) {
     int provided = MPI_THREAD_SINGLE;
-    LS_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    LS_MPI_CHECK(MPI_Init_thread(nullptr, nullptr,
+                                 several_nodes_from_env() ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED, &provided));
     g_we_initialised = true;
+    g_thread_level = provided;
     LS_REQUIRE(provided >= MPI_THREAD_FUNNELED, CommError, "MPI_Init_thread gave thread level ", provided,
                " but lockstep needs MPI_THREAD_FUNNELED (", MPI_THREAD_FUNNELED, ")");
   }
+  if (!g_we_initialised) LS_MPI_CHECK(MPI_Query_thread(&g_thread_level));
   LS_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   LS_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
   LS_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
@@ -471,6 +553,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::shared_ptr<std::atomic<bool
 
 MpiCommunicator::~MpiCommunicator() {
   --g_instances;
+  progress_.reset();  // its thread calls MPI: stopped before anything is freed or finalised
   if (poisoned() || family_failed()) return;  // a collective is half done: freeing or finalising would hang
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (g_instances == 0 && g_we_initialised) {
@@ -512,6 +595,17 @@ int env_count(const char* name) {
   const long n = std::strtol(v, &end, 10);
   LS_REQUIRE(*end == '\0' && n >= 1 && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
              "' is not a positive integer");
+  return static_cast<int>(n);
+}
+
+// The same for a count that may be 0, with a default when unset.
+int env_count_or(const char* name, int def) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return def;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  LS_REQUIRE(*end == '\0' && n >= 0 && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
+             "' is not a count (0 or more)");
   return static_cast<int>(n);
 }
 }  // namespace
@@ -576,6 +670,12 @@ Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, De
     LS_MPI_CHECK_IN(MPI_Comm_split(comm_, node_rank, rank_, &across), "allocate_reduction_buffer");
     auto ring = std::make_shared<MpiCommunicator>(across, family_);
     ring->set_timeout(timeout());
+    const int interval_us = env_count_or("LOCKSTEP_PROGRESS_US", kProgressIntervalUs);
+    if (g_thread_level >= MPI_THREAD_MULTIPLE && interval_us > 0) {
+      MPI_Comm probe = MPI_COMM_NULL;
+      LS_MPI_CHECK_IN(MPI_Comm_dup(across, &probe), "allocate_reduction_buffer");
+      ring->set_progress_thread(std::make_shared<ProgressThread>(probe, std::chrono::microseconds(interval_us)));
+    }
     const Compression wire = dtype == DType::F32 ? options.compression : Compression::None;
     int in_flight = options.inter_node_in_flight > 0 ? options.inter_node_in_flight : kInterNodeInFlight;
     if (const int e = env_count("LOCKSTEP_INTER_NODE_IN_FLIGHT")) in_flight = e;
@@ -588,7 +688,8 @@ Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, De
     shared->set_description(str_cat("hierarchical: shared memory within each of ", nodes, " nodes x ", node_size,
                                      " rank(s), a ring across the nodes",
                                      wire == Compression::None ? "" : str_cat(" carrying ", compression_name(wire)),
-                                     ", ", in_flight, " in flight"));
+                                     ", ", in_flight, " in flight",
+                                     ring->progress_thread() ? ", progressed in the background" : ""));
   }
   std::erase_if(shared_, [](const auto& w) { return w.expired(); });
   shared_.push_back(shared);

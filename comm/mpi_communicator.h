@@ -59,5 +59,9 @@ inline constexpr int64_t kRingMinBytes = 64 * 1024;
 // Hierarchical all-reduce: slices of the reduction buffer whose rings across nodes may run at once
 // (ReductionOptions::inter_node_in_flight and LOCKSTEP_INTER_NODE_IN_FLIGHT override it).
 inline constexpr int kInterNodeInFlight = 2;
+// ... and their rings are driven by a background thread every this many microseconds (MPI initialised
+// with MPI_THREAD_MULTIPLE when the launcher's environment shows several nodes; LOCKSTEP_PROGRESS_US
+// overrides it, 0: no thread).
+inline constexpr int kProgressIntervalUs = 200;
 
 }  // namespace lockstep::comm
