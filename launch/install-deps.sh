@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs lockstep's build and test dependencies from Debian's packages (Debian 12), only those
 # missing. Needs root (or sudo). The CUDA toolkit (nvcc, cuBLAS, NCCL under /usr/local/cuda) is optional
-# and never installed here. LOCKSTEP_WITH_SLURM=1 adds Slurm and munge (the cluster/ tests; tests/run
-# sets it), LOCKSTEP_WITH_PEERS=1 the benchmark peers.
+# and never installed here. LOCKSTEP_WITH_SLURM=1 adds Slurm and munge, iproute2 and util-linux (the
+# cluster/ tests, with the simulated hosts of label multinode; tests/run sets it), LOCKSTEP_WITH_PEERS=1
+# the benchmark peers.
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
@@ -22,6 +23,9 @@ pkgs=(
 )
 if [ "${LOCKSTEP_WITH_SLURM:-0}" = 1 ]; then
   pkgs+=(slurmctld slurmd slurm-client munge)   # tests/cluster: a one-node Slurm on localhost (tests/run sets this)
+  # tests/cluster's simulated hosts (label multinode): network namespaces, veths, a bridge and tc
+  # (iproute2); unshare, nsenter, mountpoint, flock (util-linux, essential today, named in case it stops being so)
+  pkgs+=(iproute2 util-linux)
 fi
 if [ "${LOCKSTEP_WITH_PEERS:-0}" = 1 ]; then
   # benchmark peers: PyTorch is not Debian's python3-torch (1.13) but the current CPU wheel

@@ -1,13 +1,27 @@
 // Multi-rank tests of the MPI communicator, the bucketer and the consistency checks. Run by CTest as
 //   mpirun --allow-run-as-root --oversubscribe --timeout 60 -np {2,4} comm_mpi_tests
+// on this machine (label mpi; also with LOCKSTEP_RANKS_PER_NODE=2, which makes the communicator treat
+// consecutive pairs of ranks as nodes), and across simulated hosts (label multinode,
+// tests/cluster/multinode_comm_test.sh: 2 hosts x 1 and 2 hosts x 2 ranks).
 // Every test checks closed forms (each rank contributes rank+1, or seeded small integers that sum
 // exactly) and all-reduces its verdict, so every rank passes or fails together. There is no skip:
 // if MPI does not start, the binary fails.
+//
+// Nothing assumes one node. The expected placement is derived independently of the communicator: the
+// ranks that share a host (local_rank, local_size) from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED); the
+// nodes of the reduction likewise, or, when LOCKSTEP_RANKS_PER_NODE=K is set, consecutive groups of K
+// ranks (ranks jK..jK+K-1 form node j; the knob changes only how gradients are reduced, not local_size,
+// which still sizes the threads of the ranks sharing the real host). The reduction buffer's contract:
+// it is defined (shared memory) on every rank whenever size > 1, the device is CPU, numel > 0,
+// LOCKSTEP_SHARED_ALLREDUCE is not 0 on any rank, every node holds the same number of ranks and
+// /dev/shm works; an all-reduce of a slice of it sums the ranks of each node in rank order, then the
+// nodes' sums across the nodes.
 //
 // DISABLED_Watchdog.* and DISABLED_SharedMismatch.* are run separately (their own CTest entries): a
 // rank deliberately stalls (or reduces another slice), the others must get a CommError within the
 // timeout and abort the job.
 #include <gtest/gtest.h>
+#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +44,70 @@ namespace {
 
 Communicator* g_comm = nullptr;
 Communicator& comm() { return *g_comm; }
+
+// Where the ranks are, as the tests expect it (derived in main(), before any test, without asking the
+// communicator). node_of[q] is rank q's node for the reduction, nodes numbered in the order of their
+// lowest rank.
+struct Placement {
+  int local_rank = 0, local_size = 1;  // among the ranks on this host (MPI_COMM_TYPE_SHARED)
+  int hosts = 1;
+  std::vector<int> node_of;
+  int nodes = 1;
+  bool uniform = true;  // every node holds the same number of ranks
+  std::string source;   // of the nodes: "LOCKSTEP_RANKS_PER_NODE=2" or "MPI_Comm_split_type(SHARED)"
+  std::string describe() const {
+    return str_cat(node_of.size(), " ranks on ", hosts, " host(s), ", local_size, " on this one; reduced as ", nodes,
+                   " node(s) (", source, uniform ? ")" : "; nodes of different sizes)");
+  }
+};
+Placement g_place;
+
+// The node of every rank from a split of MPI_COMM_WORLD (ranks in one part share a node).
+std::vector<int> nodes_of(MPI_Comm part, int rank, int size) {
+  int leader = rank;
+  MPI_Allreduce(&rank, &leader, 1, MPI_INT, MPI_MIN, part);
+  std::vector<int> leaders(size_t(size), 0);
+  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<int> sorted = leaders;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  std::vector<int> node_of(size_t(size), 0);
+  for (int q = 0; q < size; ++q)
+    node_of[size_t(q)] = int(std::lower_bound(sorted.begin(), sorted.end(), leaders[size_t(q)]) - sorted.begin());
+  return node_of;
+}
+
+Placement expected_placement(int rank, int size) {
+  Placement pl;
+  MPI_Comm host;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &host);
+  MPI_Comm_rank(host, &pl.local_rank);
+  MPI_Comm_size(host, &pl.local_size);
+  const std::vector<int> host_of = nodes_of(host, rank, size);
+  MPI_Comm_free(&host);
+  pl.hosts = *std::max_element(host_of.begin(), host_of.end()) + 1;
+  const char* k_env = std::getenv("LOCKSTEP_RANKS_PER_NODE");
+  const int k = k_env && *k_env ? std::atoi(k_env) : 0;
+  if (k > 0) {
+    pl.node_of.assign(size_t(size), 0);
+    for (int q = 0; q < size; ++q) pl.node_of[size_t(q)] = q / k;
+    pl.source = str_cat("LOCKSTEP_RANKS_PER_NODE=", k);
+  } else {
+    pl.node_of = host_of;
+    pl.source = "MPI_Comm_split_type(SHARED)";
+  }
+  pl.nodes = *std::max_element(pl.node_of.begin(), pl.node_of.end()) + 1;
+  std::vector<int> count(size_t(pl.nodes), 0);
+  for (int q = 0; q < size; ++q) ++count[size_t(pl.node_of[size_t(q)])];
+  pl.uniform = std::all_of(count.begin(), count.end(), [&](int c) { return c == count[0]; });
+  return pl;
+}
+
+// Whether allocate_reduction_buffer must hand out shared memory here (see the contract above); the
+// same answer on every rank, so ranks skip together.
+bool expect_shared_buffer() { return comm().size() > 1 && g_place.uniform; }
+#define REQUIRE_SHARED_BUFFER()                                                                          \
+  if (!expect_shared_buffer()) GTEST_SKIP() << "no shared reduction buffer expected: " << g_place.describe()
 
 // The verdict of every rank: true only if `ok` on all of them.
 bool all_ok(bool ok) { return comm().all_reduce_value<int64_t>(ok ? 1 : 0, ReduceOp::Min) == 1; }
@@ -171,8 +249,8 @@ TEST(Communicator, DiscoveryAndBarrier) {
   ASSERT_NE(env_size, nullptr) << "comm_mpi_tests must run under mpirun";
   EXPECT_EQ(p, std::atoi(env_size));
   EXPECT_EQ(r, std::atoi(std::getenv("OMPI_COMM_WORLD_RANK")));
-  EXPECT_EQ(comm().local_size(), p);  // one node
-  EXPECT_EQ(comm().local_rank(), r);
+  EXPECT_EQ(comm().local_size(), g_place.local_size) << g_place.describe();
+  EXPECT_EQ(comm().local_rank(), g_place.local_rank) << g_place.describe();
   EXPECT_GE(default_threads_per_rank(comm()), 1);
   EXPECT_EQ(error_rank(), r);
   EXPECT_EQ(detect_comm_kind(), CommKind::Mpi);
@@ -196,11 +274,13 @@ TEST(Communicator, RefusesCudaBuffers) {
   comm().barrier();
 }
 
-// ---- all-reduce in the reduction buffer (shared memory when every rank is on this node) -----------
-// CTest runs every rank on one machine, so the MPI communicator must hand out shared memory.
-TEST(ReductionBuffer, SharedOnOneNodeAndZeroed) {
+// ---- all-reduce in the reduction buffer (shared memory on each node) -------------------------------
+// On one node or on several that hold the same number of ranks, the MPI communicator must hand out
+// shared memory; with several nodes its all-reduces are hierarchical.
+TEST(ReductionBuffer, SharedOnEveryNodeAndZeroed) {
+  REQUIRE_SHARED_BUFFER();
   Tensor t = comm().allocate_reduction_buffer(266610, DType::F32, Device::CPU);
-  ASSERT_TRUE(t.defined()) << "no shared reduction buffer with every rank on one node";
+  ASSERT_TRUE(t.defined()) << "no shared reduction buffer with " << g_place.describe();
   EXPECT_EQ(t.numel(), 266610);
   EXPECT_EQ(t.shape(), (Shape{266610}));
   bool zero = true;
@@ -215,6 +295,7 @@ TEST(ReductionBuffer, SharedOnOneNodeAndZeroed) {
 // LOCKSTEP_SHARED_ALLREDUCE=0 turns it off; the ranks decide together, so one rank's setting is
 // enough (else some ranks would wait in the mapping's collectives that others skip).
 TEST(ReductionBuffer, TurnedOffByTheEnvironmentOnAnyRank) {
+  REQUIRE_SHARED_BUFFER();
   for (int who : {-1, comm().size() - 1}) {
     if (who < 0 || comm().rank() == who) setenv("LOCKSTEP_SHARED_ALLREDUCE", "0", 1);
     Tensor t = comm().allocate_reduction_buffer(1000, DType::F32, Device::CPU);
@@ -234,8 +315,9 @@ TYPED_TEST(ReductionBufferTyped, EveryOpOnSlices) {
   using T = TypeParam;
   const int p = comm().size(), r = comm().rank();
   const int64_t n = 70001;
+  REQUIRE_SHARED_BUFFER();
   Tensor buf = comm().allocate_reduction_buffer(n, sizeof(T) == 8 ? DType::F64 : DType::F32, Device::CPU);
-  ASSERT_TRUE(buf.defined());
+  ASSERT_TRUE(buf.defined()) << g_place.describe();
   // The communicator reduces raw memory: view the float32/float64 buffer as T (sizes allow it).
   T* a = static_cast<T*>(buf.raw());
   const int64_t cap = n * dtype_size(buf.dtype()) / int64_t(sizeof(T));
@@ -269,8 +351,9 @@ TYPED_TEST(ReductionBufferTyped, EveryOpOnSlices) {
 TEST(ReductionBuffer, ManyInFlightWaitedInAnyOrderSameBitsEverywhere) {
   const int r = comm().rank();
   const int64_t k = 150, len = 1000;
+  REQUIRE_SHARED_BUFFER();
   Tensor buf = comm().allocate_reduction_buffer(k * len, DType::F32, Device::CPU);
-  ASSERT_TRUE(buf.defined());
+  ASSERT_TRUE(buf.defined()) << g_place.describe();
   float* a = buf.data();
   for (int64_t i = 0; i < k * len; ++i) a[i] = static_cast<float>(seeded(7, r, i)) * 0.1f + 1e-3f * float(r);
   std::vector<std::unique_ptr<Work>> work;
@@ -294,8 +377,9 @@ TEST(ReductionBuffer, ManyInFlightWaitedInAnyOrderSameBitsEverywhere) {
 // others may be waiting for that share before they join the second collective).
 TEST(ReductionBuffer, ShareIsDoneWhileWaitingOnAnotherCollective) {
   const int p = comm().size(), r = comm().rank();
+  REQUIRE_SHARED_BUFFER();
   Tensor buf = comm().allocate_reduction_buffer(4096, DType::F32, Device::CPU);
-  ASSERT_TRUE(buf.defined());
+  ASSERT_TRUE(buf.defined()) << g_place.describe();
   for (int64_t i = 0; i < buf.numel(); ++i) buf.data()[i] = float(r + 1);
   auto w = comm().all_reduce_async(buf);
   if (r == 0) w->wait();  // rank 0 joins the barrier only after the all-reduce completes
@@ -304,6 +388,50 @@ TEST(ReductionBuffer, ShareIsDoneWhileWaitingOnAnotherCollective) {
   bool ok = true;
   for (int64_t i = 0; i < buf.numel(); ++i) ok &= buf.data()[i] == float(p * (p + 1) / 2);
   EXPECT_ALL(ok);
+}
+
+// The order of the sums, which makes a run on H hosts x K ranks bit-identical to one host with
+// LOCKSTEP_RANKS_PER_NODE=K: each node sums its ranks' non-integer values in rank order; then the
+// nodes' sums are summed across nodes. With one or two nodes that order is fully determined (a+b = b+a),
+// so every element must equal it bit for bit; with more, the order across nodes is MPI's, so the
+// result must be the same bits on every rank and close to the exact sum.
+TEST(ReductionBuffer, SumsEachNodeInRankOrderThenAcrossNodes) {
+  const int p = comm().size(), r = comm().rank();
+  REQUIRE_SHARED_BUFFER();
+  const int64_t n = 300000;  // several tiles and, across nodes, the ring's sizes
+  Tensor buf = comm().allocate_reduction_buffer(n, DType::F32, Device::CPU);
+  ASSERT_TRUE(buf.defined()) << g_place.describe();
+  auto x = [](int q, int64_t i) { return static_cast<float>(seeded(5, q, i)) * 0.1f + 1e-3f * float(q + 1); };
+  float* a = buf.data();
+  for (int64_t i = 0; i < n; ++i) a[i] = x(r, i);
+  comm().all_reduce(buf);
+  std::vector<float> root(a, a + n);
+  comm().broadcast(std::span<float>(root), 0);
+  bool same = std::memcmp(a, root.data(), size_t(n) * sizeof(float)) == 0;
+  bool ordered = true;
+  for (int64_t i = 0; i < n && ordered; ++i) {
+    std::vector<float> node_sum(size_t(g_place.nodes), 0.f);
+    std::vector<bool> started(size_t(g_place.nodes), false);
+    double exact = 0;
+    for (int q = 0; q < p; ++q) {  // rank order within each node
+      const size_t j = size_t(g_place.node_of[size_t(q)]);
+      node_sum[j] = started[j] ? node_sum[j] + x(q, i) : x(q, i);
+      started[j] = true;
+      exact += double(x(q, i));
+    }
+    if (g_place.nodes <= 2) {
+      const float want = g_place.nodes == 1 ? node_sum[0] : node_sum[0] + node_sum[1];
+      ordered = std::memcmp(&a[i], &want, sizeof want) == 0;
+      if (!ordered)
+        ADD_FAILURE() << "rank " << r << " element " << i << ": " << a[i] << " is not the sum in node order " << want
+                      << " (" << g_place.describe() << ")";
+    } else {
+      ordered = std::fabs(a[i] - exact) <= 1e-4 * (1 + std::fabs(exact));
+      if (!ordered) ADD_FAILURE() << "rank " << r << " element " << i << ": " << a[i] << " want about " << exact;
+    }
+  }
+  EXPECT_ALL(same);
+  EXPECT_ALL(ordered);
 }
 
 // ---- bucketer -------------------------------------------------------------------------------------
@@ -350,8 +478,9 @@ TEST(GradientBucketer, SumsBucketsInAnyMarkOrder) { bucketer_sums_in_any_mark_or
 // The same over the communicator's reduction buffer (shared memory on one node), where every ready
 // bucket is launched at once (queues_collectives) and reduced in launch order.
 TEST(GradientBucketer, SumsBucketsInAnyMarkOrderInTheReductionBuffer) {
+  REQUIRE_SHARED_BUFFER();
   Tensor arena = comm().allocate_reduction_buffer(20000, DType::F32, Device::CPU);
-  ASSERT_TRUE(arena.defined());
+  ASSERT_TRUE(arena.defined()) << g_place.describe();
   EXPECT_TRUE(comm().queues_collectives(make_buffer(arena)));
   bucketer_sums_in_any_mark_order(arena);
 }
@@ -512,6 +641,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   c->set_timeout(std::chrono::seconds(30));
+  g_place = expected_placement(c->rank(), c->size());
+  if (c->rank() == 0) std::printf("comm_mpi_tests: expected placement: %s\n", g_place.describe().c_str());
   if (c->rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
