@@ -24,6 +24,7 @@
 
 #include "comm/communicator.h"
 #include "comm/shared_reduction.h"
+#include "tests/comm/mpi_gtest_main.h"
 
 namespace lockstep::comm {
 namespace {
@@ -196,27 +197,5 @@ TEST(WireFormat, RoundsToNearestEvenAndKeepsSpecials) {
 }  // namespace lockstep::comm
 
 int main(int argc, char** argv) {
-  using namespace lockstep::comm;
-  ::testing::InitGoogleTest(&argc, argv);
-  std::unique_ptr<Communicator> c;
-  try {
-    c = make_communicator(CommKind::Mpi);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "comm_hier_tests: cannot start MPI: %s\n", e.what());
-    return 1;
-  }
-  g_comm = c.get();
-  if (c->size() < 2) {
-    std::fprintf(stderr, "comm_hier_tests: needs at least 2 ranks (got %d)\n", c->size());
-    return 1;
-  }
-  c->set_timeout(std::chrono::seconds(30));
-  if (c->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  rc = static_cast<int>(c->all_reduce_value<int64_t>(rc, ReduceOp::Max));
-  c.reset();
-  return rc;
+  return lockstep::comm::testing::run_mpi_gtests(argc, argv, "comm_hier_tests", &lockstep::comm::g_comm);
 }

@@ -38,6 +38,7 @@
 #include "comm/communicator.h"
 #include "comm/consistency.h"
 #include "comm/gradient_bucketer.h"
+#include "tests/comm/mpi_gtest_main.h"
 
 namespace lockstep::comm {
 namespace {
@@ -609,48 +610,13 @@ TEST(DISABLED_SharedMismatch, DifferentSlicesAreReported) {
 }
 
 // Prints failures of ranks other than 0, prefixed with the rank (rank 0 keeps gtest's printer).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (r.failed())
-      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
-                   r.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace lockstep::comm
 
 int main(int argc, char** argv) {
   using namespace lockstep::comm;
-  ::testing::InitGoogleTest(&argc, argv);
-  std::unique_ptr<Communicator> c;
-  try {
-    c = make_communicator(CommKind::Mpi);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "comm_mpi_tests: cannot start MPI: %s\n", e.what());
-    return 1;  // a broken launch must not look green
-  }
-  g_comm = c.get();
-  if (c->size() < 2) {
-    std::fprintf(stderr, "comm_mpi_tests: needs at least 2 ranks (got %d); run under mpirun -np 2\n", c->size());
-    return 1;
-  }
-  c->set_timeout(std::chrono::seconds(30));
-  g_place = expected_placement(c->rank(), c->size());
-  if (c->rank() == 0) std::printf("comm_mpi_tests: expected placement: %s\n", g_place.describe().c_str());
-  if (c->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new RankFailurePrinter(c->rank()));
-  }
-  int rc = RUN_ALL_TESTS();
-  // Every rank exits with the worst verdict.
-  rc = static_cast<int>(c->all_reduce_value<int64_t>(rc, ReduceOp::Max));
-  c.reset();
-  return rc;
+  return lockstep::comm::testing::run_mpi_gtests(argc, argv, "comm_mpi_tests", &g_comm, [](Communicator& c) {
+    g_place = expected_placement(c.rank(), c.size());
+    if (c.rank() == 0) std::printf("comm_mpi_tests: expected placement: %s\n", g_place.describe().c_str());
+  });
 }
