@@ -4,11 +4,13 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
-
+#include <string>
 #include <thread>
 
 #include "core/error.h"
+#include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
 #ifdef LOCKSTEP_HAVE_CUDA
 #include "core/kernels/cuda.h"
@@ -204,6 +206,25 @@ void check_conv(const Tensor& x, const Tensor& w, const Tensor& y, const Window2
            shape_str(w.shape()));
 }
 }  // namespace
+
+namespace {
+// -1: not read from the environment yet.
+std::atomic<int> g_conv_route{-1};
+}  // namespace
+void set_conv_route(ConvRoute r) { g_conv_route.store(int(r), std::memory_order_relaxed); }
+ConvRoute conv_route() {
+  int r = g_conv_route.load(std::memory_order_relaxed);
+  if (r < 0) {
+    const char* env = std::getenv("LOCKSTEP_CONV");
+    const std::string v = env ? env : "auto";
+    LS_REQUIRE(v == "auto" || v == "own" || v == "onednn", UserError,
+               "LOCKSTEP_CONV must be auto, own or onednn, got '", v, "'");
+    r = int(v == "own" ? ConvRoute::Own : v == "onednn" ? ConvRoute::OneDnn : ConvRoute::Auto);
+    g_conv_route.store(r, std::memory_order_relaxed);
+  }
+  return ConvRoute(r);
+}
+bool have_onednn() { return kernels::onednn::compiled(); }
 
 void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y, KernelPath path) {
   check_conv(x, w, y, g, "conv2d_forward");

@@ -86,6 +86,16 @@ int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t dilation, bool
 // Auto: the fast kernel for the device and shape; Reference: the plain loops the tests hold it to (CPU;
 // the CUDA kernels are direct and ignore the choice).
 enum class KernelPath { Auto, Reference };
+// The CPU kernels behind KernelPath::Auto for a float convolution (float64 always takes Own):
+//   Auto    per shape and op, the faster of the two as measured (README "Convolutions: which kernel runs");
+//   Own     lockstep's own: the pointwise product, im2col + products, depthwise loops (kernels/conv_cpu.cpp);
+//   OneDnn  oneDNN (kernels/conv_onednn.cpp) for every shape it takes, Own for the others.
+// Without oneDNN in the build (LOCKSTEP_WITH_ONEDNN) every route is Own. Process-wide; it starts as the
+// environment's LOCKSTEP_CONV (auto, own or onednn; auto when unset): an A/B switch for benchmarks and tests.
+enum class ConvRoute { Auto, Own, OneDnn };
+void set_conv_route(ConvRoute r);
+ConvRoute conv_route();
+bool have_onednn();
 // y = conv(x, w), w [k_h, k_w, in_c/groups, out_c] (Keras's kernel layout). Assigned.
 void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y,
                     KernelPath path = KernelPath::Auto);

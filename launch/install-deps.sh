@@ -12,6 +12,7 @@ pkgs=(
   libboost-program-options-dev        # the lockstep command's flags
   libopenblas-dev                     # CBLAS
   libxsmm-dev                         # small-matrix products (JIT)
+  libdnnl-dev                         # oneDNN: convolutions where it beats lockstep's own (2.6 on Debian 12, 3.x on 13)
   libyaml-cpp-dev                     # run files
   nlohmann-json3-dev                  # Keras model JSON (lockstep export, from_keras import)
   libgtest-dev libgmock-dev           # tests

@@ -12,6 +12,8 @@
 //    of the columns (col2im); the kernel gradient is the columns transposed times dy, summed over blocks.
 //    A depthwise convolution (one input channel per group) has products too thin to pay: it runs direct
 //    loops, vectorised over channels.
+// A float convolution may instead go to oneDNN (kernels/conv_onednn.cpp): ops::conv_route() chooses, and its
+// Auto route follows onednn_wins() below, a rule measured per shape and op. float64 always runs these kernels.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
 
 namespace lockstep::kernels {
@@ -275,11 +278,52 @@ template <typename T> void dw_backward_filter(const T* x, const T* dy, const Win
   }
 }
 
+// ---- oneDNN or our own: ops::conv_route() and the per-shape rule ------------------------------------------
+enum class ConvOp { Forward, BackwardData, BackwardFilter };
+
+// The rule behind ConvRoute::Auto, from tests/bench/conv_onednn_bench.cpp on one Zen 4 core (oneDNN 2.6,
+// kernel in oneDNN's layout with its reorders counted; docs/performance.md "oneDNN or our own, per layer
+// shape"). oneDNN's direct kernels beat im2col + products on 72 of the 74 layer-ops of the CNN and ResNet-20
+// at batch 32 and 128 (1.02-2.95x; ResNet-20's last 1x1 stride-2 shortcut forward runs at 0.88-0.90x, 0.05 ms
+// a step, left to oneDNN), and on the other kinds timed (dilated, 5x5, strided 7x7: 1.0-2.9x; grouped
+// 1.3-8.1x; depthwise 1.1-8.8x, one input gradient 0.92x), with two exceptions:
+//  * the pointwise product (1x1, stride 1, unpadded): ours is level for the forward and the input gradient
+//    (0.92-1.05x), oneDNN's kernel gradient is 1.2x faster at batch 32 and 2.8-4.5x at batch 128;
+//  * the input gradient of an ungrouped convolution with fewer than 16 input channels: oneDNN's backward-data
+//    kernel vectorises over 16 input channels and ran 0.21-1.0x of ours (1, 3 and 8 channels). The networks
+//    never compute it (their stems take the images).
+bool onednn_wins(const Window2d& g, ConvOp op) {
+  if (pointwise(g)) return op == ConvOp::BackwardFilter;
+  if (op == ConvOp::BackwardData && g.groups == 1 && g.in_c < 16) return false;
+  return true;
+}
+
+// How the kernel reaches oneDNN on its route: in oneDNN's layout, reordered on every call (with the kernel in
+// Keras's layout as it is, `hwio`, oneDNN 2.6 falls back to its im2col + GEMM: 0.3-1.2x of ours, never the
+// fastest way).
+constexpr onednn::Weights kOneDnnWeights = onednn::Weights::Blocked;
+
+template <typename T> bool to_onednn(const Window2d& g, ConvOp op) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (!onednn::supports(g)) return false;
+    switch (ops::conv_route()) {
+      case ops::ConvRoute::Own: return false;
+      case ops::ConvRoute::OneDnn: return true;
+      case ops::ConvRoute::Auto: break;
+    }
+    return onednn_wins(g, op);
+  }
+}
+
 }  // namespace
 
 // ---- convolutions ---------------------------------------------------------------------------------------
 template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Window2d& g, T* y, bool reference) {
   if (reference) return ref_forward(x, w, g, y);
+  if constexpr (std::is_same_v<T, float>)
+    if (to_onednn<T>(g, ConvOp::Forward)) return onednn::conv2d_forward(x, w, g, y, kOneDnnWeights);
   if (depthwise(g)) return dw_forward(x, w, g, y);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -300,6 +344,8 @@ template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Win
 template <typename T>
 void conv2d_backward_data(Cpu, const T* dy, const T* w, const Window2d& g, T* dx, bool reference) {
   if (reference) return ref_backward_data(dy, w, g, dx);
+  if constexpr (std::is_same_v<T, float>)
+    if (to_onednn<T>(g, ConvOp::BackwardData)) return onednn::conv2d_backward_data(dy, w, g, dx, kOneDnnWeights);
   if (depthwise(g)) return dw_backward_data(dy, w, g, dx);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -321,6 +367,8 @@ void conv2d_backward_data(Cpu, const T* dy, const T* w, const Window2d& g, T* dx
 template <typename T>
 void conv2d_backward_filter(Cpu, const T* x, const T* dy, const Window2d& g, T* dw, bool reference) {
   if (reference) return ref_backward_filter(x, dy, g, dw);
+  if constexpr (std::is_same_v<T, float>)
+    if (to_onednn<T>(g, ConvOp::BackwardFilter)) return onednn::conv2d_backward_filter(x, dy, g, dw, kOneDnnWeights);
   if (depthwise(g)) return dw_backward_filter(x, dy, g, dw);
   // An empty batch: no block (nor a product of depth 0, which only scales dw by beta) would assign dw.
   if (g.batch == 0) return std::fill(dw, dw + g.k_h * g.k_w * (g.in_c / g.groups) * g.out_c, T(0));

@@ -26,7 +26,11 @@
 # 116.4 quiet; the CPU-s column is then the one to read against a quiet peak), GEMM=1 also runs conv_gemm_bench (kernels::gemm's routing against OpenBLAS and libxsmm on the
 # networks' product shapes; build it with --target conv_gemm_bench), KEEP=DIR keeps the raw key=value rows
 # (REPORT_ONLY=1 with KEEP=DIR prints the tables of the rows kept there again, running nothing),
-# PYTHON / LOCKSTEP_NO_PEER as in peer_python.sh.
+# PYTHON / LOCKSTEP_NO_PEER as in peer_python.sh, CONV_ROUTES="own auto" times lockstep's step once per
+# convolution route (ops::ConvRoute: own = lockstep's kernels, onednn, auto = the per-shape rule) in one
+# process, windows interleaved (train_step_bench --conv-routes), each against the same PyTorch process: a
+# before/after of the oneDNN route in one run (the 2-rank runs take the default route). Unset: the
+# process's route (LOCKSTEP_CONV, else auto).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
@@ -63,7 +67,9 @@ if [ -f "$shared/bench/limits/peak_flops.c" ] && [ "$report_only" = 0 ]; then
   gcc -O2 -pthread -o "$out/peak_flops" "$shared/bench/limits/peak_flops.c" && probe="$out/peak_flops"
 fi
 load() { cut -d' ' -f1 /proc/loadavg; }
-ls_args=(--threads 1 --reps "$reps" --window-sec "$window" --warmup-steps 2 --min-steps 2)
+ls_base=(--threads 1 --reps "$reps" --window-sec "$window" --warmup-steps 2 --min-steps 2)
+ls_args=("${ls_base[@]}")
+if [ -n "${CONV_ROUTES:-}" ]; then ls_args+=(--conv-routes "$(echo ${CONV_ROUTES} | tr ' ' ,)"); fi
 pt_args=(--threads 1 --reps "$reps" --window-sec "$window" --warmup 2 --min-steps 2)
 
 run_lockstep() {  # model batch round
@@ -72,7 +78,7 @@ run_lockstep() {  # model batch round
   if [ "${DIST:-1}" = 1 ] && [ "$2" = 128 ]; then  # 2 ranks x 1 thread at global batch 128, right after 1 rank
     l=$(load)
     mpirun --allow-run-as-root --timeout 600 --bind-to none -np 2 "$bench" --model "$1" --batch-size "$2" \
-        "${ls_args[@]}" | sed "s/^/round=$3 load=$l /" >> "$out/dist.txt" || echo "mpirun failed ($1, $2)" >&2
+        "${ls_base[@]}" | sed "s/^/round=$3 load=$l /" >> "$out/dist.txt" || echo "mpirun failed ($1, $2)" >&2
   fi
 }
 run_peer() {
@@ -109,6 +115,8 @@ peak = [dict(re.findall(r"(\w+)=([^\s]+)", l), kind=l.split()[0]) for l in open(
 measured = max([float(r["gflops"]) for r in peak if "gflops" in r and r.get("threads") == "1"], default=None)
 fma = max(measured or 0.0, float(peak_env)) or None
 sel = lambda rows, m, b: [r for r in rows if r.get("model") == m and r.get("batch") == b]
+routes = sorted({r.get("conv", "-") for r in ls}, key=lambda c: {"own": 0, "onednn": 1, "auto": 2}.get(c, 3)) or ["-"]
+by_route = lambda rows, c: [r for r in rows if r.get("conv", "-") == c]
 med = lambda v: statistics.median(v) if v else None
 f = lambda x: f"{x:,.0f}" if x else "-"
 loads = lambda rows: f"{min(float(r['load']) for r in rows):.1f}–{max(float(r['load']) for r in rows):.1f}" if rows else "-"
@@ -138,12 +146,15 @@ print("lockstep/PyTorch: median over rounds of the ratio of the two processes of
 print("PyTorch: the faster memory format of each process (cl = channels-last, cf = contiguous: how many rounds")
 print("each won). FLOPs: the step's conv + dense products per sample (3x forward, 2x for the first layer).")
 print()
-print(f"| model | batch | lockstep | PyTorch {tv} | format | lockstep/PyTorch | (CPU-s) | step GFLOP/sample | "
+print("conv: lockstep's convolution route (own: its own kernels; onednn; auto: the per-shape rule; -: not recorded).")
+print()
+print(f"| model | batch | conv | lockstep | PyTorch {tv} | format | lockstep/PyTorch | (CPU-s) | step GFLOP/sample | "
       f"lockstep GFLOP/s | % FMA peak | % FMA peak (CPU-s) | load |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
-    for b in batches:
-        L, P = sel(ls, m, b), peer_best(sel(pt, m, b))
+  for b in batches:
+    for route in routes:
+        L, P = by_route(sel(ls, m, b), route), peer_best(sel(pt, m, b))
         lw, lc = med([float(r["samples_per_sec"]) for r in L]), med([float(r["cpu_samples_per_sec"]) for r in L])
         pw, pc = med([float(r["samples_per_sec"]) for r in P]), med([float(r["cpu_samples_per_sec"]) for r in P])
         def paired(key):
@@ -154,11 +165,22 @@ for m in models:
         fmt = "/".join(f"{k} {fmts.count(n)}" for n, k in (("channels_last", "cl"), ("contiguous", "cf")) if n in fmts)
         fl = float(L[0]["train_flops_per_sample"]) if L else None
         g, gc = (lw * fl * 1e-9 if lw and fl else None), (lc * fl * 1e-9 if lc and fl else None)
-        print(f"| {m} | {b} | {f(lw)} ({f(lc)}) | {f(pw)} ({f(pc)}) | {fmt or '-'} | " +
+        print(f"| {m} | {b} | {route} | {f(lw)} ({f(lc)}) | {f(pw)} ({f(pc)}) | {fmt or '-'} | " +
               (f"{rw:.2f}x" if rw else "-") + " | " + (f"{rc:.2f}x" if rc else "-") + " | " +
               (f"{fl * 1e-9:.3f}" if fl else "-") + " | " + (f"{g:.1f}" if g else "-") + " | " +
               (f"{g / fma:.0%}" if g and fma else "-") + " | " + (f"{gc / fma:.0%}" if gc and fma else "-") +
               f" | {loads(L + P)} |")
+if len(routes) > 1:
+    print()
+    print(f"Route against route in the same lockstep process (windows interleaved): median over rounds of each")
+    print(f"process's median per-window ratio to the {routes[0]} route.")
+    print()
+    print("| model | batch | " + " | ".join(f"{c} / {routes[0]}" for c in routes[1:]) + " |")
+    print("|---|---|" + "---|" * (len(routes) - 1))
+    for m in models:
+        for b in batches:
+            cells = [med([float(r["vs_first"]) for r in by_route(sel(ls, m, b), c) if "vs_first" in r]) for c in routes[1:]]
+            print(f"| {m} | {b} | " + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
 if dist:
     print()
     print("2 ranks x 1 thread (mpirun -np 2) against 1 rank x 1 thread, global batch 128, samples/s (the 1-rank")
@@ -169,7 +191,8 @@ if dist:
     print("| model | 1x1 | 2x1 | 2x1 / 1x1 | per round | 2x1 / 1x1 (CPU-s) | all-reduce wait | load |")
     print("|---|---|---|---|---|---|---|---|")
     for m in models:
-        one, two = sel(ls, m, "128"), sel(dist, m, "128")
+        two = sel(dist, m, "128")
+        one = [r for r in sel(ls, m, "128") if r.get("conv", "-") in {t.get("conv", "-") for t in two}]
         per = []
         for t in two:
             o = [r for r in one if r["round"] == t["round"]]

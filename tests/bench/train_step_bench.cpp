@@ -34,6 +34,10 @@
 // all of them alike, and each row's vs_first is the median over windows of its rate / the first model's
 // rate in the same round.
 //
+// --conv-routes own,auto (ops::ConvRoute: own, onednn, auto) builds each model once per route and interleaves
+// their windows the same way, setting the route before each of its steps: an A/B of the convolution kernels
+// (LOCKSTEP_CONV sets the route of a process without it). Every row says its route (conv=).
+//
 // Under mpirun (N ranks) --batch-size is the GLOBAL batch: each rank takes batch/N samples and the step
 // is the trainer's (core/update_step.h): sync BN over the communicator, gradients all-reduced in
 // buckets launched from the backward pass, then the update. Rank 0 prints global samples/s and the
@@ -181,6 +185,7 @@ void product_flops(const Model& m, double* fwd, double* train) {
 // One model's training step and its timing.
 struct Bench {
   std::string model, form;
+  ops::ConvRoute route = ops::ConvRoute::Auto;
   double fwd_flops = 0.0, train_flops = 0.0;  // per sample, products only (see the header)
   std::unique_ptr<Model> m;
   std::unique_ptr<LossFunction> loss;
@@ -196,6 +201,7 @@ struct Bench {
   double total_s = 0.0, wait0 = 0.0;
 
   void step() {
+    ops::set_conv_route(route);
     if (pos + batch > n) pos = int64_t(rank) * batch;
     for (size_t i = 0; i < data.size(); ++i) xs[i] = data[i].slice_rows(pos, pos + batch);
     Tensor y = y_all.slice_rows(pos, pos + batch);
@@ -289,6 +295,7 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
 int main(int argc, char** argv) {
   ops::ensure_passive_openmp(argv);
   std::string model = "a", form = "sequential", config;  // config: the run-file model's own by default
+  std::string routes;  // --conv-routes: empty = the process's route
   int batch = 32, threads = 1, reps = 5, warmup_steps = 11, min_steps = 5;
   double window = 0.3;
   comm::BucketOptions bucket_opts;
@@ -299,6 +306,7 @@ int main(int argc, char** argv) {
     else if (k == "--form") form = v;
     else if (k == "--graph") form = std::atoi(v.c_str()) ? "functional" : "sequential";
     else if (k == "--config") config = v;
+    else if (k == "--conv-routes") routes = v;
     else if (k == "--batch-size") batch = std::atoi(v.c_str());
     else if (k == "--threads") threads = std::atoi(v.c_str());
     else if (k == "--reps") reps = std::atoi(v.c_str());
@@ -321,13 +329,35 @@ int main(int argc, char** argv) {
     return 2;
   }
   ops::set_num_threads(threads);
-  std::vector<std::unique_ptr<Bench>> benches;
-  for (size_t p = 0; p <= model.size();) {
-    size_t q = model.find(',', p);
-    if (q == std::string::npos) q = model.size();
-    if (q > p) benches.push_back(make_bench(model.substr(p, q - p), form, config, batch, *comm, bucket_opts, reduction));
-    p = q + 1;
+  auto split = [](const std::string& s) {
+    std::vector<std::string> out;
+    for (size_t p = 0; p <= s.size();) {
+      size_t q = s.find(',', p);
+      if (q == std::string::npos) q = s.size();
+      if (q > p) out.push_back(s.substr(p, q - p));
+      p = q + 1;
+    }
+    return out;
+  };
+  auto route_name = [](ops::ConvRoute r) {
+    return r == ops::ConvRoute::Own ? "own" : r == ops::ConvRoute::OneDnn ? "onednn" : "auto";
+  };
+  std::vector<ops::ConvRoute> route_list;
+  for (const std::string& r : split(routes)) {
+    if (r != "own" && r != "onednn" && r != "auto") {
+      std::fprintf(stderr, "--conv-routes: own, onednn or auto, got %s\n", r.c_str());
+      return 2;
+    }
+    route_list.push_back(r == "own" ? ops::ConvRoute::Own : r == "onednn" ? ops::ConvRoute::OneDnn : ops::ConvRoute::Auto);
   }
+  if (route_list.empty()) route_list.push_back(ops::conv_route());
+  std::vector<std::unique_ptr<Bench>> benches;
+  for (const std::string& name : split(model))
+    for (ops::ConvRoute r : route_list) {
+      ops::set_conv_route(r);
+      benches.push_back(make_bench(name, form, config, batch, *comm, bucket_opts, reduction));
+      benches.back()->route = r;
+    }
   // Agree on "go on" across ranks: rank 0's clock decides, every rank runs the same number of steps.
   auto agree = [&](bool more) {
     int64_t v = more;
@@ -369,10 +399,12 @@ int main(int argc, char** argv) {
     for (size_t bi = 0; bi < benches.size(); ++bi) {
       Bench& b = *benches[bi];
       const double sps = median(b.rates);
-      std::printf("impl=lockstep model=%s form=%s path=%s batch=%d ranks=%d threads=%d samples_per_sec=%.0f min=%.0f "
+      std::printf("impl=lockstep model=%s form=%s path=%s conv=%s onednn=%s batch=%d ranks=%d threads=%d "
+                  "samples_per_sec=%.0f min=%.0f "
                   "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld "
                   "fwd_flops_per_sample=%.0f train_flops_per_sample=%.0f gflops=%.2f",
-                  b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", b.global_batch, world,
+                  b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", route_name(b.route),
+                  ops::have_onednn() ? "yes" : "no", b.global_batch, world,
                   threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
                   *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
                   100.0 * (b.update->comm_wait_seconds() - b.wait0) / std::max(b.total_s, 1e-9), median(b.cpu_rates),
@@ -384,8 +416,8 @@ int main(int argc, char** argv) {
       std::printf(" win_cpu_sps=");
       for (size_t r = 0; r < b.cpu_rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.cpu_rates[r]);
       if (benches.size() > 1)
-        std::printf(" first=%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
-                    median(ratio_to_first[bi]));
+        std::printf(" first=%s_%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
+                    route_name(benches[0]->route), median(ratio_to_first[bi]));
       std::printf("\n");
     }
   return 0;

@@ -8,6 +8,10 @@
 //  * max / average pooling against loops and central differences, max pooling's tie rule;
 //  * pad2d and scale_channels against loops;
 //  * the OpenMP paths on 2 threads against 1 thread and the reference.
+// A float convolution's Auto path has routes (ops::ConvRoute): lockstep's own kernels, oneDNN (builds with
+// it), and the per-shape rule between them. Every Auto check that takes float runs on each route the build has,
+// and the finite-difference check has a float version for them (the float64 one runs lockstep's own kernels:
+// oneDNN is float only).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -24,10 +28,41 @@
 namespace lockstep::test {
 namespace {
 
+using ops::ConvRoute;
 using ops::KernelPath;
 using ops::Window2d;
 
-const char* path_name(KernelPath p) { return p == KernelPath::Auto ? "auto" : "reference"; }
+const char* route_name(ConvRoute r) {
+  return r == ConvRoute::Own ? "own" : r == ConvRoute::OneDnn ? "onednn" : "rule";
+}
+// The routes of a float convolution's Auto path in this build.
+std::vector<ConvRoute> conv_routes() {
+  std::vector<ConvRoute> v{ConvRoute::Own};
+  if (ops::have_onednn()) v.push_back(ConvRoute::OneDnn);
+  v.push_back(ConvRoute::Auto);
+  return v;
+}
+// Restores the route a test found, whatever way it ends.
+struct ConvRouteGuard {
+  ConvRoute saved = ops::conv_route();
+  ~ConvRouteGuard() { ops::set_conv_route(saved); }
+};
+// A kernel path, and for Auto the route it takes (set by use()).
+struct Variant {
+  KernelPath path;
+  ConvRoute route = ConvRoute::Auto;
+  void use() const { ops::set_conv_route(route); }
+};
+// The reference, then Auto on each route.
+std::vector<Variant> variants() {
+  std::vector<Variant> v{{KernelPath::Reference, ConvRoute::Own}};
+  for (ConvRoute r : conv_routes()) v.push_back({KernelPath::Auto, r});
+  return v;
+}
+std::string path_name(KernelPath p) { return p == KernelPath::Auto ? "auto" : "reference"; }
+std::string path_name(const Variant& v) {
+  return v.path == KernelPath::Reference ? "reference" : std::string("auto/") + route_name(v.route);
+}
 
 // Restores the thread count a test found, whatever way it ends.
 struct ThreadCountGuard {
@@ -261,44 +296,52 @@ TEST(ConvForward, HandComputedThreeByThree) {
       // same stride 2: out 2, total = 1·2 + 2 - 3 = 1, after.
       {true, 2, {37, 21, 23, 9}},
   };
+  ConvRouteGuard restore;
   for (const Case& c : cases)
     for (DType dt : {DType::F32, DType::F64})
-      for (KernelPath p : {KernelPath::Auto, KernelPath::Reference}) {
+      for (const Variant& v : variants()) {
+        v.use();
         const ConvSpec s{1, 3, 3, 1, 1, 2, 2, c.stride, c.stride, 1, 1, c.same, 1};
         const Window2d g = conv_geometry(s);
         Tensor x(x_shape(g), Device::CPU, dt), w(w_shape(g), Device::CPU, dt);
         set_values(x, {1, 2, 3, 4, 5, 6, 7, 8, 9});
         set_values(w, {1, 2, 3, 4});
-        EXPECT_EQ(conv_forward(x, w, g, p).to_double_vector(), c.want)
-            << describe(s) << " " << path_name(p) << " " << dtype_name(dt);
+        EXPECT_EQ(conv_forward(x, w, g, v.path).to_double_vector(), c.want)
+            << describe(s) << " " << path_name(v) << " " << dtype_name(dt);
       }
 }
 
 TEST(ConvForward, HandComputedGroupsAndDepthwise) {
   // 1x1x2x2 input (two pixels, channels (a, b)), 1x2 kernel, valid: one output pixel.
   // x pixel 0 = (1, 2), pixel 1 = (3, 4).
-  for (KernelPath p : {KernelPath::Auto, KernelPath::Reference}) {
-    {  // groups 2, one output per group: y0 = 1·w[0,0,0,0] + 3·w[0,1,0,0], y1 = 2·w[0,0,0,1] + 4·w[0,1,0,1]
-      const Window2d g = conv_geometry({1, 1, 2, 2, 2, 1, 2, 1, 1, 1, 1, false, 2});
-      Tensor x(x_shape(g), Device::CPU, DType::F64), w(w_shape(g), Device::CPU, DType::F64);
-      set_values(x, {1, 2, 3, 4});
-      set_values(w, {10, 100, 1000, 10000});  // [kw=0: (oc0, oc1)], [kw=1: (oc0, oc1)]
-      EXPECT_EQ(conv_forward(x, w, g, p).to_double_vector(), (std::vector<double>{1 * 10 + 3 * 1000, 2 * 100 + 4 * 10000}))
-          << path_name(p);
+  ConvRouteGuard restore;
+  for (DType dt : {DType::F64, DType::F32})  // small integers: exact in float too
+    for (const Variant& v : variants()) {
+      v.use();
+      const std::string what = path_name(v) + " " + dtype_name(dt);
+      {  // groups 2, one output per group: y0 = 1·w[0,0,0,0] + 3·w[0,1,0,0], y1 = 2·w[0,0,0,1] + 4·w[0,1,0,1]
+        const Window2d g = conv_geometry({1, 1, 2, 2, 2, 1, 2, 1, 1, 1, 1, false, 2});
+        Tensor x(x_shape(g), Device::CPU, dt), w(w_shape(g), Device::CPU, dt);
+        set_values(x, {1, 2, 3, 4});
+        set_values(w, {10, 100, 1000, 10000});  // [kw=0: (oc0, oc1)], [kw=1: (oc0, oc1)]
+        EXPECT_EQ(conv_forward(x, w, g, v.path).to_double_vector(),
+                  (std::vector<double>{1 * 10 + 3 * 1000, 2 * 100 + 4 * 10000}))
+            << what;
+      }
+      {  // depthwise multiplier 2: output channel oc reads input channel oc / 2.
+        const Window2d g = conv_geometry({1, 1, 2, 2, 4, 1, 2, 1, 1, 1, 1, false, 2});
+        Tensor x(x_shape(g), Device::CPU, dt), w(w_shape(g), Device::CPU, dt);
+        set_values(x, {1, 2, 3, 4});
+        set_values(w, {1, 2, 3, 4, 10, 20, 30, 40});
+        EXPECT_EQ(conv_forward(x, w, g, v.path).to_double_vector(),
+                  (std::vector<double>{1 * 1 + 3 * 10, 1 * 2 + 3 * 20, 2 * 3 + 4 * 30, 2 * 4 + 4 * 40}))
+            << what;
+      }
     }
-    {  // depthwise multiplier 2: output channel oc reads input channel oc / 2.
-      const Window2d g = conv_geometry({1, 1, 2, 2, 4, 1, 2, 1, 1, 1, 1, false, 2});
-      Tensor x(x_shape(g), Device::CPU, DType::F64), w(w_shape(g), Device::CPU, DType::F64);
-      set_values(x, {1, 2, 3, 4});
-      set_values(w, {1, 2, 3, 4, 10, 20, 30, 40});
-      EXPECT_EQ(conv_forward(x, w, g, p).to_double_vector(),
-                (std::vector<double>{1 * 1 + 3 * 10, 1 * 2 + 3 * 20, 2 * 3 + 4 * 30, 2 * 4 + 4 * 40}))
-          << path_name(p);
-    }
-  }
 }
 
 TEST(ConvForward, MatchesIndependentLoops) {
+  ConvRouteGuard restore;
   uint64_t seed = 100;
   for (const ConvSpec& s : kConvSpecs) {
     const Window2d g = conv_geometry(s);
@@ -309,12 +352,13 @@ TEST(ConvForward, MatchesIndependentLoops) {
       const std::vector<double> want = naive_conv(x.to_double_vector(), w.to_double_vector(), s);
       // Terms are products of O(1) normals; float: well inside 1e-5 of the sum of |terms| <= 7·7·6 terms.
       const double tol = dt == DType::F64 ? 1e-12 : 2e-5;
-      for (KernelPath p : {KernelPath::Auto, KernelPath::Reference}) {
-        const std::vector<double> got = conv_forward(x, w, g, p).to_double_vector();
+      for (const Variant& v : variants()) {
+        v.use();
+        const std::vector<double> got = conv_forward(x, w, g, v.path).to_double_vector();
         ASSERT_EQ(got.size(), want.size());
         double worst = 0;
         for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]) / (1 + std::abs(want[i])));
-        EXPECT_LT(worst, tol) << describe(s) << " " << path_name(p) << " " << dtype_name(dt);  // NaN fails too
+        EXPECT_LT(worst, tol) << describe(s) << " " << path_name(v) << " " << dtype_name(dt);  // NaN fails too
       }
     }
   }
@@ -357,6 +401,47 @@ TEST(ConvBackward, ReferenceMatchesFiniteDifferences) {
   for (const ConvSpec& s : kConvSpecs) check_conv_grads(s, KernelPath::Reference, seed += 10);
 }
 
+// The same check in float, on each route of the Auto path (oneDNN takes float only). L is linear in each
+// argument, so a large step is exact but for rounding: kFloatFdEps = 0.5. The outputs a perturbed element
+// does not reach are computed alike in L(+) and L(-) and cancel; the <= k_h·k_w·out_c it reaches each round
+// to ~sqrt(K)·2^-24·Σ|terms| (K <= 294 terms here), so the difference quotient errs by ~1e-5 against
+// gradients of O(1..10) (largest seen, any route: 1.5e-5 relative to 1 + |g|). kFloatFdTol = 2e-4 leaves
+// 13x margin; a wrong tap, group or missing term is an O(1) relative error.
+constexpr double kFloatFdEps = 0.5, kFloatFdTol = 2e-4;
+void check_conv_grads_float(const ConvSpec& s, ConvRoute route, uint64_t seed) {
+  ops::set_conv_route(route);
+  const Window2d g = conv_geometry(s);
+  Tensor x = randn(x_shape(g), seed, 1.0, 0.0, DType::F32), w = randn(w_shape(g), seed + 1, 1.0, 0.0, DType::F32);
+  const Tensor r = randn(y_shape(g), seed + 2, 1.0, 0.0, DType::F32);
+  const Tensor dx = conv_backward_data(r, w, g, KernelPath::Auto), dw = conv_backward_filter(x, r, g, KernelPath::Auto);
+  auto numeric = [&](float* v) {
+    const float keep = *v;
+    *v = keep + float(kFloatFdEps);
+    const double step_up = double(*v) - double(keep);
+    const double lp = dot(conv_forward(x, w, g, KernelPath::Auto), r);
+    *v = keep - float(kFloatFdEps);
+    const double step_down = double(keep) - double(*v);
+    const double lm = dot(conv_forward(x, w, g, KernelPath::Auto), r);
+    *v = keep;
+    return (lp - lm) / (step_up + step_down);  // the steps float rounding actually took
+  };
+  GradErr ex, ew;
+  for (int64_t j = 0; j < x.numel(); ++j) ex.add(dx.at(j), numeric(x.data<float>() + j));
+  for (int64_t j = 0; j < w.numel(); ++j) ew.add(dw.at(j), numeric(w.data<float>() + j));
+  const std::string what = describe(s) + " float auto/" + route_name(route);
+  EXPECT_LT(ex.max_err, kFloatFdTol) << what << ": input gradient";  // NaN fails too
+  EXPECT_LT(ew.max_err, kFloatFdTol) << what << ": kernel gradient";
+  EXPECT_GT(ex.numeric_abs_sum, 1e-3) << what;
+  EXPECT_GT(ew.numeric_abs_sum, 1e-3) << what;
+}
+TEST(ConvBackward, FloatRoutesMatchFiniteDifferences) {
+  ConvRouteGuard restore;
+  for (ConvRoute route : conv_routes()) {
+    uint64_t seed = 3000;
+    for (const ConvSpec& s : kConvSpecs) check_conv_grads_float(s, route, seed += 10);
+  }
+}
+
 // One kernel-gradient entry by hand: the central tap of a 3x3 stride-1 same convolution pairs every
 // input pixel with the output pixel at the same place.
 TEST(ConvBackward, CentralTapOfKernelGradientByHand) {
@@ -372,15 +457,17 @@ TEST(ConvBackward, CentralTapOfKernelGradientByHand) {
 
 // ---- batch of zero: outputs are still assigned --------------------------------------------------------
 TEST(ConvBackward, EmptyBatchGivesZeroKernelGradient) {
+  ConvRouteGuard restore;
   for (const ConvSpec& s : {ConvSpec{0, 5, 5, 2, 3, 3, 3, 1, 1, 1, 1, true, 1}, ConvSpec{0, 4, 4, 3, 2, 1, 1, 1, 1, 1, 1, true, 1},
                             ConvSpec{0, 4, 4, 4, 2, 3, 3, 2, 2, 1, 1, true, 2}, ConvSpec{0, 4, 4, 2, 4, 3, 3, 1, 1, 1, 1, true, 2}})
     for (DType dt : {DType::F32, DType::F64})
-      for (KernelPath p : {KernelPath::Auto, KernelPath::Reference}) {
+      for (const Variant& v : variants()) {
+        v.use();
         const Window2d g = conv_geometry(s);
         const Tensor x(x_shape(g), Device::CPU, dt), dy(y_shape(g), Device::CPU, dt);
-        const std::vector<double> dw = conv_backward_filter(x, dy, g, p).to_double_vector();
-        EXPECT_EQ(dw, std::vector<double>(dw.size(), 0.0)) << describe(s) << " " << path_name(p) << " " << dtype_name(dt);
-        EXPECT_EQ(conv_forward(x, randn(w_shape(g), 1, 1.0, 0.0, dt), g, p).numel(), 0);
+        const std::vector<double> dw = conv_backward_filter(x, dy, g, v.path).to_double_vector();
+        EXPECT_EQ(dw, std::vector<double>(dw.size(), 0.0)) << describe(s) << " " << path_name(v) << " " << dtype_name(dt);
+        EXPECT_EQ(conv_forward(x, randn(w_shape(g), 1, 1.0, 0.0, dt), g, v.path).numel(), 0);
       }
 }
 
@@ -424,15 +511,16 @@ Tensor abs_of(const Tensor& t) {
   return Tensor::from_vector(t.shape(), v).to(t.dtype());
 }
 
-// Fast vs reference for all three ops on one shape; returns nothing, records failures.
-void expect_fast_matches_reference(const ConvSpec& s, DType dt, uint64_t seed) {
+// Fast (Auto on the given route) vs reference for all three ops on one shape; returns nothing, records failures.
+void expect_fast_matches_reference(const ConvSpec& s, DType dt, uint64_t seed, ConvRoute route) {
+  ops::set_conv_route(route);
   const Window2d g = conv_geometry(s);
   const double u = dt == DType::F32 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
   const Tensor x = randn(x_shape(g), seed, 1.0, 0.0, dt), w = randn(w_shape(g), seed + 1, 1.0, 0.0, dt);
   const Tensor dy = randn(y_shape(g), seed + 2, 1.0, 0.0, dt);
   const Tensor ax = abs_of(x), aw = abs_of(w), ady = abs_of(dy);
   const int64_t cg = s.c / s.groups, og = s.oc / s.groups;
-  const std::string what = describe(s) + " " + dtype_name(dt);
+  const std::string what = describe(s) + " " + dtype_name(dt) + " auto/" + route_name(route);
   {
     const Bound b = compare_to_reference(conv_forward(x, w, g, KernelPath::Auto), conv_forward(x, w, g, KernelPath::Reference),
                                          conv_forward(ax, aw, g, KernelPath::Reference), s.kh * s.kw * cg, u);
@@ -463,16 +551,23 @@ TEST(ConvFastPath, MatchesReferenceOnLargeFloatShapes) {
       {3, 12, 12, 48, 96, 1, 1, 1, 1, 1, 1, true, 1},   // pointwise product
       {4, 20, 20, 32, 64, 3, 3, 1, 1, 1, 1, true, 32},  // depthwise x2
       {2, 17, 15, 8, 16, 5, 3, 2, 3, 2, 1, false, 1},   // odd: 5x3, strides 2/3, dilation 2 in rows
+      {4, 32, 32, 16, 32, 1, 1, 2, 2, 1, 1, true, 1},   // ResNet's 1x1 stride-2 shortcut
+      {3, 16, 16, 64, 64, 3, 3, 1, 1, 1, 1, true, 16},  // groups 16, 4 channels a group
+      {2, 20, 20, 8, 16, 3, 3, 1, 1, 1, 1, true, 1},    // 8 input channels: the rule's own input gradient
   };
-  uint64_t seed = 300;
-  for (const ConvSpec& s : specs) expect_fast_matches_reference(s, DType::F32, seed += 5);
+  ConvRouteGuard restore;
+  for (ConvRoute route : conv_routes()) {
+    uint64_t seed = 300;
+    for (const ConvSpec& s : specs) expect_fast_matches_reference(s, DType::F32, seed += 5, route);
+  }
 }
 
 TEST(ConvFastPath, MatchesReferenceOverSeveralDoubleBlocks) {
   // float64: 2.25 MiB of columns a sample, so one sample a block (5 blocks); groups 3: 1.125 MiB a
   // group-sample, blocks of 3, 2.
-  expect_fast_matches_reference({5, 32, 32, 32, 16, 3, 3, 1, 1, 1, 1, true, 1}, DType::F64, 400);
-  expect_fast_matches_reference({5, 32, 32, 48, 12, 3, 3, 1, 1, 1, 1, true, 3}, DType::F64, 410);
+  ConvRouteGuard restore;
+  expect_fast_matches_reference({5, 32, 32, 32, 16, 3, 3, 1, 1, 1, 1, true, 1}, DType::F64, 400, ConvRoute::Auto);
+  expect_fast_matches_reference({5, 32, 32, 48, 12, 3, 3, 1, 1, 1, 1, true, 3}, DType::F64, 410, ConvRoute::Auto);
 }
 
 // ---- pooling ---------------------------------------------------------------------------------------------
@@ -797,9 +892,7 @@ TEST(ScaleChannels, MatchesALoopAndMayAlias) {
 // a chance to show.
 TEST(ConvThreads, TwoThreadsMatchOneThread) {
   ThreadCountGuard restore;
-  struct Run {
-    std::vector<Tensor> out;
-  };
+  ConvRouteGuard restore_route;
   const ConvSpec gemm_specs[] = {
       {5, 16, 16, 8, 16, 3, 3, 1, 1, 1, 1, true, 1},   // im2col with contiguous runs, col2im over 5 samples
       {3, 15, 13, 6, 8, 3, 3, 2, 1, 2, 1, true, 2},    // groups, dilation, odd sizes
@@ -813,13 +906,13 @@ TEST(ConvThreads, TwoThreadsMatchOneThread) {
       {3, 20, 20, 16, 32, 3, 3, 1, 1, 1, 1, true, 16},  // depthwise x2
       {4, 17, 19, 24, 24, 5, 5, 2, 2, 1, 1, true, 24},  // depthwise x1, stride 2
   };
-  const PoolSpec pools[] = {{3, 32, 32, 16, 3, 1, true}, {4, 33, 31, 8, 2, 2, false}};
   uint64_t seed = 1100;
   auto conv_all = [](const Tensor& x, const Tensor& w, const Tensor& dy, const Window2d& g) {
     return std::vector<Tensor>{conv_forward(x, w, g, KernelPath::Auto), conv_backward_data(dy, w, g, KernelPath::Auto),
                                conv_backward_filter(x, dy, g, KernelPath::Auto)};
   };
-  for (const ConvSpec& s : gemm_specs) {
+  // Within the bound of the reference on 2 threads, and of 1 thread (oneDNN, too, may split a sum over threads).
+  auto check_bounded = [&](const ConvSpec& s, ConvRoute route) {
     const Window2d g = conv_geometry(s);
     const Tensor x = randn(x_shape(g), ++seed, 1.0, 0.0, DType::F32), w = randn(w_shape(g), ++seed, 1.0, 0.0, DType::F32);
     const Tensor dy = randn(y_shape(g), ++seed, 1.0, 0.0, DType::F32);
@@ -833,6 +926,7 @@ TEST(ConvThreads, TwoThreadsMatchOneThread) {
     const int64_t cg = s.c / s.groups, og = s.oc / s.groups;
     const int64_t ks[] = {s.kh * s.kw * cg, s.kh * s.kw * og, g.batch * g.out_h * g.out_w};
     const double u = std::ldexp(1.0, -24);
+    const std::string what = describe(s) + " auto/" + route_name(route);
     ops::set_num_threads(1);
     const std::vector<Tensor> one = conv_all(x, w, dy, g);
     for (int rep = 0; rep < 3; ++rep) {
@@ -842,11 +936,19 @@ TEST(ConvThreads, TwoThreadsMatchOneThread) {
         // Against 1 thread: both within the bound of the reference, so within twice the bound of each other.
         const Bound b1 = compare_to_reference(two[i], one[i], mag[i], ks[i], 2 * u);
         const Bound br = compare_to_reference(two[i], ref[i], mag[i], ks[i], u);
-        EXPECT_EQ(b1.bad, 0) << describe(s) << " op " << i << " vs 1 thread, rep " << rep << ": " << b1.worst_ratio;
-        EXPECT_EQ(br.bad, 0) << describe(s) << " op " << i << " vs reference, rep " << rep << ": " << br.worst_ratio;
+        EXPECT_EQ(b1.bad, 0) << what << " op " << i << " vs 1 thread, rep " << rep << ": " << b1.worst_ratio;
+        EXPECT_EQ(br.bad, 0) << what << " op " << i << " vs reference, rep " << rep << ": " << br.worst_ratio;
       }
     }
+  };
+  for (ConvRoute route : conv_routes()) {
+    ops::set_conv_route(route);
+    for (const ConvSpec& s : gemm_specs) check_bounded(s, route);
+    if (route != ConvRoute::Own)  // depthwise on oneDNN: bounded, not bit for bit
+      for (const ConvSpec& s : direct_specs) check_bounded(s, route);
   }
+  // lockstep's own depthwise loops give each output to one thread: bit for bit.
+  ops::set_conv_route(ConvRoute::Own);
   for (const ConvSpec& s : direct_specs) {
     const Window2d g = conv_geometry(s);
     const Tensor x = randn(x_shape(g), ++seed, 1.0, 0.0, DType::F32), w = randn(w_shape(g), ++seed, 1.0, 0.0, DType::F32);
@@ -860,6 +962,7 @@ TEST(ConvThreads, TwoThreadsMatchOneThread) {
         EXPECT_EQ(two[i].to_vector(), one[i].to_vector()) << describe(s) << " op " << i << " rep " << rep;
     }
   }
+  const PoolSpec pools[] = {{3, 32, 32, 16, 3, 1, true}, {4, 33, 31, 8, 2, 2, false}};
   for (const PoolSpec& p : pools) {
     const Window2d g = pool_geometry(p);
     const Tensor x = randn(x_shape(g), ++seed, 1.0, 0.0, DType::F32), dy = randn(y_shape(g), ++seed, 1.0, 0.0, DType::F32);
