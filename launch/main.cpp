@@ -13,6 +13,8 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,7 +28,10 @@
 #include "core/checkpoint.h"
 #include "core/keras_io.h"
 #include "core/trainer.h"
+#include "core/scaling.h"
+#include "core/scaling_probe.h"
 #include "comm/communicator.h"
+#include "comm/mpi_communicator.h"
 #include "data/cli.h"
 #include "plot.h"
 
@@ -45,6 +50,7 @@ verbs:
   summary RUN.yaml          print the model's table (layers, output shapes, parameter counts); also a Keras .h5/.json
   export CHECKPOINT --out MODEL.h5   a checkpoint as a Keras .h5 (tf_keras / Keras 3 load_model)
   plot RUN_DIR... --out curves.svg   learning curves of runs (history.csv), overlaid; a PNG too with rsvg-convert
+  scale-estimate RUN.yaml --nodes N --ranks-per-node R --network 25gbit   predicted step time and efficiency, 1-512 ranks
   data convert|fetch|inspect  datasets: official files -> lockstep's HDF5 layout, download, inspect
 
 Exit status: 0 success; 2 bad input (run file, data, checkpoint, flags); 3 the loss became NaN or
@@ -378,6 +384,305 @@ int cmd_lr_find(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `lockstep scale-estimate`: the scaling model of docs/scaling.md (core/scaling.h) fed with this
+// machine's measurements of the run file's training step (core/scaling_probe.h).
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0) {
+      const size_t c = line.find(':');
+      if (c != std::string::npos) return line.substr(line.find_first_not_of(' ', c + 1));
+    }
+  return "unknown CPU";
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(digits) << v;
+  return o.str();
+}
+std::string grouped(double v) {  // 53333 -> "53,333"
+  std::string s = fixed(v, 0), out;
+  const size_t start = s[0] == '-' ? 1 : 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > start && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+std::string mb(double bytes) { return fixed(bytes / 1e6, bytes < 1e5 ? 3 : 2) + " MB"; }
+
+int cmd_scale_estimate(const std::vector<std::string>& args) {
+  std::vector<std::string> sets;
+  std::string run_file, network = "25gbit", compression, shaper_burst = "0";
+  int threads = 1, nodes = 1, per_node = 1, max_ranks = 512, in_flight = 0;
+  double step_ms = 0.0, measure_sec = 1.0, alpha_us = scaling::kMeasuredAlphaS * 1e6,
+         efficiency = scaling::kMeasuredTcpEfficiency, efficiency_large = scaling::kMeasuredTcpEfficiencyLarge,
+         ceiling_gbit = scaling::kMeasuredTcpCeilingBytesPerS * 8e-9,
+         step_cpu_us = scaling::kMeasuredStepCpuS * 1e6, tcp_cpu_ns = scaling::kMeasuredTcpCpuSPerByte * 1e9;
+  bool weak_only = false, kv = false;
+  po::options_description d(
+      "lockstep scale-estimate RUN.yaml [--nodes N] [--ranks-per-node R] [--network 25gbit] [--step-ms MS]\n\n"
+      "Predicts the step time, samples/s, exposed all-reduce time and scaling efficiency of the run file's\n"
+      "training on 1 to 512 ranks (powers of 2 as nodes x R) and on the requested N x R, from one rank's\n"
+      "training steps timed on this machine (the run file's model at its per-rank batch, synthetic input)\n"
+      "and an alpha-beta model of the hierarchical all-reduce: shared memory within a node (its cost\n"
+      "measured here), a ring across nodes over a link of --network's rate (latency and TCP efficiency\n"
+      "measured on simulated hosts), overlapped with the backward pass bucket by bucket. Weak scaling holds\n"
+      "the per-rank batch at the run file's train.batch_size; strong scaling holds the global batch there.\n"
+      "Assumptions and limits: docs/scaling.md.\n\n"
+      "Examples:\n"
+      "  lockstep scale-estimate launch/configs/fashion_mnist_mlp.yaml --nodes 4 --ranks-per-node 8 --network 25gbit\n"
+      "  lockstep scale-estimate run.yaml --nodes 2 --network 10gbit --step-ms 12.5 --set distributed.compression=bf16\n\n"
+      "Options");
+  d.add_options()("help,h", "show this help")  //
+      ("nodes", po::value<int>(&nodes)->default_value(1), "nodes of the requested configuration (>= 1)")  //
+      ("ranks-per-node", po::value<int>(&per_node)->default_value(1), "ranks per node (>= 1); the table's nodes x R")  //
+      ("network", po::value<std::string>(&network)->default_value("25gbit"),
+       "the link of each node, per direction, as tc writes rates: 25gbit, 10gbit, 100mbit")  //
+      ("step-ms", po::value<double>(&step_ms),
+       "one rank's step at the run file's batch in ms, instead of measuring (split by the layers' FLOPs)")  //
+      ("compression", po::value<std::string>(&compression),
+       "what crosses nodes: none, bf16 or fp16 (default: the run file's distributed.compression, else none)")  //
+      ("in-flight", po::value<int>(&in_flight),
+       "buckets whose all-reduce may cross nodes at once (default: LOCKSTEP_INTER_NODE_IN_FLIGHT, else 2)")  //
+      ("alpha-us", po::value<double>(&alpha_us)->default_value(alpha_us, fixed(alpha_us, 1)),
+       "latency of one ring step across nodes, microseconds (measured on simulated hosts)")  //
+      ("tcp-efficiency", po::value<double>(&efficiency)->default_value(efficiency, fixed(efficiency, 2)),
+       "payload rate of MPI over TCP / the link rate, messages up to 64 KiB (measured)")  //
+      ("tcp-efficiency-large", po::value<double>(&efficiency_large)->default_value(efficiency_large, fixed(efficiency_large, 2)),
+       "the same for larger messages (Open MPI's rendezvous; measured at 5 Gbit/s: see docs/scaling.md for slower links)")  //
+      ("tcp-ceiling-gbit", po::value<double>(&ceiling_gbit)->default_value(ceiling_gbit, fixed(ceiling_gbit, 1)),
+       "the most MPI over TCP carries per direction whatever the link, Gbit/s (measured here, unshaped; 0: no limit)")  //
+      ("step-cpu-us", po::value<double>(&step_cpu_us)->default_value(step_cpu_us, fixed(step_cpu_us, 1)),
+       "CPU a ring step takes from the rank beyond its bytes, microseconds (measured here)")  //
+      ("tcp-cpu-ns", po::value<double>(&tcp_cpu_ns)->default_value(tcp_cpu_ns, fixed(tcp_cpu_ns, 2)),
+       "CPU per byte a rank sends or receives across nodes, nanoseconds (measured here)")  //
+      ("shaper-burst", po::value<std::string>(&shaper_burst)->default_value("0"),
+       "model a tc tbf shaper with this burst (640kb), as on simulated hosts; 0: a real link")  //
+      ("threads", po::value<int>(&threads)->default_value(1), "CPU threads of the measured rank")  //
+      ("measure-sec", po::value<double>(&measure_sec)->default_value(1.0), "seconds of timed steps per batch size")  //
+      ("max-ranks", po::value<int>(&max_ranks)->default_value(512), "the table's largest number of ranks")  //
+      ("weak-only", po::bool_switch(&weak_only), "leave out the strong-scaling table (no extra batch sizes measured)")  //
+      ("kv", po::bool_switch(&kv), "also print every row as one line of key=value fields (for scripts)")  //
+      ("set", po::value<std::vector<std::string>>(&sets)->composing(),
+       "override a key of the run file: --set train.batch_size=64 (repeatable)");
+  if (!parse(args, d, run_file, "scale-estimate")) return 0;
+  if (nodes < 1) throw UserError(str_cat("scale-estimate: --nodes must be a whole number >= 1 (got ", nodes, ")"));
+  if (per_node < 1)
+    throw UserError(str_cat("scale-estimate: --ranks-per-node must be a whole number >= 1 (got ", per_node, ")"));
+  if (max_ranks < 1) throw UserError(str_cat("scale-estimate: --max-ranks must be >= 1 (got ", max_ranks, ")"));
+  if (threads < 1) throw UserError(str_cat("scale-estimate: --threads must be >= 1 (got ", threads, ")"));
+  if (!(measure_sec > 0.0)) throw UserError(str_cat("scale-estimate: --measure-sec must be > 0 (got ", measure_sec, ")"));
+  const bool step_given = std::any_of(args.begin(), args.end(), [](const std::string& a) { return a.rfind("--step-ms", 0) == 0; });
+  if (step_given && !(step_ms > 0.0 && std::isfinite(step_ms)))
+    throw UserError(str_cat("scale-estimate: --step-ms must be a time in milliseconds > 0 (got ", step_ms, ")"));
+  if (!(alpha_us >= 0.0)) throw UserError(str_cat("scale-estimate: --alpha-us must be >= 0 (got ", alpha_us, ")"));
+  if (!(efficiency > 0.0 && efficiency <= 1.0))
+    throw UserError(str_cat("scale-estimate: --tcp-efficiency must lie in (0, 1] (got ", efficiency, ")"));
+  if (!(efficiency_large > 0.0 && efficiency_large <= 1.0))
+    throw UserError(str_cat("scale-estimate: --tcp-efficiency-large must lie in (0, 1] (got ", efficiency_large, ")"));
+  if (!(ceiling_gbit >= 0.0))
+    throw UserError(str_cat("scale-estimate: --tcp-ceiling-gbit must be >= 0 (got ", ceiling_gbit, ")"));
+  if (!(step_cpu_us >= 0.0)) throw UserError(str_cat("scale-estimate: --step-cpu-us must be >= 0 (got ", step_cpu_us, ")"));
+  if (!(tcp_cpu_ns >= 0.0)) throw UserError(str_cat("scale-estimate: --tcp-cpu-ns must be >= 0 (got ", tcp_cpu_ns, ")"));
+  const double rate = scaling::parse_link_rate(network, "scale-estimate: --network");
+  const double burst = scaling::parse_size_bytes(shaper_burst, "scale-estimate: --shaper-burst");
+  for (const std::string& s : sets)
+    if (s.find('=') == std::string::npos)
+      throw UserError(str_cat("scale-estimate: --set expects KEY=VALUE (got '", s, "')"));
+  ConfigNode run = load_run_file(run_file, sets);
+  run.expect_map();
+  const int batch = int(run["train"].get_at_least("batch_size", 32, 1));
+  ConfigNode dist = run["distributed"];
+  comm::BucketOptions bucket_opts;
+  bucket_opts.bucket_cap_bytes = int64_t(dist.get_in("bucket_mb", 4.0, 0.0, 1024.0, true) * (1 << 20));
+  bucket_opts.first_bucket_bytes = int64_t(dist.get_in("first_bucket_mb", 1.0, 0.0, 1024.0, true) * (1 << 20));
+  if (compression.empty()) compression = dist.get("compression", std::string("none"));
+  if (compression != "none" && compression != "bf16" && compression != "fp16")
+    throw UserError(str_cat("scale-estimate: --compression (or distributed.compression) must be none, bf16 or fp16 (got '",
+                            compression, "')"));
+  if (in_flight == 0) {  // what the communicator would use (comm/mpi_communicator.h)
+    in_flight = comm::kInterNodeInFlight;
+    if (const char* e = std::getenv("LOCKSTEP_INTER_NODE_IN_FLIGHT"); e && std::atoi(e) > 0) in_flight = std::atoi(e);
+  }
+  if (in_flight < 1) throw UserError(str_cat("scale-estimate: --in-flight must be >= 1 (got ", in_flight, ")"));
+  ops::set_num_threads(threads);
+
+  // The run file's step, measured (or given) at the run file's batch and, for strong scaling, at
+  // batch / ranks.
+  scaling::StepProbe probe(run);
+  std::vector<int> rank_counts;
+  for (int p = 1; p <= max_ranks; p *= 2) rank_counts.push_back(p);
+  const int requested = nodes * per_node;
+  auto placement = [&](int p) -> std::optional<scaling::Placement> {
+    if (p <= per_node) return scaling::Placement{1, p};
+    if (p % per_node != 0) return std::nullopt;
+    return scaling::Placement{p / per_node, per_node};
+  };
+  std::map<int, scaling::BackwardProfile> profiles;  // per-rank batch -> profile
+  std::map<int, int> steps_of;
+  auto profile_at = [&](int b) -> const scaling::BackwardProfile& {
+    auto it = profiles.find(b);
+    if (it != profiles.end()) return it->second;
+    scaling::BackwardProfile prof;
+    if (step_ms > 0.0) {
+      prof = scaling::apportioned_profile(step_ms * 1e-3 * b / batch, probe.forward_flops(),
+                                          probe.backward_flops_by_progress_point());
+    } else {
+      prof = probe.measure(b, b == batch ? measure_sec : measure_sec / 2, 5);
+      steps_of[b] = probe.last_steps();
+    }
+    return profiles.emplace(b, prof).first->second;
+  };
+  const scaling::BackwardProfile& base = profile_at(batch);
+  const std::vector<scaling::BucketSpec> buckets = probe.buckets(bucket_opts);
+  std::vector<double> bucket_bytes;
+  for (const auto& b : buckets) bucket_bytes.push_back(b.bytes);
+  std::vector<int> ls;
+  for (int L = 2; L <= std::min(per_node, 64); L *= 2) ls.push_back(L);
+  if (per_node > 1 && per_node <= 64 && std::find(ls.begin(), ls.end(), per_node) == ls.end()) ls.push_back(per_node);
+  scaling::CommModel model;
+  model.shm = scaling::measure_shared_memory(bucket_bytes, ls, std::min(measure_sec / 2, 0.5));
+  model.reduce_s_per_byte = scaling::measure_reduce_per_byte(0.05);
+  scaling::measure_codec_per_byte(compression, 0.05, &model.encode_s_per_byte, &model.decode_s_per_byte);
+  model.link.rate_bits_per_s = rate;
+  model.link.alpha_s = alpha_us * 1e-6;
+  model.link.efficiency = efficiency;
+  model.link.efficiency_large = efficiency_large;
+  model.link.ceiling_bytes_per_s = ceiling_gbit * 1e9 / 8;
+  model.link.step_cpu_s = step_cpu_us * 1e-6;
+  model.link.cpu_s_per_byte = tcp_cpu_ns * 1e-9;
+  model.link.burst_bytes = burst;
+  model.wire_factor = compression == "none" ? 1.0 : 0.5;
+  model.in_flight = in_flight;
+
+  // What was measured.
+  const std::string cpu = cpu_model();
+  std::cout << "lockstep scale-estimate " << run_file << ": " << grouped(double(probe.trainable_params()))
+            << " trainable parameters, " << mb(double(probe.gradient_bytes())) << " of float32 gradients in "
+            << buckets.size() << " bucket(s) (first_bucket_mb " << fixed(bucket_opts.first_bucket_bytes / 1048576.0, 2)
+            << ", bucket_mb " << fixed(bucket_opts.bucket_cap_bytes / 1048576.0, 2) << "):";
+  for (size_t i = 0; i < buckets.size() && i < 8; ++i) std::cout << (i ? " + " : " ") << mb(buckets[i].bytes);
+  std::cout << (buckets.size() > 8 ? " + ..." : "") << "\n";
+  if (step_ms > 0.0) {
+    std::cout << "Compute: --step-ms " << step_ms << " ms per step at " << batch
+              << " samples per rank (given, not measured), split into forward " << fixed(base.forward_s * 1e3, 3)
+              << " ms and backward " << fixed(base.backward_s * 1e3, 3)
+              << " ms by the layers' product FLOPs; other batches scale it linearly.\n";
+  } else {
+    std::cout << "Compute, measured on this machine (" << cpu << ", " << threads << " thread(s), load average "
+              << [] {
+                   std::ifstream f("/proc/loadavg");
+                   std::string a, b, c;
+                   f >> a >> b >> c;
+                   return a + " " + b + " " + c;
+                 }()
+              << "): " << steps_of[batch] << " training steps of the run file's model at " << batch
+              << " samples per rank on synthetic input " << probe.input_description() << " ("
+              << probe.loss_description() << "), medians:\n"
+              << "  forward + loss " << fixed(base.forward_s * 1e3, 3) << " ms, backward "
+              << fixed(base.backward_s * 1e3, 3) << " ms (" << base.progress_s.size()
+              << " layers with gradients, timed as each finishes), update " << fixed(base.update_s * 1e3, 3)
+              << " ms";
+    if (base.single_rank_step_s > 0.0)
+      std::cout << "; one process's step " << fixed(base.single_rank_step_s * 1e3, 3)
+                << " ms (plain SGD taken inside the backward pass)";
+    std::cout << "\n";
+  }
+  std::cout << "Shared memory (measured here, emulated on one core): one rank's part of the in-place all-reduce,";
+  if (ls.empty()) std::cout << " not needed (1 rank per node)";
+  for (int L : ls) std::cout << " " << L << " ranks " << fixed(model.shm.per_byte(L) * 1e9, 3) << " ns/byte,";
+  std::cout << " " << fixed(model.shm.alpha_s * 1e6, 2) << " us per bucket; ring sum "
+            << fixed(model.reduce_s_per_byte * 1e9, 3) << " ns/byte";
+  if (compression != "none")
+    std::cout << ", " << compression << " encode " << fixed(model.encode_s_per_byte * 1e9, 3) << " and decode "
+              << fixed(model.decode_s_per_byte * 1e9, 3) << " ns per float32 byte";
+  std::cout << "\n";
+  std::cout << "Network: " << scaling::rate_str(rate) << " per node and direction; MPI over TCP: efficiency "
+            << fixed(efficiency, 2) << " (messages over 64 KiB: " << fixed(efficiency_large, 2) << "), at most "
+            << fixed(ceiling_gbit, 1) << " Gbit/s => " << fixed(model.link.wire_bytes_per_s() / 1e9, 3) << " ("
+            << fixed(model.link.wire_bytes_per_s(1e9) / 1e9, 3) << ") GB/s of payload; per ring step " << fixed(alpha_us, 1)
+            << " us of latency and " << fixed(step_cpu_us, 1) << " us of the rank's CPU, plus " << fixed(tcp_cpu_ns, 2)
+            << " ns per byte sent or received (measured on simulated hosts, docs/scaling.md; --alpha-us, "
+               "--tcp-efficiency[-large], --tcp-ceiling-gbit, --step-cpu-us, --tcp-cpu-ns override)";
+  if (burst > 0) std::cout << "; a tc tbf shaper's burst of " << grouped(burst) << " bytes passes at once";
+  std::cout << "\n";
+  std::cout << "All-reduce: hierarchical (shared memory within a node, then a ring of 2(n-1) steps across n nodes), "
+            << in_flight << " bucket(s) across nodes at once, compression " << compression
+            << (compression == "none" ? "" : " (half the bytes cross nodes)") << "\n";
+
+  struct Row {
+    int ranks;
+    scaling::Placement pl;
+    int per_rank, global;
+    scaling::StepEstimate e;
+    bool requested;
+  };
+  // Efficiency: samples/s against `ranks` x one rank's samples/s (weak: at the same per-rank batch;
+  // strong: the speed-up over one rank with the whole batch, / ranks).
+  std::vector<std::string> kv_lines;
+  auto print = [&](const std::vector<Row>& rows, double one_rank_rate, const char* kind) {
+    std::cout << "  ranks  nodes x R  batch/rank  global batch   step ms   samples/s  all-reduce ms (exposed)  efficiency\n";
+    for (const Row& r : rows) {
+      const double sps = r.global / r.e.step_s;
+      const double eff = sps / (r.ranks * one_rank_rate);
+      char line[256];
+      std::snprintf(line, sizeof line, "%s%5d  %4d x %-3d  %10d  %12d  %8.3f  %10s  %23.3f  %9.1f%%\n",
+                    r.requested ? "* " : "  ", r.ranks, r.pl.nodes, r.pl.ranks_per_node, r.per_rank, r.global,
+                    r.e.step_s * 1e3, grouped(sps).c_str(), r.e.exposed_s * 1e3, 100.0 * eff);
+      std::cout << line;
+      kv_lines.push_back(str_cat("scaling=", kind, " ranks=", r.ranks, " nodes=", r.pl.nodes, " ranks_per_node=",
+                                 r.pl.ranks_per_node, " requested=", r.requested ? 1 : 0, " batch_per_rank=", r.per_rank,
+                                 " global_batch=", r.global, " step_ms=", fixed(r.e.step_s * 1e3, 4),
+                                 " samples_per_sec=", fixed(sps, 1), " exposed_ms=", fixed(r.e.exposed_s * 1e3, 4),
+                                 " comm_cpu_ms=", fixed(r.e.comm_cpu_s * 1e3, 4), " allreduce_ms=",
+                                 fixed(r.e.allreduce_s * 1e3, 4), " compute_ms=", fixed(r.e.compute_s * 1e3, 4),
+                                 " efficiency=", fixed(eff, 4), " network=", network, " compression=", compression));
+    }
+  };
+  // The table's rows (powers of 2 placed as nodes x R), then the requested N x R unless it is one of them.
+  std::vector<std::pair<int, scaling::Placement>> configs;
+  for (int p : rank_counts)
+    if (auto pl = placement(p)) configs.push_back({p, *pl});
+  auto same = [](scaling::Placement a, scaling::Placement b) { return a.nodes == b.nodes && a.ranks_per_node == b.ranks_per_node; };
+  const scaling::Placement want{nodes, per_node};
+  if (std::none_of(configs.begin(), configs.end(), [&](const auto& c) { return same(c.second, want); })) {
+    configs.push_back({requested, want});
+    std::stable_sort(configs.begin(), configs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
+  std::vector<Row> weak;
+  for (const auto& [p, pl] : configs)
+    weak.push_back({p, pl, batch, batch * p, scaling::estimate_step(base, buckets, model, pl), same(pl, want)});
+  const double one = weak.front().e.step_s;
+  std::cout << "\nWeak scaling: the per-rank batch held at the run file's " << batch
+            << " (global batch = " << batch << " x ranks); efficiency = samples/s / (ranks x one rank's)."
+            << " * = the requested " << nodes << " x " << per_node << ".\n";
+  print(weak, batch / one, "weak");
+  if (!weak_only) {
+    std::vector<Row> strong;
+    for (const auto& [p, pl] : configs) {
+      if (batch % p != 0) continue;
+      const scaling::BackwardProfile& prof = profile_at(batch / p);
+      strong.push_back({p, pl, batch / p, batch, scaling::estimate_step(prof, buckets, model, pl), same(pl, want)});
+    }
+    std::cout << "\nStrong scaling: the global batch held at the run file's " << batch
+              << " (per-rank batch = " << batch << " / ranks, ";
+    if (step_ms > 0.0) std::cout << "compute scaled linearly from --step-ms";
+    else std::cout << "each per-rank batch's steps measured";
+    std::cout << "); efficiency = speed-up / ranks. Ranks that do not divide " << batch << " are left out.\n";
+    print(strong, batch / one, "strong");
+  }
+  std::cout << "\nBelow 100%: the all-reduce's CPU work (shared-memory sums, which a CPU trainer cannot overlap) and "
+               "what is left of it after the backward pass. Assumptions and where they stop being right: "
+               "docs/scaling.md\n";
+  if (kv) {
+    std::cout << "\n";
+    for (const std::string& l : kv_lines) std::cout << l << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 // Report an error and exit with `code`. Under several ranks an error seen by one rank must end the
@@ -447,6 +752,7 @@ int run_verb(int argc, char** argv) {
       {"predict", cmd_predict},
       {"lr-find", cmd_lr_find},
       {"plot", cmd_plot},
+      {"scale-estimate", cmd_scale_estimate},
       {"data", [](const std::vector<std::string>& a) { return data::run_data_command(a); }}};
   try {
     auto it = verbs.find(verb);

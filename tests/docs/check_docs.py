@@ -29,6 +29,8 @@ here or write the documentation's command differently.
       train, lr-find:  RUN, shortened: `--set train.epochs=1 --set data.limit=N` appended, N = 512 or the
                run file's own smaller `limit:`, and `--set data.pairs.per_epoch=512` when the run file
                draws pairs (`pairs:`).
+      scale-estimate:  RUN, shortened: `--measure-sec 0.1` appended unless the command gives one (it times
+               real training steps for that long per batch size).
       evaluate, predict, summary, plot, data convert, data inspect:  RUN as written, except that a
                `data convert --format cifar10` whose --src was staged by a CHECKED fetch (below) gets
                `--partial` (../shared holds only a partial CIFAR-10).
@@ -410,6 +412,10 @@ class Runner:
             extra += ["--set", "train.epochs=1", "--set", f"data.limit={min([TRAIN_LIMIT] + limits)}"]
             if re.search(r"(^|[\s{,])pairs:", cfg):
                 extra += ["--set", f"data.pairs.per_epoch={TRAIN_LIMIT}"]
+            return "RUN", extra
+        if verb == "scale-estimate":
+            if not any(a == "--measure-sec" or a.startswith("--measure-sec=") for a in args):
+                extra += ["--measure-sec", "0.1"]
             return "RUN", extra
         if verb in ("evaluate", "predict", "summary", "plot", "data inspect"):
             return "RUN", extra
