@@ -500,6 +500,8 @@ std::unique_ptr<Model> Model::from_config(const ConfigNode& m, Device device, DT
   }
 }
 
+int64_t Model::arena_span(int64_t numel) { return align_up(numel); }
+
 void Model::allocate() {
   // Gradient-carrying weights first, each at the same offset in both arenas (so an optimizer can
   // update weights_[0, gn) from grads_ in one pass), then the state (BN's moving statistics).

@@ -106,6 +106,9 @@ class Model {
 
   const Tensor& weights_arena() const { return weights_; }
   const Tensor& grads_arena() const { return grads_; }
+  // The elements a weight of `numel` elements takes in the arenas: each starts on a 64-byte boundary,
+  // and the padding up to the next one stays zero.
+  static int64_t arena_span(int64_t numel);
   // Move the gradients into `arena` (same numel, dtype and device as grads_arena(); e.g. memory that
   // the communicator reduces in place, Communicator::allocate_reduction_buffer) and point every
   // weight's gradient view into it. The current gradients are copied over.
