@@ -10,25 +10,34 @@
 
 namespace lockstep::scaling {
 
+namespace {
+// "25gbit" -> 25 and "gbit" (the unit lower-cased); false unless it starts with a decimal number.
+bool split_number_unit(const std::string& text, double* value, std::string* unit) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  if (i == 0) return false;
+  try {
+    size_t used = 0;
+    *value = std::stod(text.substr(0, i), &used);
+    if (used != i) return false;
+  } catch (const std::exception&) {
+    return false;
+  }
+  unit->clear();
+  for (size_t k = i; k < text.size(); ++k) *unit += char(std::tolower(static_cast<unsigned char>(text[k])));
+  return true;
+}
+}  // namespace
+
 double parse_link_rate(const std::string& text, const std::string& flag) {
   auto bad = [&]() -> double {
     throw UserError(str_cat(flag, ": expected a link rate such as 25gbit, 10gbit, 2.5gbit or 100mbit (a positive number, "
                             "then bit, kbit, mbit, gbit or tbit: bits per second, as tc writes rates), got '",
                             text, "'"));
   };
-  size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-  if (i == 0) return bad();
   double value = 0.0;
-  try {
-    size_t used = 0;
-    value = std::stod(text.substr(0, i), &used);
-    if (used != i) return bad();
-  } catch (const std::exception&) {
-    return bad();
-  }
   std::string unit;
-  for (size_t k = i; k < text.size(); ++k) unit += char(std::tolower(static_cast<unsigned char>(text[k])));
+  if (!split_number_unit(text, &value, &unit)) return bad();
   if (unit.size() > 2 && unit.compare(unit.size() - 2, 2, "/s") == 0) unit.resize(unit.size() - 2);  // "25gbit/s"
   double scale = 0.0;
   if (unit == "bit") scale = 1.0;
@@ -46,19 +55,9 @@ double parse_size_bytes(const std::string& text, const std::string& flag) {
     throw UserError(str_cat(flag, ": expected a size such as 640kb, 1mb or 4096 (bytes; b, kb, mb or gb as tc writes "
                             "them, 1024-based), got '", text, "'"));
   };
-  size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-  if (i == 0) return bad();
   double value = 0.0;
-  try {
-    size_t used = 0;
-    value = std::stod(text.substr(0, i), &used);
-    if (used != i) return bad();
-  } catch (const std::exception&) {
-    return bad();
-  }
   std::string unit;
-  for (size_t k = i; k < text.size(); ++k) unit += char(std::tolower(static_cast<unsigned char>(text[k])));
+  if (!split_number_unit(text, &value, &unit)) return bad();
   const double scale = unit.empty() || unit == "b" ? 1.0 : unit == "kb" || unit == "k" ? 1024.0
                        : unit == "mb" || unit == "m"                                   ? 1048576.0
                        : unit == "gb" || unit == "g"                                   ? 1073741824.0
