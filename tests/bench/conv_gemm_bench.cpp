@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "tests/bench/bench_clock.h"
 #include "core/kernels/cpu.h"
 #include "core/model.h"
 #include "core/ops.h"
@@ -40,21 +41,14 @@
 #endif
 
 using namespace lockstep;
+using bench::cpu_now;
+using bench::median;
+using bench::wall_now;
 
 namespace {
 constexpr int64_t kColumnBytes = int64_t(4) << 20;  // conv_cpu.cpp's column block
 constexpr int64_t kXsmmMaxOperand = int64_t(1) << 20, kXsmmMaxDepth = 512;  // cpu.cpp's routing
 
-double cpu_now() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-double wall_now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
 
 struct Shape3 {
   std::string layer, op;
@@ -141,10 +135,6 @@ std::vector<Shape3> step_products(const Model& m, int64_t B) {
   return out;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? NAN : v[v.size() / 2];
-}
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "tests/bench/bench_clock.h"
 #include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
 #include "core/layers.h"
@@ -43,23 +44,12 @@
 #endif
 
 using namespace lockstep;
+using bench::cpu_now;
+using bench::median;
+using bench::wall_now;
 
 namespace {
 
-double cpu_now() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-double wall_now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? NAN : v[v.size() / 2];
-}
 
 struct ConvShape {
   std::string layers;  // the layers of this geometry, '+'-joined
