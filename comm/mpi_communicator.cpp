@@ -587,25 +587,15 @@ std::unique_ptr<Work> MpiCommunicator::ring_all_reduce(const Buffer& buf, Reduce
 }
 
 namespace {
-// A positive integer from the environment, 0 when unset; CommError naming the variable otherwise.
-int env_count(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return 0;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  LS_REQUIRE(*end == '\0' && n >= 1 && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
-             "' is not a positive integer");
-  return static_cast<int>(n);
-}
-
-// The same for a count that may be 0, with a default when unset.
-int env_count_or(const char* name, int def) {
+// An integer of at least `least` (0 or 1) from the environment, `def` when unset; CommError naming the
+// variable otherwise.
+int env_int(const char* name, int def, int least) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return def;
   char* end = nullptr;
   const long n = std::strtol(v, &end, 10);
-  LS_REQUIRE(*end == '\0' && n >= 0 && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
-             "' is not a count (0 or more)");
+  LS_REQUIRE(*end == '\0' && n >= least && n <= INT_MAX, CommError, "rank ", error_rank(), ": ", name, "='", v,
+             least > 0 ? "' is not a positive integer" : "' is not a count (0 or more)");
   return static_cast<int>(n);
 }
 }  // namespace
@@ -623,7 +613,7 @@ Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, De
   // groups of LOCKSTEP_RANKS_PER_NODE ranks (to run the several-node path on one host, as tests and
   // benchmarks do). Every node must hold the same number of ranks: each rank of a node then owns one
   // share of every all-reduce, and all-reduces it with the same-index ranks of the other nodes.
-  const int group = env_count("LOCKSTEP_RANKS_PER_NODE");
+  const int group = env_int("LOCKSTEP_RANKS_PER_NODE", 0, 1);
   LS_REQUIRE(group == 0 || size_ % group == 0, CommError, "rank ", rank_, ": LOCKSTEP_RANKS_PER_NODE=", group,
              " does not divide the ", size_, " ranks into nodes");
   MPI_Comm node = MPI_COMM_NULL, across = MPI_COMM_NULL;
@@ -670,7 +660,7 @@ Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, De
     LS_MPI_CHECK_IN(MPI_Comm_split(comm_, node_rank, rank_, &across), "allocate_reduction_buffer");
     auto ring = std::make_shared<MpiCommunicator>(across, family_);
     ring->set_timeout(timeout());
-    const int interval_us = env_count_or("LOCKSTEP_PROGRESS_US", kProgressIntervalUs);
+    const int interval_us = env_int("LOCKSTEP_PROGRESS_US", kProgressIntervalUs, 0);
     if (g_thread_level >= MPI_THREAD_MULTIPLE && interval_us > 0) {
       MPI_Comm probe = MPI_COMM_NULL;
       LS_MPI_CHECK_IN(MPI_Comm_dup(across, &probe), "allocate_reduction_buffer");
@@ -678,7 +668,7 @@ Tensor MpiCommunicator::allocate_reduction_buffer(int64_t numel, DType dtype, De
     }
     const Compression wire = dtype == DType::F32 ? options.compression : Compression::None;
     int in_flight = options.inter_node_in_flight > 0 ? options.inter_node_in_flight : kInterNodeInFlight;
-    if (const int e = env_count("LOCKSTEP_INTER_NODE_IN_FLIGHT")) in_flight = e;
+    if (const int e = env_int("LOCKSTEP_INTER_NODE_IN_FLIGHT", 0, 1)) in_flight = e;
     shared->set_inter_node(SharedReduction::InterNode{
         [ring, wire](const Buffer& share, ReduceOp op, const std::string& what) {
           return ring->ring_all_reduce(share, op, op == ReduceOp::Sum ? wire : Compression::None,
