@@ -28,6 +28,12 @@ mn_failed=0
 mn_bg_pids=()
 mn_skip() { echo "SKIPPED: $*"; exit 77; }
 mn_fail() { echo "FAIL: $*"; mn_failed=1; }
+# LOCKSTEP = the test's one argument, the trainer, made absolute (a path valid on every host).
+mn_lockstep_arg() {
+  [[ $# == 1 ]] || { echo "usage: $0 LOCKSTEP" >&2; exit 2; }
+  LOCKSTEP=$(readlink -f "$1")
+  [[ -x $LOCKSTEP ]] || { mn_fail "no lockstep binary at $1"; exit 1; }
+}
 mn_ok() { echo "ok: $*"; }
 mn_now() { date +%s.%N; }
 mn_since() { awk -v a="$1" -v b="$(mn_now)" 'BEGIN { printf "%.1f", b - a }'; }

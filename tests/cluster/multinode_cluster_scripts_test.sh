@@ -22,9 +22,7 @@ set -uo pipefail
 MN_TOOLS="munged munge unmunge slurmctld slurmd sbatch srun scontrol squeue sinfo scancel"
 source "$(dirname "$0")/multinode-lib.sh"
 mn_start "$@"
-[[ $# == 1 ]] || { echo "usage: $0 LOCKSTEP" >&2; exit 2; }
-LOCKSTEP=$(readlink -f "$1")
-[[ -x $LOCKSTEP ]] || { mn_fail "no lockstep binary at $1"; exit 1; }
+mn_lockstep_arg "$@"
 bind=""; [[ $mn_pin == 1 ]] || bind=" --bind-to none"
 TINY_EPOCHS=1 TINY_LIMIT=2048 mn_tiny_run "$LOCKSTEP" "$work/run.yaml"
 

@@ -22,9 +22,7 @@
 set -uo pipefail
 source "$(dirname "$0")/multinode-lib.sh"
 mn_start "$@"
-[[ $# == 1 ]] || { echo "usage: $0 LOCKSTEP" >&2; exit 2; }
-LOCKSTEP=$(readlink -f "$1")
-[[ -x $LOCKSTEP ]] || { mn_fail "no lockstep binary at $1"; exit 1; }
+mn_lockstep_arg "$@"
 MPI_TIMEOUT=30 WATCHDOG_S=5
 TINY_EPOCHS=16 TINY_LIMIT=2048 mn_tiny_run "$LOCKSTEP" "$work/run.yaml"
 mn_up 2

@@ -27,9 +27,7 @@
 set -uo pipefail
 source "$(dirname "$0")/multinode-lib.sh"
 mn_start "$@"
-[[ $# == 1 ]] || { echo "usage: $0 LOCKSTEP" >&2; exit 2; }
-LOCKSTEP=$(readlink -f "$1")
-[[ -x $LOCKSTEP ]] || { mn_fail "no lockstep binary at $1"; exit 1; }
+mn_lockstep_arg "$@"
 RTOL=1e-3
 TINY_EPOCHS=1 TINY_LIMIT=2048 mn_tiny_run "$LOCKSTEP" "$work/run.yaml"
 train=("$LOCKSTEP" train "$work/run.yaml" --threads 1)
