@@ -211,15 +211,29 @@ namespace {
 // -1: not read from the environment yet.
 std::atomic<int> g_conv_route{-1};
 }  // namespace
+namespace {
+constexpr std::pair<const char*, ConvRoute> kConvRoutes[] = {{"auto", ConvRoute::Auto},
+                                                             {"direct", ConvRoute::Direct},
+                                                             {"own", ConvRoute::Own},
+                                                             {"onednn", ConvRoute::OneDnn},
+                                                             {"winograd", ConvRoute::Winograd}};
+}  // namespace
+const char* conv_route_name(ConvRoute r) {
+  for (const auto& [name, route] : kConvRoutes)
+    if (route == r) return name;
+  return "?";
+}
+ConvRoute parse_conv_route(const std::string& name, const std::string& what) {
+  for (const auto& [n, route] : kConvRoutes)
+    if (name == n) return route;
+  throw UserError(what + " must be auto, direct, own, onednn or winograd, got '" + name + "'");
+}
 void set_conv_route(ConvRoute r) { g_conv_route.store(int(r), std::memory_order_relaxed); }
 ConvRoute conv_route() {
   int r = g_conv_route.load(std::memory_order_relaxed);
   if (r < 0) {
     const char* env = std::getenv("LOCKSTEP_CONV");
-    const std::string v = env ? env : "auto";
-    LS_REQUIRE(v == "auto" || v == "own" || v == "onednn", UserError,
-               "LOCKSTEP_CONV must be auto, own or onednn, got '", v, "'");
-    r = int(v == "own" ? ConvRoute::Own : v == "onednn" ? ConvRoute::OneDnn : ConvRoute::Auto);
+    r = int(parse_conv_route(env ? env : "auto", "LOCKSTEP_CONV"));
     g_conv_route.store(r, std::memory_order_relaxed);
   }
   return ConvRoute(r);

@@ -87,14 +87,21 @@ int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t dilation, bool
 // the CUDA kernels are direct and ignore the choice).
 enum class KernelPath { Auto, Reference };
 // The CPU kernels behind KernelPath::Auto for a float convolution (float64 always takes Own):
-//   Auto    per shape and op, the faster of the two as measured (README "Convolutions: which kernel runs");
-//   Own     lockstep's own: the pointwise product, im2col + products, depthwise loops (kernels/conv_cpu.cpp);
-//   OneDnn  oneDNN (kernels/conv_onednn.cpp) for every shape it takes, Own for the others.
+//   Auto     per shape and op, the fastest as measured: oneDNN's Winograd, oneDNN's direct kernels or our own
+//            (README "Convolutions: which kernel runs");
+//   Direct   as Auto without Winograd: oneDNN's direct kernels or our own, per shape and op;
+//   Own      lockstep's own: the pointwise product, im2col + products, depthwise loops (kernels/conv_cpu.cpp);
+//   OneDnn   oneDNN's direct kernels (kernels/conv_onednn.cpp) for every shape oneDNN takes, Own for the others;
+//   Winograd oneDNN's Winograd kernels for every shape they take, else as OneDnn.
 // Without oneDNN in the build (LOCKSTEP_WITH_ONEDNN) every route is Own. Process-wide; it starts as the
-// environment's LOCKSTEP_CONV (auto, own or onednn; auto when unset): an A/B switch for benchmarks and tests.
-enum class ConvRoute { Auto, Own, OneDnn };
+// environment's LOCKSTEP_CONV (auto, direct, own, onednn or winograd; auto when unset).
+enum class ConvRoute { Auto, Direct, Own, OneDnn, Winograd };
 void set_conv_route(ConvRoute r);
 ConvRoute conv_route();
+// "auto", "direct", "own", "onednn", "winograd", as LOCKSTEP_CONV spells them; parse_conv_route throws
+// UserError naming `what` and the five names for anything else.
+const char* conv_route_name(ConvRoute r);
+ConvRoute parse_conv_route(const std::string& name, const std::string& what);
 bool have_onednn();
 // y = conv(x, w), w [k_h, k_w, in_c/groups, out_c] (Keras's kernel layout). Assigned.
 void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y,

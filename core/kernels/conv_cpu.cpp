@@ -12,13 +12,15 @@
 //    of the columns (col2im); the kernel gradient is the columns transposed times dy, summed over blocks.
 //    A depthwise convolution (one input channel per group) has products too thin to pay: it runs direct
 //    loops, vectorised over channels.
-// A float convolution may instead go to oneDNN (kernels/conv_onednn.cpp): ops::conv_route() chooses, and its
-// Auto route follows onednn_wins() below, a rule measured per shape and op. float64 always runs these kernels.
+// A float convolution may instead go to oneDNN (kernels/conv_onednn.cpp), direct or Winograd: ops::conv_route()
+// chooses, and its Auto route follows winograd_wins() and onednn_wins() below, rules measured per shape and op.
+// float64 always runs these kernels.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -298,22 +300,41 @@ bool onednn_wins(const Window2d& g, ConvOp op) {
   return true;
 }
 
-// How the kernel reaches oneDNN on its route: in oneDNN's layout, reordered on every call (with the kernel in
-// Keras's layout as it is, `hwio`, oneDNN 2.6 falls back to its im2col + GEMM: 0.3-1.2x of ours, never the
-// fastest way).
-constexpr onednn::Weights kOneDnnWeights = onednn::Weights::Blocked;
+// The geometries oneDNN's Winograd kernels take: 3x3, stride 1, undilated, ungrouped.
+bool winograd_geometry(const Window2d& g) {
+  return g.k_h == 3 && g.k_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 && g.dil_w == 1 &&
+         g.groups == 1;
+}
 
-template <typename T> bool to_onednn(const Window2d& g, ConvOp op) {
+// Winograd behind ConvRoute::Auto, from the same benchmark (its `wino` way: oneDNN 2.6's F(4x4, 3x3) kernels,
+// the reorders of kernel and activations into their blocked layouts counted): against oneDNN's direct
+// kernels, 1.4-2.2x on every op of the 3x3 layers with 32 to 256 channels at batch 32 and 128 (the CNN's four,
+// ResNet-20's second and third stages) but one (1.1x); with 16 channels (ResNet-20's first stage) 0.8x
+// forward and input gradient, the kernel gradient 1.1x at batch 32 but 0.8x at 128; the 3-channel stem
+// 0.2-0.25x. (oneDNN 3.x has no Winograd kernels for x86 CPUs: there these shapes run on its direct kernels,
+// conv_onednn.cpp.)
+bool winograd_wins(const Window2d& g, ConvOp) { return winograd_geometry(g) && g.in_c >= 32 && g.out_c >= 32; }
+
+// How a float convolution runs: on oneDNN (which way), or on our own kernels (nullopt). The direct kernel goes
+// to oneDNN in its layout, reordered on every call (with the kernel in Keras's layout as it is, `hwio`,
+// oneDNN 2.6 falls back to its im2col + GEMM: 0.3-1.2x of ours, never the fastest way).
+template <typename T> std::optional<onednn::Way> onednn_way(const Window2d& g, ConvOp op) {
   if constexpr (!std::is_same_v<T, float>) {
-    return false;
+    return std::nullopt;
   } else {
-    if (!onednn::supports(g)) return false;
+    if (!onednn::supports(g)) return std::nullopt;
+    constexpr onednn::Way direct = onednn::Way::Blocked;
     switch (ops::conv_route()) {
-      case ops::ConvRoute::Own: return false;
-      case ops::ConvRoute::OneDnn: return true;
-      case ops::ConvRoute::Auto: break;
+      case ops::ConvRoute::Own: return std::nullopt;
+      case ops::ConvRoute::OneDnn: return direct;
+      case ops::ConvRoute::Winograd: return winograd_geometry(g) ? onednn::Way::Winograd : direct;
+      case ops::ConvRoute::Auto:
+        if (winograd_wins(g, op)) return onednn::Way::Winograd;
+        break;
+      case ops::ConvRoute::Direct: break;
     }
-    return onednn_wins(g, op);
+    if (onednn_wins(g, op)) return direct;
+    return std::nullopt;
   }
 }
 
@@ -323,7 +344,7 @@ template <typename T> bool to_onednn(const Window2d& g, ConvOp op) {
 template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Window2d& g, T* y, bool reference) {
   if (reference) return ref_forward(x, w, g, y);
   if constexpr (std::is_same_v<T, float>)
-    if (to_onednn<T>(g, ConvOp::Forward)) return onednn::conv2d_forward(x, w, g, y, kOneDnnWeights);
+    if (const auto way = onednn_way<T>(g, ConvOp::Forward)) return onednn::conv2d_forward(x, w, g, y, *way);
   if (depthwise(g)) return dw_forward(x, w, g, y);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -345,7 +366,7 @@ template <typename T>
 void conv2d_backward_data(Cpu, const T* dy, const T* w, const Window2d& g, T* dx, bool reference) {
   if (reference) return ref_backward_data(dy, w, g, dx);
   if constexpr (std::is_same_v<T, float>)
-    if (to_onednn<T>(g, ConvOp::BackwardData)) return onednn::conv2d_backward_data(dy, w, g, dx, kOneDnnWeights);
+    if (const auto way = onednn_way<T>(g, ConvOp::BackwardData)) return onednn::conv2d_backward_data(dy, w, g, dx, *way);
   if (depthwise(g)) return dw_backward_data(dy, w, g, dx);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -368,7 +389,7 @@ template <typename T>
 void conv2d_backward_filter(Cpu, const T* x, const T* dy, const Window2d& g, T* dw, bool reference) {
   if (reference) return ref_backward_filter(x, dy, g, dw);
   if constexpr (std::is_same_v<T, float>)
-    if (to_onednn<T>(g, ConvOp::BackwardFilter)) return onednn::conv2d_backward_filter(x, dy, g, dw, kOneDnnWeights);
+    if (const auto way = onednn_way<T>(g, ConvOp::BackwardFilter)) return onednn::conv2d_backward_filter(x, dy, g, dw, *way);
   if (depthwise(g)) return dw_backward_filter(x, dy, g, dw);
   // An empty batch: no block (nor a product of depth 0, which only scales dw by beta) would assign dw.
   if (g.batch == 0) return std::fill(dw, dw + g.k_h * g.k_w * (g.in_c / g.groups) * g.out_c, T(0));

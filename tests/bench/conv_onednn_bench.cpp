@@ -1,10 +1,12 @@
 // The convolutions of the convolutional networks' training step, timed per layer shape and op on one thread,
-// three ways (issue "convolutional networks": oneDNN or our own, chosen by measurement):
+// four ways (issue "convolutional networks": oneDNN or our own, chosen by measurement):
 //   own      lockstep's own kernels (core/kernels/conv_cpu.cpp with ops::ConvRoute::Own: the pointwise
 //            product, im2col over ~4 MiB sample blocks + kernels::gemm, col2im, depthwise loops);
 //   plain    oneDNN (core/kernels/conv_onednn.cpp) with the kernel in Keras's layout as it is (`hwio`);
 //   blocked  oneDNN with the kernel in the layout oneDNN picks (`any`), the reorder into it (forward, backward
 //            data) or out of it (backward filter) counted on every call, as a layer would pay it;
+//   wino     oneDNN's Winograd algorithm (3x3, stride 1, undilated, ungrouped layers only), the reorders of
+//            the kernel and of the activations into its blocked layouts and out of them counted on every call;
 // and `auto`, what ops::ConvRoute::Auto runs (the per-shape rule in conv_cpu.cpp), for the record.
 // Activations are NHWC in every way. The shapes are read from the run files (launch/configs/
 // fashion_mnist_cnn.yaml, cifar10_resnet20.yaml): each Conv2D layer at each batch, its forward, its kernel
@@ -173,8 +175,9 @@ std::vector<float> random_floats(int64_t n, uint64_t seed) {
 }
 
 const char* kOps[] = {"fwd", "bwd_data", "bwd_filter"};
-const char* kWays[] = {"own", "plain", "blocked", "auto"};
-constexpr int kNumWays = 4;
+const char* kWays[] = {"own", "plain", "blocked", "wino", "auto"};
+constexpr int kNumWays = 5;
+constexpr int kAuto = 4;
 
 }  // namespace
 
@@ -241,26 +244,29 @@ int main(int argc, char** argv) {
                                  dy = random_floats(ny, ++seed);
         std::vector<float> y(static_cast<size_t>(ny)), dx(static_cast<size_t>(nx)), dw(static_cast<size_t>(nw));
         const bool onednn = kernels::onednn::supports(g);
+        const bool wino = onednn && g.k_h == 3 && g.k_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
+                          g.dil_w == 1 && g.groups == 1;
+        const kernels::onednn::Way dnn_way[] = {kernels::onednn::Way::Blocked, kernels::onednn::Way::Plain,
+                                                kernels::onednn::Way::Blocked, kernels::onednn::Way::Winograd};
         for (int op = 0; op < 3; ++op) {
           if (op == 1 && !s.dx) continue;
           auto call = [&](int way) {
-            const kernels::onednn::Weights wl =
-                way == 1 ? kernels::onednn::Weights::Plain : kernels::onednn::Weights::Blocked;
-            if (way == 0 || way == 3) {
+            if (way == 0 || way == kAuto) {
               ops::set_conv_route(way == 0 ? ops::ConvRoute::Own : route_auto);
               if (op == 0) kernels::conv2d_forward(kernels::Cpu{}, x.data(), w.data(), g, y.data(), false);
               else if (op == 1) kernels::conv2d_backward_data(kernels::Cpu{}, dy.data(), w.data(), g, dx.data(), false);
               else kernels::conv2d_backward_filter(kernels::Cpu{}, x.data(), dy.data(), g, dw.data(), false);
             } else if (op == 0) {
-              kernels::onednn::conv2d_forward(x.data(), w.data(), g, y.data(), wl);
+              kernels::onednn::conv2d_forward(x.data(), w.data(), g, y.data(), dnn_way[way]);
             } else if (op == 1) {
-              kernels::onednn::conv2d_backward_data(dy.data(), w.data(), g, dx.data(), wl);
+              kernels::onednn::conv2d_backward_data(dy.data(), w.data(), g, dx.data(), dnn_way[way]);
             } else {
-              kernels::onednn::conv2d_backward_filter(x.data(), dy.data(), g, dw.data(), wl);
+              kernels::onednn::conv2d_backward_filter(x.data(), dy.data(), g, dw.data(), dnn_way[way]);
             }
           };
-          std::vector<int> ways{0, 3};
-          if (onednn) ways = {0, 1, 2, 3};
+          std::vector<int> ways{0, kAuto};
+          if (onednn) ways = {0, 1, 2, kAuto};
+          if (wino) ways = {0, 1, 2, 3, kAuto};
           std::vector<double> cpu[kNumWays], wall[kNumWays];
           for (int wy : ways) call(wy), call(wy);  // warm-up: primitives, libxsmm's JIT, scratch buffers
           for (int r = 0; r < reps; ++r)
@@ -275,38 +281,43 @@ int main(int argc, char** argv) {
             }
           ops::set_conv_route(route_auto);
           double us[kNumWays];
-          for (int wy = 0; wy < kNumWays; ++wy) us[wy] = median(cpu[wy]);
+          for (int wy = 0; wy < kNumWays; ++wy) us[wy] = median(cpu[wy]);  // NaN for a way not timed
           const double flop = 2.0 * double(ny) * double(g.k_h * g.k_w * (g.in_c / g.groups));
-          const double best_dnn = onednn ? std::min(us[1], us[2]) : NAN;
-          const char* faster = !onednn ? "own" : us[0] <= best_dnn ? "own" : us[1] <= us[2] ? "plain" : "blocked";
+          int fastest = 0;
+          for (int wy : ways)
+            if (wy != kAuto && us[wy] < us[fastest]) fastest = wy;
           const char* opn = kOps[op];
+          auto impl = [&](int wy) {
+            return wy == 3 && !wino ? "-" : onednn ? kernels::onednn::implementation(opn, g, dnn_way[wy]) : "-";
+          };
           std::printf("model=%s batch=%lld layers=%s count=%d op=%s geom=%s own_us=%.1f plain_us=%.1f blocked_us=%.1f "
-                      "auto_us=%.1f own_wall_us=%.1f plain_wall_us=%.1f blocked_wall_us=%.1f own_gflops=%.1f "
-                      "plain_gflops=%.1f blocked_gflops=%.1f own_over_plain=%.3f own_over_blocked=%.3f faster=%s "
-                      "plain_impl=%s blocked_impl=%s\n",
+                      "wino_us=%.1f auto_us=%.1f own_wall_us=%.1f plain_wall_us=%.1f blocked_wall_us=%.1f "
+                      "wino_wall_us=%.1f own_gflops=%.1f plain_gflops=%.1f blocked_gflops=%.1f wino_gflops=%.1f "
+                      "own_over_plain=%.3f own_over_blocked=%.3f blocked_over_wino=%.3f faster=%s plain_impl=%s "
+                      "blocked_impl=%s wino_impl=%s\n",
                       name.c_str(), (long long)B, s.layers.c_str(), s.count, opn, geom_str(g).c_str(), us[0], us[1],
-                      us[2], us[3], median(wall[0]), median(wall[1]), median(wall[2]), flop / us[0] * 1e-3,
-                      flop / us[1] * 1e-3, flop / us[2] * 1e-3, us[0] / us[1], us[0] / us[2], faster,
-                      onednn ? kernels::onednn::implementation(opn, g, kernels::onednn::Weights::Plain) : "-",
-                      onednn ? kernels::onednn::implementation(opn, g, kernels::onednn::Weights::Blocked) : "-");
+                      us[2], us[3], us[kAuto], median(wall[0]), median(wall[1]), median(wall[2]), median(wall[3]),
+                      flop / us[0] * 1e-3, flop / us[1] * 1e-3, flop / us[2] * 1e-3, flop / us[3] * 1e-3,
+                      us[0] / us[1], us[0] / us[2], us[2] / us[3], kWays[fastest], impl(1), impl(2), impl(3));
           std::fflush(stdout);
           auto& t = total[opn];
-          for (int wy = 0; wy < kNumWays; ++wy) t[size_t(wy)] += (std::isnan(us[wy]) ? us[0] : us[wy]) * s.count;
-          t[kNumWays] += std::min(us[0], onednn ? best_dnn : us[0]) * s.count;
+          // A way not timed counts as what would run instead: oneDNN's direct kernels for Winograd.
+          for (int wy = 0; wy < kNumWays; ++wy) t[size_t(wy)] += (std::isnan(us[wy]) ? us[wy == 3 ? 2 : 0] : us[wy]) * s.count;
+          t[kNumWays] += us[fastest] * s.count;
         }
       }
       std::array<double, kNumWays + 1> all{};
       for (auto& [op, t] : total) {
-        std::printf("total model=%s batch=%lld op=%s own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f auto_ms=%.2f "
-                    "best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f\n",
+        std::printf("total model=%s batch=%lld op=%s own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f wino_ms=%.2f "
+                    "auto_ms=%.2f best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f\n",
                     name.c_str(), (long long)B, op.c_str(), t[0] * 1e-3, t[1] * 1e-3, t[2] * 1e-3, t[3] * 1e-3,
-                    t[4] * 1e-3, t[0] / t[1], t[0] / t[3]);
+                    t[kAuto] * 1e-3, t[kNumWays] * 1e-3, t[0] / t[1], t[0] / t[kAuto]);
         for (size_t i = 0; i < all.size(); ++i) all[i] += t[i];
       }
-      std::printf("total model=%s batch=%lld op=all own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f auto_ms=%.2f best_ms=%.2f "
-                  "own_over_plain=%.3f own_over_auto=%.3f\n",
+      std::printf("total model=%s batch=%lld op=all own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f wino_ms=%.2f auto_ms=%.2f "
+                  "best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f\n",
                   name.c_str(), (long long)B, all[0] * 1e-3, all[1] * 1e-3, all[2] * 1e-3, all[3] * 1e-3,
-                  all[4] * 1e-3, all[0] / all[1], all[0] / all[3]);
+                  all[kAuto] * 1e-3, all[kNumWays] * 1e-3, all[0] / all[1], all[0] / all[kAuto]);
       std::fflush(stdout);
     }
   }

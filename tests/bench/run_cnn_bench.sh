@@ -27,7 +27,8 @@
 # networks' product shapes; build it with --target conv_gemm_bench), KEEP=DIR keeps the raw key=value rows
 # (REPORT_ONLY=1 with KEEP=DIR prints the tables of the rows kept there again, running nothing),
 # PYTHON / LOCKSTEP_NO_PEER as in peer_python.sh, CONV_ROUTES="own auto" times lockstep's step once per
-# convolution route (ops::ConvRoute: own = lockstep's kernels, onednn, auto = the per-shape rule) in one
+# convolution route (ops::ConvRoute: own = lockstep's kernels, onednn = oneDNN's direct kernels, winograd = oneDNN's Winograd, direct =
+# the per-shape rule without Winograd, auto = the per-shape rule) in one
 # process, windows interleaved (train_step_bench --conv-routes), each against the same PyTorch process: a
 # before/after of the oneDNN route in one run (the 2-rank runs take the default route). Unset: the
 # process's route (LOCKSTEP_CONV, else auto).
@@ -115,7 +116,8 @@ peak = [dict(re.findall(r"(\w+)=([^\s]+)", l), kind=l.split()[0]) for l in open(
 measured = max([float(r["gflops"]) for r in peak if "gflops" in r and r.get("threads") == "1"], default=None)
 fma = max(measured or 0.0, float(peak_env)) or None
 sel = lambda rows, m, b: [r for r in rows if r.get("model") == m and r.get("batch") == b]
-routes = sorted({r.get("conv", "-") for r in ls}, key=lambda c: {"own": 0, "onednn": 1, "auto": 2}.get(c, 3)) or ["-"]
+routes = sorted({r.get("conv", "-") for r in ls},
+                key=lambda c: {"own": 0, "onednn": 1, "direct": 2, "winograd": 3, "auto": 4}.get(c, 5)) or ["-"]
 by_route = lambda rows, c: [r for r in rows if r.get("conv", "-") == c]
 med = lambda v: statistics.median(v) if v else None
 f = lambda x: f"{x:,.0f}" if x else "-"
@@ -179,7 +181,12 @@ if len(routes) > 1:
     print("|---|---|" + "---|" * (len(routes) - 1))
     for m in models:
         for b in batches:
-            cells = [med([float(r["vs_first"]) for r in by_route(sel(ls, m, b), c) if "vs_first" in r]) for c in routes[1:]]
+            # vs_first is each window's rate over the process's first route's (CONV_ROUTES order): per round,
+            # the ratio of route c's to routes[0]'s, then the median over rounds.
+            rows = sel(ls, m, b)
+            base = {r["round"]: float(r["vs_first"]) for r in by_route(rows, routes[0]) if "vs_first" in r}
+            cells = [med([float(r["vs_first"]) / base[r["round"]] for r in by_route(rows, c)
+                          if "vs_first" in r and r["round"] in base]) for c in routes[1:]]
             print(f"| {m} | {b} | " + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
 if dist:
     print()

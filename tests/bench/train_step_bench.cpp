@@ -34,7 +34,7 @@
 // all of them alike, and each row's vs_first is the median over windows of its rate / the first model's
 // rate in the same round.
 //
-// --conv-routes own,auto (ops::ConvRoute: own, onednn, auto) builds each model once per route and interleaves
+// --conv-routes own,auto (ops::ConvRoute: auto, direct, own, onednn, winograd) builds each model once per route and interleaves
 // their windows the same way, setting the route before each of its steps: an A/B of the convolution kernels
 // (LOCKSTEP_CONV sets the route of a process without it). Every row says its route (conv=).
 //
@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/error.h"
 #include "core/losses.h"
 #include "core/model.h"
 #include "comm/communicator.h"
@@ -339,16 +340,12 @@ int main(int argc, char** argv) {
     }
     return out;
   };
-  auto route_name = [](ops::ConvRoute r) {
-    return r == ops::ConvRoute::Own ? "own" : r == ops::ConvRoute::OneDnn ? "onednn" : "auto";
-  };
   std::vector<ops::ConvRoute> route_list;
-  for (const std::string& r : split(routes)) {
-    if (r != "own" && r != "onednn" && r != "auto") {
-      std::fprintf(stderr, "--conv-routes: own, onednn or auto, got %s\n", r.c_str());
-      return 2;
-    }
-    route_list.push_back(r == "own" ? ops::ConvRoute::Own : r == "onednn" ? ops::ConvRoute::OneDnn : ops::ConvRoute::Auto);
+  try {
+    for (const std::string& r : split(routes)) route_list.push_back(ops::parse_conv_route(r, "--conv-routes"));
+  } catch (const UserError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
   }
   if (route_list.empty()) route_list.push_back(ops::conv_route());
   std::vector<std::unique_ptr<Bench>> benches;
@@ -403,7 +400,7 @@ int main(int argc, char** argv) {
                   "samples_per_sec=%.0f min=%.0f "
                   "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld "
                   "fwd_flops_per_sample=%.0f train_flops_per_sample=%.0f gflops=%.2f",
-                  b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", route_name(b.route),
+                  b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", ops::conv_route_name(b.route),
                   ops::have_onednn() ? "yes" : "no", b.global_batch, world,
                   threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
                   *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
@@ -417,7 +414,7 @@ int main(int argc, char** argv) {
       for (size_t r = 0; r < b.cpu_rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.cpu_rates[r]);
       if (benches.size() > 1)
         std::printf(" first=%s_%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
-                    route_name(benches[0]->route), median(ratio_to_first[bi]));
+                    ops::conv_route_name(benches[0]->route), median(ratio_to_first[bi]));
       std::printf("\n");
     }
   return 0;
