@@ -87,14 +87,16 @@ int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t dilation, bool
 // the CUDA kernels are direct and ignore the choice).
 enum class KernelPath { Auto, Reference };
 // The CPU kernels behind KernelPath::Auto for a float convolution (float64 always takes Own):
-//   Auto     per shape and op, the fastest as measured: oneDNN's Winograd, oneDNN's direct kernels or our own
-//            (README "Convolutions: which kernel runs");
-//   Direct   as Auto without Winograd: oneDNN's direct kernels or our own, per shape and op;
-//   Own      lockstep's own: the pointwise product, im2col + products, depthwise loops (kernels/conv_cpu.cpp);
+//   Auto     per shape and op, the fastest as measured: our Winograd kernels, oneDNN's direct kernels or our
+//            own direct ones (README "Convolutions: which kernel runs");
+//   Direct   as Auto without Winograd: oneDNN's direct kernels or ours, per shape and op;
+//   Own      lockstep's own direct kernels: the pointwise product, im2col + products, depthwise loops
+//            (kernels/conv_cpu.cpp);
 //   OneDnn   oneDNN's direct kernels (kernels/conv_onednn.cpp) for every shape oneDNN takes, Own for the others;
-//   Winograd oneDNN's Winograd kernels for every shape they take, else as OneDnn.
-// Without oneDNN in the build (LOCKSTEP_WITH_ONEDNN) every route is Own. Process-wide; it starts as the
-// environment's LOCKSTEP_CONV (auto, direct, own, onednn or winograd; auto when unset).
+//   Winograd our Winograd kernels (kernels/winograd_cpu.cpp) for every shape they take, Auto for the others.
+// Without oneDNN in the build (LOCKSTEP_WITH_ONEDNN) OneDnn is Own, and Auto and Direct choose between ours.
+// Process-wide; it starts as the environment's LOCKSTEP_CONV (auto, direct, own, onednn or winograd; auto when
+// unset).
 enum class ConvRoute { Auto, Direct, Own, OneDnn, Winograd };
 void set_conv_route(ConvRoute r);
 ConvRoute conv_route();

@@ -12,20 +12,20 @@
 //    of the columns (col2im); the kernel gradient is the columns transposed times dy, summed over blocks.
 //    A depthwise convolution (one input channel per group) has products too thin to pay: it runs direct
 //    loops, vectorised over channels.
-// A float convolution may instead go to oneDNN (kernels/conv_onednn.cpp), direct or Winograd: ops::conv_route()
-// chooses, and its Auto route follows winograd_wins() and onednn_wins() below, rules measured per shape and op.
-// float64 always runs these kernels.
+// A float convolution may instead run our Winograd kernels (kernels/winograd_cpu.cpp) or oneDNN's direct ones
+// (kernels/conv_onednn.cpp): ops::conv_route() chooses, and its Auto route follows winograd_wins() and
+// onednn_wins() below, rules measured per shape and op. float64 always runs the kernels of this file.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
+#include "core/kernels/winograd_cpu.h"
 
 namespace lockstep::kernels {
 
@@ -300,43 +300,39 @@ bool onednn_wins(const Window2d& g, ConvOp op) {
   return true;
 }
 
-// The geometries oneDNN's Winograd kernels take: 3x3, stride 1, undilated, ungrouped.
-bool winograd_geometry(const Window2d& g) {
-  return g.k_h == 3 && g.k_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 && g.dil_w == 1 &&
-         g.groups == 1;
+// Our Winograd (kernels/winograd_cpu.cpp) behind ConvRoute::Auto, from the same benchmark (its `ownwino` way)
+// on one Zen 4 core: on every op of the networks' 3x3 stride-1 layers with 32 to 256 channels at batch 32 and
+// 128, 1.46-2.82x oneDNN's direct kernels (and 1.01-1.54x oneDNN 2.6's own Winograd, which oneDNN 3.x does
+// not have for x86 CPUs); with 16 channels (ResNet-20's first stage) 1.5-1.6x at batch 32, level (0.96-1.02x)
+// at 128; the 3-channel stem 0.24-0.28x. The input gradient's products run over the output channels: with
+// 3 or 8 input channels and 16 or 32 output channels it runs 1.5-2.1x our im2col + col2im (which the rule
+// below takes there, oneDNN's direct kernel being slower still), the other two ops 0.25-0.9x.
+bool winograd_wins(const Window2d& g, ConvOp op) {
+  if (!winograd::supports(g)) return false;
+  if (g.in_c >= 16 && g.out_c >= 16) return true;
+  return op == ConvOp::BackwardData && g.out_c >= 16;
 }
 
-// Winograd behind ConvRoute::Auto, from the same benchmark (its `wino` way: oneDNN 2.6's F(4x4, 3x3) kernels,
-// the reorders of kernel and activations into their blocked layouts counted): against oneDNN's direct
-// kernels, 1.4-2.2x on every op of the 3x3 layers with 32 to 256 channels at batch 32 and 128 (the CNN's four,
-// ResNet-20's second and third stages) but one (1.1x); with 16 channels (ResNet-20's first stage) 0.8x
-// forward and input gradient, the kernel gradient 1.1x at batch 32 but 0.8x at 128; the 3-channel stem
-// 0.2-0.25x. (oneDNN 3.x has no Winograd kernels for x86 CPUs: there these shapes run on its direct kernels,
-// conv_onednn.cpp.)
-bool winograd_wins(const Window2d& g, ConvOp) { return winograd_geometry(g) && g.in_c >= 32 && g.out_c >= 32; }
-
-// How a float convolution runs: on oneDNN (which way), or on our own kernels (nullopt). The direct kernel goes
-// to oneDNN in its layout, reordered on every call (with the kernel in Keras's layout as it is, `hwio`,
-// oneDNN 2.6 falls back to its im2col + GEMM: 0.3-1.2x of ours, never the fastest way).
-template <typename T> std::optional<onednn::Way> onednn_way(const Window2d& g, ConvOp op) {
+// How a float convolution runs.
+enum class Way { Own, Winograd, OneDnn };
+template <typename T> Way way_of(const Window2d& g, ConvOp op) {
   if constexpr (!std::is_same_v<T, float>) {
-    return std::nullopt;
+    return Way::Own;
   } else {
-    if (!onednn::supports(g)) return std::nullopt;
-    constexpr onednn::Way direct = onednn::Way::Blocked;
-    switch (ops::conv_route()) {
-      case ops::ConvRoute::Own: return std::nullopt;
-      case ops::ConvRoute::OneDnn: return direct;
-      case ops::ConvRoute::Winograd: return winograd_geometry(g) ? onednn::Way::Winograd : direct;
-      case ops::ConvRoute::Auto:
-        if (winograd_wins(g, op)) return onednn::Way::Winograd;
-        break;
-      case ops::ConvRoute::Direct: break;
-    }
-    if (onednn_wins(g, op)) return direct;
-    return std::nullopt;
+    const ops::ConvRoute route = ops::conv_route();
+    if (route == ops::ConvRoute::Own) return Way::Own;
+    if (route == ops::ConvRoute::Winograd && winograd::supports(g)) return Way::Winograd;
+    if (route == ops::ConvRoute::Auto && winograd_wins(g, op)) return Way::Winograd;
+    if (!onednn::supports(g)) return Way::Own;
+    if (route == ops::ConvRoute::OneDnn) return Way::OneDnn;
+    return onednn_wins(g, op) ? Way::OneDnn : Way::Own;
   }
 }
+
+// oneDNN's direct kernels get the kernel in their own layout, reordered on every call (with the kernel in
+// Keras's layout as it is, `hwio`, oneDNN 2.6 falls back to its im2col + GEMM: 0.3-1.2x of ours, never the
+// fastest way).
+constexpr onednn::Way kOneDnnWay = onednn::Way::Blocked;
 
 }  // namespace
 
@@ -344,7 +340,11 @@ template <typename T> std::optional<onednn::Way> onednn_way(const Window2d& g, C
 template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Window2d& g, T* y, bool reference) {
   if (reference) return ref_forward(x, w, g, y);
   if constexpr (std::is_same_v<T, float>)
-    if (const auto way = onednn_way<T>(g, ConvOp::Forward)) return onednn::conv2d_forward(x, w, g, y, *way);
+    switch (way_of<T>(g, ConvOp::Forward)) {
+      case Way::Winograd: return winograd::forward(x, w, g, y);
+      case Way::OneDnn: return onednn::conv2d_forward(x, w, g, y, kOneDnnWay);
+      case Way::Own: break;
+    }
   if (depthwise(g)) return dw_forward(x, w, g, y);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -366,7 +366,11 @@ template <typename T>
 void conv2d_backward_data(Cpu, const T* dy, const T* w, const Window2d& g, T* dx, bool reference) {
   if (reference) return ref_backward_data(dy, w, g, dx);
   if constexpr (std::is_same_v<T, float>)
-    if (const auto way = onednn_way<T>(g, ConvOp::BackwardData)) return onednn::conv2d_backward_data(dy, w, g, dx, *way);
+    switch (way_of<T>(g, ConvOp::BackwardData)) {
+      case Way::Winograd: return winograd::backward_data(dy, w, g, dx);
+      case Way::OneDnn: return onednn::conv2d_backward_data(dy, w, g, dx, kOneDnnWay);
+      case Way::Own: break;
+    }
   if (depthwise(g)) return dw_backward_data(dy, w, g, dx);
   const int64_t pixels = g.out_h * g.out_w;
   if (pointwise(g))
@@ -389,7 +393,11 @@ template <typename T>
 void conv2d_backward_filter(Cpu, const T* x, const T* dy, const Window2d& g, T* dw, bool reference) {
   if (reference) return ref_backward_filter(x, dy, g, dw);
   if constexpr (std::is_same_v<T, float>)
-    if (const auto way = onednn_way<T>(g, ConvOp::BackwardFilter)) return onednn::conv2d_backward_filter(x, dy, g, dw, *way);
+    switch (way_of<T>(g, ConvOp::BackwardFilter)) {
+      case Way::Winograd: return winograd::backward_filter(x, dy, g, dw);
+      case Way::OneDnn: return onednn::conv2d_backward_filter(x, dy, g, dw, kOneDnnWay);
+      case Way::Own: break;
+    }
   if (depthwise(g)) return dw_backward_filter(x, dy, g, dw);
   // An empty batch: no block (nor a product of depth 0, which only scales dw by beta) would assign dw.
   if (g.batch == 0) return std::fill(dw, dw + g.k_h * g.k_w * (g.in_c / g.groups) * g.out_c, T(0));

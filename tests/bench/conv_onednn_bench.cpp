@@ -1,5 +1,5 @@
 // The convolutions of the convolutional networks' training step, timed per layer shape and op on one thread,
-// four ways (issue "convolutional networks": oneDNN or our own, chosen by measurement):
+// five ways (issue "convolutional networks": oneDNN or our own, chosen by measurement):
 //   own      lockstep's own kernels (core/kernels/conv_cpu.cpp with ops::ConvRoute::Own: the pointwise
 //            product, im2col over ~4 MiB sample blocks + kernels::gemm, col2im, depthwise loops);
 //   plain    oneDNN (core/kernels/conv_onednn.cpp) with the kernel in Keras's layout as it is (`hwio`);
@@ -7,6 +7,9 @@
 //            data) or out of it (backward filter) counted on every call, as a layer would pay it;
 //   wino     oneDNN's Winograd algorithm (3x3, stride 1, undilated, ungrouped layers only), the reorders of
 //            the kernel and of the activations into its blocked layouts and out of them counted on every call;
+//   ownwino  lockstep's own Winograd kernels (core/kernels/winograd_cpu.cpp: F(4x4, 3x3), F(2x2, 3x3) or direct
+//            loops by the terms per output; ownwino_algo says which), on the geometries they take (3x3, stride
+//            1, undilated, ungrouped);
 // and `auto`, what ops::ConvRoute::Auto runs (the per-shape rule in conv_cpu.cpp), for the record.
 // Activations are NHWC in every way. The shapes are read from the run files (launch/configs/
 // fashion_mnist_cnn.yaml, cifar10_resnet20.yaml): each Conv2D layer at each batch, its forward, its kernel
@@ -37,6 +40,7 @@
 #include "tests/bench/bench_clock.h"
 #include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
+#include "core/kernels/winograd_cpu.h"
 #include "core/layers.h"
 #include "core/model.h"
 #include "core/ops.h"
@@ -175,9 +179,10 @@ std::vector<float> random_floats(int64_t n, uint64_t seed) {
 }
 
 const char* kOps[] = {"fwd", "bwd_data", "bwd_filter"};
-const char* kWays[] = {"own", "plain", "blocked", "wino", "auto"};
-constexpr int kNumWays = 5;
+const char* kWays[] = {"own", "plain", "blocked", "wino", "auto", "ownwino"};
+constexpr int kNumWays = 6;
 constexpr int kAuto = 4;
+constexpr int kOwnWino = 5;
 
 }  // namespace
 
@@ -246,12 +251,17 @@ int main(int argc, char** argv) {
         const bool onednn = kernels::onednn::supports(g);
         const bool wino = onednn && g.k_h == 3 && g.k_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
                           g.dil_w == 1 && g.groups == 1;
+        const bool ownwino = kernels::winograd::supports(g);
         const kernels::onednn::Way dnn_way[] = {kernels::onednn::Way::Blocked, kernels::onednn::Way::Plain,
                                                 kernels::onednn::Way::Blocked, kernels::onednn::Way::Winograd};
         for (int op = 0; op < 3; ++op) {
           if (op == 1 && !s.dx) continue;
           auto call = [&](int way) {
-            if (way == 0 || way == kAuto) {
+            if (way == kOwnWino) {
+              if (op == 0) kernels::winograd::forward(x.data(), w.data(), g, y.data());
+              else if (op == 1) kernels::winograd::backward_data(dy.data(), w.data(), g, dx.data());
+              else kernels::winograd::backward_filter(x.data(), dy.data(), g, dw.data());
+            } else if (way == 0 || way == kAuto) {
               ops::set_conv_route(way == 0 ? ops::ConvRoute::Own : route_auto);
               if (op == 0) kernels::conv2d_forward(kernels::Cpu{}, x.data(), w.data(), g, y.data(), false);
               else if (op == 1) kernels::conv2d_backward_data(kernels::Cpu{}, dy.data(), w.data(), g, dx.data(), false);
@@ -264,9 +274,11 @@ int main(int argc, char** argv) {
               kernels::onednn::conv2d_backward_filter(x.data(), dy.data(), g, dw.data(), dnn_way[way]);
             }
           };
-          std::vector<int> ways{0, kAuto};
-          if (onednn) ways = {0, 1, 2, kAuto};
-          if (wino) ways = {0, 1, 2, 3, kAuto};
+          std::vector<int> ways{0};  // own, plain, blocked, wino, auto, ownwino: those this geometry has
+          if (onednn) ways.push_back(1), ways.push_back(2);
+          if (wino) ways.push_back(3);
+          ways.push_back(kAuto);
+          if (ownwino) ways.push_back(kOwnWino);
           std::vector<double> cpu[kNumWays], wall[kNumWays];
           for (int wy : ways) call(wy), call(wy);  // warm-up: primitives, libxsmm's JIT, scratch buffers
           for (int r = 0; r < reps; ++r)
@@ -294,30 +306,34 @@ int main(int argc, char** argv) {
                       "wino_us=%.1f auto_us=%.1f own_wall_us=%.1f plain_wall_us=%.1f blocked_wall_us=%.1f "
                       "wino_wall_us=%.1f own_gflops=%.1f plain_gflops=%.1f blocked_gflops=%.1f wino_gflops=%.1f "
                       "own_over_plain=%.3f own_over_blocked=%.3f blocked_over_wino=%.3f faster=%s plain_impl=%s "
-                      "blocked_impl=%s wino_impl=%s\n",
+                      "blocked_impl=%s wino_impl=%s ownwino_us=%.1f ownwino_wall_us=%.1f ownwino_gflops=%.1f "
+                      "blocked_over_ownwino=%.3f wino_over_ownwino=%.3f ownwino_algo=%s\n",
                       name.c_str(), (long long)B, s.layers.c_str(), s.count, opn, geom_str(g).c_str(), us[0], us[1],
                       us[2], us[3], us[kAuto], median(wall[0]), median(wall[1]), median(wall[2]), median(wall[3]),
                       flop / us[0] * 1e-3, flop / us[1] * 1e-3, flop / us[2] * 1e-3, flop / us[3] * 1e-3,
-                      us[0] / us[1], us[0] / us[2], us[2] / us[3], kWays[fastest], impl(1), impl(2), impl(3));
+                      us[0] / us[1], us[0] / us[2], us[2] / us[3], kWays[fastest], impl(1), impl(2), impl(3),
+                      us[kOwnWino], median(wall[kOwnWino]), flop / us[kOwnWino] * 1e-3, us[2] / us[kOwnWino],
+                      us[3] / us[kOwnWino], ownwino ? kernels::winograd::algorithm(g, opn) : "-");
           std::fflush(stdout);
           auto& t = total[opn];
-          // A way not timed counts as what would run instead: oneDNN's direct kernels for Winograd.
-          for (int wy = 0; wy < kNumWays; ++wy) t[size_t(wy)] += (std::isnan(us[wy]) ? us[wy == 3 ? 2 : 0] : us[wy]) * s.count;
+          // A way not timed counts as what would run instead: oneDNN's direct kernels for either Winograd.
+          for (int wy = 0; wy < kNumWays; ++wy)
+            t[size_t(wy)] += (std::isnan(us[wy]) ? us[wy == 3 || wy == kOwnWino ? 2 : 0] : us[wy]) * s.count;
           t[kNumWays] += us[fastest] * s.count;
         }
       }
       std::array<double, kNumWays + 1> all{};
       for (auto& [op, t] : total) {
         std::printf("total model=%s batch=%lld op=%s own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f wino_ms=%.2f "
-                    "auto_ms=%.2f best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f\n",
+                    "auto_ms=%.2f best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f ownwino_ms=%.2f\n",
                     name.c_str(), (long long)B, op.c_str(), t[0] * 1e-3, t[1] * 1e-3, t[2] * 1e-3, t[3] * 1e-3,
-                    t[kAuto] * 1e-3, t[kNumWays] * 1e-3, t[0] / t[1], t[0] / t[kAuto]);
+                    t[kAuto] * 1e-3, t[kNumWays] * 1e-3, t[0] / t[1], t[0] / t[kAuto], t[kOwnWino] * 1e-3);
         for (size_t i = 0; i < all.size(); ++i) all[i] += t[i];
       }
       std::printf("total model=%s batch=%lld op=all own_ms=%.2f plain_ms=%.2f blocked_ms=%.2f wino_ms=%.2f auto_ms=%.2f "
-                  "best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f\n",
+                  "best_ms=%.2f own_over_plain=%.3f own_over_auto=%.3f ownwino_ms=%.2f\n",
                   name.c_str(), (long long)B, all[0] * 1e-3, all[1] * 1e-3, all[2] * 1e-3, all[3] * 1e-3,
-                  all[kAuto] * 1e-3, all[kNumWays] * 1e-3, all[0] / all[1], all[0] / all[kAuto]);
+                  all[kAuto] * 1e-3, all[kNumWays] * 1e-3, all[0] / all[1], all[0] / all[kAuto], all[kOwnWino] * 1e-3);
       std::fflush(stdout);
     }
   }

@@ -38,7 +38,8 @@ const char* route_name(ConvRoute r) { return r == ConvRoute::Auto ? "rule" : ops
 // its choices is one of Own and OneDnn, tested as those).
 std::vector<ConvRoute> conv_routes() {
   std::vector<ConvRoute> v{ConvRoute::Own};
-  if (ops::have_onednn()) v.push_back(ConvRoute::OneDnn), v.push_back(ConvRoute::Winograd);
+  if (ops::have_onednn()) v.push_back(ConvRoute::OneDnn);
+  v.push_back(ConvRoute::Winograd);
   v.push_back(ConvRoute::Auto);
   return v;
 }
@@ -540,9 +541,9 @@ void expect_fast_matches_reference(const ConvSpec& s, DType dt, uint64_t seed, C
   }
 }
 
-// Winograd: oneDNN 2.x has F(4x4, 3x3) kernels for AVX-512 (every CPU this project measures on, Zen 4 and 5),
-// and the Winograd route must reach them there; a geometry they refuse (here 3x3 stride 2, which the route
-// never sends, asked for directly) runs on the direct kernels instead, with the same results.
+// oneDNN's Winograd way (conv_onednn.h; the benchmarks compare ours with it): oneDNN 2.x has F(4x4, 3x3)
+// kernels for AVX-512 (every CPU this project measures on, Zen 4 and 5), and the way must reach them there; a
+// geometry they refuse (here 3x3 stride 2) runs on the direct kernels instead, with the same results.
 TEST(ConvOneDnn, WinogradWhereOneDnnHasItDirectOtherwise) {
   if (!ops::have_onednn()) GTEST_SKIP() << "this build has no oneDNN (LOCKSTEP_WITH_ONEDNN)";
   const Window2d wino = conv_geometry({4, 14, 14, 64, 128, 3, 3, 1, 1, 1, 1, true, 1});
