@@ -32,6 +32,7 @@
 
 #include "core/config.h"
 #include "tests/bench/bench_clock.h"
+#include "tests/bench/bench_util.h"
 #include "core/kernels/cpu.h"
 #include "core/model.h"
 #include "core/ops.h"
@@ -85,20 +86,10 @@ bool xsmm_direct(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float*
 std::vector<Shape3> step_products(const Model& m, int64_t B) {
   std::vector<Shape3> out;
   const auto& calls = m.calls();
-  const int n_in = m.num_inputs();
-  std::vector<char> upstream(size_t(n_in) + calls.size(), 0);
-  for (size_t k = 0; k < calls.size(); ++k) {
-    const Layer& l = *m.layers()[size_t(calls[k].layer)];
-    char up = 0;
-    if (l.trainable())
-      for (const Weight& w : l.weights()) up |= w.trainable;
-    for (int v : calls[k].inputs) up |= upstream[size_t(v)];
-    upstream[size_t(n_in) + k] = up;
-  }
+  const std::vector<char> computes_dx = bench::computes_input_gradient(m);
   for (size_t c = 0; c < calls.size(); ++c) {
     const Layer& l = *m.layers()[size_t(calls[c].layer)];
-    bool dx = false;
-    for (int v : calls[c].inputs) dx |= upstream[size_t(v)] != 0;
+    const bool dx = computes_dx[c] != 0;
     if (l.key() == "dense") {
       const int64_t I = l.weights()[0].shape[0], O = l.weights()[0].shape[1];
       out.push_back({l.name(), "fwd", false, false, B, O, I});
@@ -156,23 +147,13 @@ int main(int argc, char** argv) {
   ops::set_num_threads(1);
   openblas_set_num_threads(1);
   libxsmm_init();
-  auto split = [](const std::string& s) {
-    std::vector<std::string> r;
-    for (size_t p = 0; p <= s.size();) {
-      size_t q = s.find(',', p);
-      if (q == std::string::npos) q = s.size();
-      if (q > p) r.push_back(s.substr(p, q - p));
-      p = q + 1;
-    }
-    return r;
-  };
   std::vector<float> wt;
-  for (const std::string& name : split(models)) {
+  for (const std::string& name : bench::split_commas(models)) {
     const std::string path = std::string(LOCKSTEP_SOURCE_DIR "/launch/configs/") +
                              (name == "cnn" ? "fashion_mnist_cnn.yaml" : "cifar10_resnet20.yaml");
     ConfigNode run = load_config_file(path);
     std::unique_ptr<Model> model = Model::from_config(run["model"]);
-    for (const std::string& bs : split(batches)) {
+    for (const std::string& bs : bench::split_commas(batches)) {
       const int64_t B = std::atoll(bs.c_str());
       std::map<std::string, std::map<std::string, double>> total;  // op -> way -> us per step
       for (const Shape3& s : step_products(*model, B)) {

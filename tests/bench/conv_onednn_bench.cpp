@@ -38,6 +38,7 @@
 
 #include "core/config.h"
 #include "tests/bench/bench_clock.h"
+#include "tests/bench/bench_util.h"
 #include "core/kernels/conv_onednn.h"
 #include "core/kernels/cpu.h"
 #include "core/kernels/winograd_cpu.h"
@@ -77,22 +78,11 @@ std::pair<int64_t, int64_t> pair_of(const ConfigNode& a, const char* key, int64_
 std::vector<ConvShape> step_convs(const Model& m, int64_t B) {
   std::vector<ConvShape> out;
   const auto& calls = m.calls();
-  const int n_in = m.num_inputs();
-  // upstream[v]: value v depends on a trainable weight (so its gradient is computed).
-  std::vector<char> upstream(size_t(n_in) + calls.size(), 0);
-  for (size_t k = 0; k < calls.size(); ++k) {
-    const Layer& l = *m.layers()[size_t(calls[k].layer)];
-    char up = 0;
-    if (l.trainable())
-      for (const Weight& w : l.weights()) up |= w.trainable;
-    for (int v : calls[k].inputs) up |= upstream[size_t(v)];
-    upstream[size_t(n_in) + k] = up;
-  }
+  const std::vector<char> computes_dx = bench::computes_input_gradient(m);
   for (size_t c = 0; c < calls.size(); ++c) {
     const Layer& l = *m.layers()[size_t(calls[c].layer)];
     if (l.key() != "conv2d" && l.key() != "depthwise_conv2d") continue;
-    bool dx = false;
-    for (int v : calls[c].inputs) dx |= upstream[size_t(v)] != 0;
+    const bool dx = computes_dx[c] != 0;
     const ConfigNode& a = l.args();
     Window2dArgs w;
     std::tie(w.k_h, w.k_w) = pair_of(a, "kernel_size", 1);
@@ -207,16 +197,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   ops::set_num_threads(1);
-  auto split = [](const std::string& s) {
-    std::vector<std::string> r;
-    for (size_t p = 0; p <= s.size();) {
-      size_t q = s.find(',', p);
-      if (q == std::string::npos) q = s.size();
-      if (q > p) r.push_back(s.substr(p, q - p));
-      p = q + 1;
-    }
-    return r;
-  };
   auto loadavg = [] {
     char buf[64] = "?";
     if (FILE* f = std::fopen("/proc/loadavg", "r")) {
@@ -229,7 +209,7 @@ int main(int argc, char** argv) {
   std::printf("start onednn=%s threads=1 reps=%d min_ms=%.0f load=\"%s\"\n", kernels::onednn::version(), reps, min_ms,
               loadavg().c_str());
   const ops::ConvRoute route_auto = ops::conv_route();
-  for (const std::string& name : split(models)) {
+  for (const std::string& name : bench::split_commas(models)) {
     std::unique_ptr<Model> model;
     if (name != "extra") {
       const std::string path = std::string(LOCKSTEP_SOURCE_DIR "/launch/configs/") +
@@ -237,7 +217,7 @@ int main(int argc, char** argv) {
       ConfigNode run = load_config_file(path);
       model = Model::from_config(run["model"]);
     }
-    for (const std::string& bs : split(batches)) {
+    for (const std::string& bs : bench::split_commas(batches)) {
       const int64_t B = std::atoll(bs.c_str());
       std::map<std::string, std::array<double, kNumWays + 1>> total;  // op -> way (+ best of own/onednn) -> us
       uint64_t seed = 1;

@@ -64,6 +64,7 @@
 #include "core/ops.h"
 #include "core/optimizers.h"
 #include "core/update_step.h"
+#include "tests/bench/bench_util.h"
 
 #ifndef LOCKSTEP_SOURCE_DIR
 #define LOCKSTEP_SOURCE_DIR "."
@@ -152,34 +153,16 @@ bool takes_chain_path(const Model& m) {
 // no trainable weight upstream (Model computes no input gradient for it).
 void product_flops(const Model& m, double* fwd, double* train) {
   const auto& calls = m.calls();
-  const int n_in = m.num_inputs();
-  std::vector<char> upstream(size_t(n_in) + calls.size(), 0);  // a trainable weight at or below the value
-  auto has_trainable = [](const Layer& l) {
-    if (!l.trainable()) return false;
-    for (const Weight& w : l.weights())
-      if (w.trainable) return true;
-    return false;
-  };
+  const std::vector<char> computes_dx = bench::computes_input_gradient(m);
   *fwd = *train = 0.0;
-  // Calls are in a topological order (Model sorts them); repeat until nothing changes to be safe.
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (size_t k = 0; k < calls.size(); ++k) {
-      char up = has_trainable(*m.layers()[size_t(calls[k].layer)]);
-      for (int v : calls[k].inputs) up |= upstream[size_t(v)];
-      if (up != upstream[size_t(n_in) + k]) upstream[size_t(n_in) + k] = up, changed = true;
-    }
-  }
   for (size_t k = 0; k < calls.size(); ++k) {
     const Layer& l = *m.layers()[size_t(calls[k].layer)];
     if (l.key() != "conv2d" && l.key() != "depthwise_conv2d" && l.key() != "dense") continue;
     double macs = 1.0;
     for (int64_t d : l.weights()[0].shape) macs *= double(d);  // the kernel
     if (l.key() != "dense") macs *= double(l.output_shape()[0] * l.output_shape()[1]);
-    bool dx = false;
-    for (int v : calls[k].inputs) dx |= upstream[size_t(v)] != 0;
     *fwd += 2.0 * macs;
-    *train += 2.0 * macs * (dx ? 3.0 : 2.0);
+    *train += 2.0 * macs * (computes_dx[k] ? 3.0 : 2.0);
   }
 }
 
@@ -330,26 +313,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   ops::set_num_threads(threads);
-  auto split = [](const std::string& s) {
-    std::vector<std::string> out;
-    for (size_t p = 0; p <= s.size();) {
-      size_t q = s.find(',', p);
-      if (q == std::string::npos) q = s.size();
-      if (q > p) out.push_back(s.substr(p, q - p));
-      p = q + 1;
-    }
-    return out;
-  };
   std::vector<ops::ConvRoute> route_list;
   try {
-    for (const std::string& r : split(routes)) route_list.push_back(ops::parse_conv_route(r, "--conv-routes"));
+    for (const std::string& r : bench::split_commas(routes)) route_list.push_back(ops::parse_conv_route(r, "--conv-routes"));
   } catch (const UserError& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 2;
   }
   if (route_list.empty()) route_list.push_back(ops::conv_route());
   std::vector<std::unique_ptr<Bench>> benches;
-  for (const std::string& name : split(model))
+  for (const std::string& name : bench::split_commas(model))
     for (ops::ConvRoute r : route_list) {
       ops::set_conv_route(r);
       benches.push_back(make_bench(name, form, config, batch, *comm, bucket_opts, reduction));

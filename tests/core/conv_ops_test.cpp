@@ -366,6 +366,14 @@ TEST(ConvForward, MatchesIndependentLoops) {
 }
 
 // ---- backward against central differences (float64) -----------------------------------------------------
+// Both gradients within tol of the central differences (NaN fails too), and neither numeric one all zeros.
+void expect_grads_near(const GradErr& ex, const GradErr& ew, double tol, const std::string& what) {
+  EXPECT_LT(ex.max_err, tol) << what << ": input gradient";
+  EXPECT_LT(ew.max_err, tol) << what << ": kernel gradient";
+  EXPECT_GT(ex.numeric_abs_sum, 1e-3) << what;
+  EXPECT_GT(ew.numeric_abs_sum, 1e-3) << what;
+}
+
 // L(x, w) = Σ r ⊙ conv(x, w): dL/dx = backward_data(r, w), dL/dw = backward_filter(x, r). L is linear in
 // each argument, so central differences are exact but for rounding: kFdTol (1e-6, relative to 1 + |g|) is
 // ~1e4 times what float64 rounding leaves.
@@ -386,11 +394,7 @@ void check_conv_grads(const ConvSpec& s, KernelPath p, uint64_t seed) {
   GradErr ex, ew;
   for (int64_t j = 0; j < x.numel(); ++j) ex.add(dx.at(j), numeric(x.data<double>() + j));
   for (int64_t j = 0; j < w.numel(); ++j) ew.add(dw.at(j), numeric(w.data<double>() + j));
-  const std::string what = describe(s) + " " + path_name(p);
-  EXPECT_LT(ex.max_err, kFdTol) << what << ": input gradient";  // NaN fails too
-  EXPECT_LT(ew.max_err, kFdTol) << what << ": kernel gradient";
-  EXPECT_GT(ex.numeric_abs_sum, 1e-3) << what;
-  EXPECT_GT(ew.numeric_abs_sum, 1e-3) << what;
+  expect_grads_near(ex, ew, kFdTol, describe(s) + " " + path_name(p));
 }
 
 TEST(ConvBackward, AutoMatchesFiniteDifferences) {
@@ -429,11 +433,7 @@ void check_conv_grads_float(const ConvSpec& s, ConvRoute route, uint64_t seed) {
   GradErr ex, ew;
   for (int64_t j = 0; j < x.numel(); ++j) ex.add(dx.at(j), numeric(x.data<float>() + j));
   for (int64_t j = 0; j < w.numel(); ++j) ew.add(dw.at(j), numeric(w.data<float>() + j));
-  const std::string what = describe(s) + " float auto/" + route_name(route);
-  EXPECT_LT(ex.max_err, kFloatFdTol) << what << ": input gradient";  // NaN fails too
-  EXPECT_LT(ew.max_err, kFloatFdTol) << what << ": kernel gradient";
-  EXPECT_GT(ex.numeric_abs_sum, 1e-3) << what;
-  EXPECT_GT(ew.numeric_abs_sum, 1e-3) << what;
+  expect_grads_near(ex, ew, kFloatFdTol, describe(s) + " float auto/" + route_name(route));
 }
 TEST(ConvBackward, FloatRoutesMatchFiniteDifferences) {
   ConvRouteGuard restore;
