@@ -210,8 +210,6 @@ void check_conv(const Tensor& x, const Tensor& w, const Tensor& y, const Window2
 namespace {
 // -1: not read from the environment yet.
 std::atomic<int> g_conv_route{-1};
-}  // namespace
-namespace {
 constexpr std::pair<const char*, ConvRoute> kConvRoutes[] = {{"auto", ConvRoute::Auto},
                                                              {"direct", ConvRoute::Direct},
                                                              {"own", ConvRoute::Own},

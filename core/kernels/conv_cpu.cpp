@@ -301,12 +301,13 @@ bool onednn_wins(const Window2d& g, ConvOp op) {
 }
 
 // Our Winograd (kernels/winograd_cpu.cpp) behind ConvRoute::Auto, from the same benchmark (its `ownwino` way)
-// on one Zen 4 core: on every op of the networks' 3x3 stride-1 layers with 32 to 256 channels at batch 32 and
-// 128, 1.46-2.82x oneDNN's direct kernels (and 1.01-1.54x oneDNN 2.6's own Winograd, which oneDNN 3.x does
-// not have for x86 CPUs); with 16 channels (ResNet-20's first stage) 1.5-1.6x at batch 32, level (0.96-1.02x)
-// at 128; the 3-channel stem 0.24-0.28x. The input gradient's products run over the output channels: with
-// 3 or 8 input channels and 16 or 32 output channels it runs 1.5-2.1x our im2col + col2im (which the rule
-// below takes there, oneDNN's direct kernel being slower still), the other two ops 0.25-0.9x.
+// on one Zen 4 core (docs/performance.md, "oneDNN or our own, per layer shape"): on every op of the networks'
+// 3x3 stride-1 layers with 32 to 256 channels at batch 32 and 128, 1.76-2.76x oneDNN's direct kernels (and
+// 0.96-1.83x oneDNN 2.6's own Winograd, which oneDNN 3.x does not have for x86 CPUs); with 16 channels
+// (ResNet-20's first stage) 1.12-1.59x; the 3-channel stem 0.2-0.3x. The input gradient's products run over
+// the output channels: with 3 or 8 input channels and 16 or 32 output channels it runs 1.3-1.7x oneDNN's
+// direct kernel and 1.5-2.1x our im2col + col2im (which the rule below takes there), the other two ops
+// 0.25-0.9x.
 bool winograd_wins(const Window2d& g, ConvOp op) {
   if (!winograd::supports(g)) return false;
   if (g.in_c >= 16 && g.out_c >= 16) return true;
