@@ -442,19 +442,26 @@ void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2
   std::fill(dx, dx + g.batch * g.in_h * g.in_w * c_n, T(0));
   // Per sample: windows of one sample overlap, so a sample's outputs are one thread's.
 #pragma omp parallel for if (g.batch > 1 && g.batch * g.out_h * g.out_w * c_n * g.k_h * g.k_w >= kParallelWork && omp_get_max_threads() > 1)
+  // Each output's gradient goes to the first tap (in window order) that holds the maximum, as TensorFlow's
+  // MaxPoolGrad routes it: per channel, `open` is 1 until that tap is met, 0 after (vectorised over channels).
   for (int64_t n = 0; n < g.batch; ++n) {
-    std::vector<uint8_t> done(static_cast<size_t>(c_n));
+    std::vector<T> open_(static_cast<size_t>(c_n));
+    T* open = open_.data();
     for (int64_t oh = 0; oh < g.out_h; ++oh)
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const int64_t o = ((n * g.out_h + oh) * g.out_w + ow) * c_n;
-        std::fill(done.begin(), done.end(), uint8_t(0));
+        const T *yo = y + o, *dyo = dy + o;
+        std::fill(open, open + c_n, T(1));
         for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
           const int64_t i = pix(g, n, ih, iw) * c_n;
-          for (int64_t c = 0; c < c_n; ++c)
-            if (!done[c] && x[i + c] == y[o + c]) {
-              dx[i + c] += dy[o + c];
-              done[c] = 1;
-            }
+          const T* xi = x + i;
+          T* dxi = dx + i;
+#pragma omp simd
+          for (int64_t c = 0; c < c_n; ++c) {
+            const bool hit = open[c] != T(0) && xi[c] == yo[c];
+            dxi[c] = hit ? dxi[c] + dyo[c] : dxi[c];
+            open[c] = hit ? T(0) : open[c];
+          }
         });
       }
   }

@@ -834,6 +834,32 @@ TEST(PoolBackward, MaxTiesGoToTheFirstInRowMajorOrder) {
     }
 }
 
+// The kernel runs over channels in vectors (open/hit masks per channel): channel counts past one and two
+// AVX-512 vectors with a remainder, values from a set of five so most windows hold ties, every pool shape;
+// the gradient must equal the loops' first-maximum routing (exactly in float64; float32 rounds the sums
+// where windows overlap).
+TEST(PoolBackward, MaxWideChannelsWithTiesMatchLoops) {
+  uint64_t seed = 700;
+  for (int64_t c : {16, 37})
+    for (const PoolSpec& q : pool_specs(2))
+      for (DType dt : {DType::F64, DType::F32}) {
+        PoolSpec p = q;
+        p.c = c;
+        const Window2d g = pool_geometry(p);
+        Tensor x(x_shape(g), Device::CPU, dt);
+        std::mt19937_64 rng(++seed);
+        std::vector<double> xv(size_t(x.numel()));
+        for (double& v : xv) v = double(int64_t(rng() % 5)) - 2.0;
+        set_values(x, xv);
+        const Tensor dy = randn(y_shape(g), ++seed, 1.0, 0.0, dt);
+        const Tensor y = pool_forward(x, g, true);
+        EXPECT_LE(max_abs_diff(max_pool_backward(x, y, dy, g).to_double_vector(),
+                               naive_max_pool_grad(xv, dy.to_double_vector(), p)),
+                  dt == DType::F64 ? 0.0 : 1e-5)
+            << describe(p) << " " << dtype_name(dt);
+      }
+}
+
 // ---- padding, channel scaling ------------------------------------------------------------------------------
 TEST(Pad2d, ForwardZerosTheBorderAndBackwardExtractsTheBlock) {
   struct Case {
