@@ -45,15 +45,21 @@ struct Plane {
   int64_t tiles() const { return n * tiles_h() * tiles_w(); }
 };
 
-// Tiles per block: about 640 KiB of transformed tiles (V and M, all points), so that they stay in the core's
-// L2 (1 MiB on Zen 4) between the transforms and the products (measured flat from 256 KiB to 1 MiB: the
-// products ran at 100-112 GFLOP/s with 8 to 128 tiles). The kernel gradient also reads and writes its sums
+// Tiles per block. A block's transformed tiles (V and M, all points) are about 640 KiB, so that they stay in the
+// core's L2 (1 MiB on Zen 4) between the transforms and the products (measured flat from 256 KiB to 1 MiB: the
+// products ran at 100-112 GFLOP/s with 8 to 128 tiles), but a block also reads the whole transformed kernel U
+// (36·C·K floats, 9.4 MiB at 256x256) once: the forward and input-gradient blocks take at least 2·C·K/(C+K)
+// tiles, so that U moves at most half the bytes of the block's own tiles. With L2-sized blocks alone the CNN's
+// 128-256-channel layers read U 8-60 times per call (an estimated 1.2 GB from L3 per step at batch 64): one
+// rank alone runs about as fast either way (the layers timed alone: 0-20% slower with the larger blocks, the
+// step within its noise), but 2 ranks x 1 thread, whose L3 and memory are shared, went from 1.59-1.89x one
+// rank (median 1.72x of 10 paired runs, train_step_bench --vs-one-rank) to 1.81-1.94x (median 1.88x of 10). The kernel gradient also reads and writes its sums
 // S_p [C, K] once a block: its blocks are about 2 MiB and take at least C·K/(C+K) tiles (7x7x256 layers: 128
-// tiles, 10-15% faster than 2 MiB blocks alone).
+// tiles, 10-15% faster than 2 MiB blocks alone; 2·C·K/(C+K) measured no better on 2 ranks).
 int64_t tiles_per_block(int64_t tiles, int points, int64_t c, int64_t k, int threads, bool filter) {
   const int64_t bytes = (filter ? 2048 : 640) * 1024;
   int64_t tb = bytes / (points * (c + k) * int64_t(sizeof(float)));
-  if (filter) tb = std::max<int64_t>(tb, c * k / (c + k));
+  tb = std::max<int64_t>(tb, (filter ? 1 : 2) * c * k / (c + k));
   tb = std::clamp<int64_t>(tb, 8, 512);
   if (threads > 1) {
     // A multiple of the threads' count of blocks, of even sizes: each thread the same work.
