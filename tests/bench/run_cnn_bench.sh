@@ -12,7 +12,8 @@
 #     Dense kernel elements) x 3 (forward, input gradient, kernel gradient), x 2 for the first layer, whose
 #     input gradient is never computed. Pooling, BN, activations, the loss and the update are not counted.
 # and 2 ranks x 1 thread (mpirun -np 2, the trainer's step with its all-reduce) against 1 rank at global
-# batch 128.
+# batch 128, both timed in the same mpirun (train_step_bench --vs-one-rank 1: between the 2-rank windows rank 0
+# times the model alone at the global batch while rank 1 sleeps), so the ratio pairs windows seconds apart.
 # Rounds are interleaved (lockstep, PyTorch, ...; the order flips every round) and medians reported: the
 # machine's vCPUs are shared (../shared/bench/BASELINE.md §3). Every row records the 1-minute load average
 # before its process; CPU-s figures are samples per CPU-second of the process (1 thread: the rate on a quiet
@@ -27,8 +28,8 @@
 # networks' product shapes; build it with --target conv_gemm_bench), KEEP=DIR keeps the raw key=value rows
 # (REPORT_ONLY=1 with KEEP=DIR prints the tables of the rows kept there again, running nothing),
 # PYTHON / LOCKSTEP_NO_PEER as in peer_python.sh, CONV_ROUTES="own auto" times lockstep's step once per
-# convolution route (ops::ConvRoute: own = lockstep's kernels, onednn = oneDNN's direct kernels, winograd = oneDNN's Winograd, direct =
-# the per-shape rule without Winograd, auto = the per-shape rule) in one
+# convolution route (ops::ConvRoute: own = lockstep's im2col kernels, onednn = oneDNN's direct kernels, winograd =
+# lockstep's Winograd wherever it takes the shape, direct = the per-shape rule without Winograd, auto = the per-shape rule) in one
 # process, windows interleaved (train_step_bench --conv-routes), each against the same PyTorch process: a
 # before/after of the oneDNN route in one run (the 2-rank runs take the default route). Unset: the
 # process's route (LOCKSTEP_CONV, else auto).
@@ -79,7 +80,7 @@ run_lockstep() {  # model batch round
   if [ "${DIST:-1}" = 1 ] && [ "$2" = 128 ]; then  # 2 ranks x 1 thread at global batch 128, right after 1 rank
     l=$(load)
     mpirun --allow-run-as-root --timeout 600 --bind-to none -np 2 "$bench" --model "$1" --batch-size "$2" \
-        "${ls_base[@]}" | sed "s/^/round=$3 load=$l /" >> "$out/dist.txt" || echo "mpirun failed ($1, $2)" >&2
+        "${ls_base[@]}" --vs-one-rank 1 | sed "s/^/round=$3 load=$l /" >> "$out/dist.txt" || echo "mpirun failed ($1, $2)" >&2
   fi
 }
 run_peer() {
@@ -190,26 +191,30 @@ if len(routes) > 1:
             print(f"| {m} | {b} | " + " | ".join(f"{x:.2f}x" if x else "-" for x in cells) + " |")
 if dist:
     print()
-    print("2 ranks x 1 thread (mpirun -np 2) against 1 rank x 1 thread, global batch 128, samples/s (the 1-rank")
-    print("process runs just before the 2-rank one in each round; ratio: median of the per-round ratios). CPU-s:")
-    print("2 x rank 0's samples per CPU-second / the 1-rank figure, what 2 ranks would give with a core each (the")
-    print("busy-polling all-reduce wait counts as CPU time): a projection, not a measurement, when the cores are shared.")
+    print("2 ranks x 1 thread (mpirun -np 2) against 1 rank x 1 thread, global batch 128, samples/s. In-run: the")
+    print("one rank's windows are rank 0's alone inside the same mpirun, between the 2-rank windows (rank 1 asleep);")
+    print("ratio: per round the median of the paired windows' ratios, then the median over rounds. Separate: against")
+    print("the 1-rank process run just before the mpirun. CPU-s: 2 x rank 0's samples per CPU-second / the in-run")
+    print("1-rank figure (the busy-polling all-reduce wait counts as CPU time): a projection when cores are shared.")
     print()
-    print("| model | 1x1 | 2x1 | 2x1 / 1x1 | per round | 2x1 / 1x1 (CPU-s) | all-reduce wait | load |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | 1x1 in-run | 2x1 | 2x1 / 1x1 in-run | per round | 2x1 / 1x1 separate | 2x1 / 1x1 (CPU-s) | all-reduce wait | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in models:
         two = sel(dist, m, "128")
         one = [r for r in sel(ls, m, "128") if r.get("conv", "-") in {t.get("conv", "-") for t in two}]
-        per = []
+        per = [float(t["vs_one_rank"]) for t in two if "vs_one_rank" in t]
+        sep = []
         for t in two:
             o = [r for r in one if r["round"] == t["round"]]
             if o:
-                per.append(float(t["samples_per_sec"]) / float(o[0]["samples_per_sec"]))
-        a, d = med([float(r["samples_per_sec"]) for r in one]), med([float(r["samples_per_sec"]) for r in two])
+                sep.append(float(t["samples_per_sec"]) / float(o[0]["samples_per_sec"]))
+        a = med([float(r["one_rank_sps"]) for r in two if "one_rank_sps" in r])
+        d = med([float(r["samples_per_sec"]) for r in two])
         w = med([float(r["comm_wait_pct"]) for r in two])
-        ac, dc = (med([float(r["cpu_samples_per_sec"]) for r in rows]) for rows in (one, two))
+        dc = med([float(r["cpu_samples_per_sec"]) for r in two])
         print(f"| {m} | {f(a)} | {f(d)} | " + (f"{med(per):.2f}x" if per else "-") + " | " +
-              ", ".join(f"{x:.2f}" for x in per) + " | " + (f"{2 * dc / ac:.2f}x" if ac and dc else "-") + " | " +
+              ", ".join(f"{x:.2f}" for x in per) + " | " + (f"{med(sep):.2f}x" if sep else "-") + " | " +
+              (f"{2 * dc / a:.2f}x" if a and dc else "-") + " | " +
               (f"{w:.1f}%" if w is not None else "-") + f" | {loads(two)} |")
 if gemm:
     print()

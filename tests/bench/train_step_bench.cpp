@@ -43,10 +43,17 @@
 // buckets launched from the backward pass, then the update. Rank 0 prints global samples/s and the
 // share of the step spent blocked waiting for the all-reduces (comm_wait_pct).
 //   mpirun -np 2 train_step_bench --model a --batch-size 256 --threads 1
+// --vs-one-rank 1 (under mpirun) also times one rank alone in the same process group: rank 0 builds each
+// model a second time with a one-process communicator at the GLOBAL batch, and every round, after the N
+// ranks' window, runs that model's window on its own while the other ranks wait asleep (a barrier whose
+// wait sleeps after 1 ms). Rows then carry one_rank_sps (median of the lone windows) and vs_one_rank (the
+// median over rounds of the N-rank window's rate over the lone window's of the same round): the scaling
+// ratio with the machine's drift (on a shared VM as large as the gap being measured) cancelled pairwise.
 #include <algorithm>
 #include <time.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -61,6 +68,8 @@
 #include "core/model.h"
 #include "comm/communicator.h"
 #include "comm/gradient_bucketer.h"
+#include "comm/local_communicator.h"
+#include "comm/mpi_communicator.h"
 #include "core/ops.h"
 #include "core/optimizers.h"
 #include "core/update_step.h"
@@ -138,6 +147,13 @@ double cpu_now() {
   return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
+// "312,298,305": rates rounded, comma-separated.
+std::string joined(const std::vector<double>& v) {
+  std::string s;
+  for (double x : v) s += (s.empty() ? "" : ",") + std::to_string(std::lround(x));
+  return s;
+}
+
 // Whether Model takes its chain paths (the same test as Model::build: one input, one output, every call
 // reading the one before).
 bool takes_chain_path(const Model& m) {
@@ -182,7 +198,7 @@ struct Bench {
   int64_t n = 4096, pos = 0;
   int batch = 0, global_batch = 0, world = 1, rank = 0;
   std::vector<double> rates, cpu_rates;
-  double total_s = 0.0, wait0 = 0.0;
+  double total_s = 0.0, wait_s = 0.0;  // timed windows only
 
   void step() {
     ops::set_conv_route(route);
@@ -281,6 +297,7 @@ int main(int argc, char** argv) {
   std::string model = "a", form = "sequential", config;  // config: the run-file model's own by default
   std::string routes;  // --conv-routes: empty = the process's route
   int batch = 32, threads = 1, reps = 5, warmup_steps = 11, min_steps = 5;
+  bool vs_one_rank = false;
   double window = 0.3;
   comm::BucketOptions bucket_opts;
   comm::ReductionOptions reduction;
@@ -297,6 +314,7 @@ int main(int argc, char** argv) {
     else if (k == "--window-sec") window = std::atof(v.c_str());
     else if (k == "--warmup-steps") warmup_steps = std::atoi(v.c_str());
     else if (k == "--min-steps") min_steps = std::max(1, std::atoi(v.c_str()));
+    else if (k == "--vs-one-rank") vs_one_rank = std::atoi(v.c_str()) != 0;
     else if (k == "--bucket-mb") bucket_opts.bucket_cap_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--first-bucket-mb") bucket_opts.first_bucket_bytes = int64_t(std::atof(v.c_str()) * (1 << 20));
     else if (k == "--one-in-flight") bucket_opts.one_in_flight = std::atoi(v.c_str()) != 0;
@@ -328,38 +346,73 @@ int main(int argc, char** argv) {
       benches.push_back(make_bench(name, form, config, batch, *comm, bucket_opts, reduction));
       benches.back()->route = r;
     }
+  // Rank 0's lone copies (--vs-one-rank): the same models on a one-process communicator, global batch.
+  comm::LocalCommunicator alone;
+  std::vector<std::unique_ptr<Bench>> lone;
+  if (vs_one_rank && world > 1 && comm->rank() == 0)
+    for (const auto& b : benches) {
+      ops::set_conv_route(b->route);
+      lone.push_back(make_bench(b->model, b->form, config, batch, alone, bucket_opts, reduction));
+      lone.back()->route = b->route;
+    }
   // Agree on "go on" across ranks: rank 0's clock decides, every rank runs the same number of steps.
-  auto agree = [&](bool more) {
+  auto agree = [&](bool more, bool all) {
     int64_t v = more;
-    if (world > 1) comm->all_reduce(std::span<int64_t>(&v, 1), comm::ReduceOp::Min);
+    if (all && world > 1) comm->all_reduce(std::span<int64_t>(&v, 1), comm::ReduceOp::Min);
     return v != 0;
   };
-  // warm-up: at least --warmup-steps steps and 0.3 s of each
-  for (auto& b : benches) {
+  auto warm_up = [&](Bench& b, bool all) {
     double t0 = now();
     for (int i = 0;; ++i) {
-      b->step();
-      if (!agree(i + 1 < warmup_steps || now() - t0 < 0.3)) break;
+      b.step();
+      if (!agree(i + 1 < warmup_steps || now() - t0 < 0.3, all)) break;
     }
-    b->wait0 = b->update->comm_wait_seconds();
-  }
-  std::vector<std::vector<double>> ratio_to_first(benches.size());
+  };
+  // One timed window of b: at least min_steps steps and `window` seconds.
+  auto time_window = [&](Bench& b, bool all) {
+    const double start = now(), cpu_start = cpu_now(), wait_start = b.update->comm_wait_seconds();
+    int64_t steps = 0;
+    for (;;) {
+      b.step();
+      ++steps;
+      if (!agree(steps < min_steps || now() - start < window, all)) break;
+    }
+    const double dt = now() - start;
+    b.total_s += dt;
+    b.wait_s += b.update->comm_wait_seconds() - wait_start;
+    b.rates.push_back(double(steps * b.global_batch) / dt);
+    b.cpu_rates.push_back(double(steps * b.batch) / (cpu_now() - cpu_start) * threads);
+  };
+  // Rank 0 runs its lone windows while the other ranks sleep in a barrier (they must not load the machine).
+  auto lone_turn = [&](auto&& run) {
+    if (!vs_one_rank || world == 1) return;
+    if (comm->rank() == 0) run();
+    const comm::WaitPolicy usual = comm::wait_policy();
+    comm::WaitPolicy sleepy = usual;
+    sleepy.spin = std::chrono::microseconds(100);
+    sleepy.yield = std::chrono::microseconds(1000);
+    comm::set_wait_policy(sleepy);
+    comm->barrier();
+    comm::set_wait_policy(usual);
+  };
+  for (auto& b : benches) warm_up(*b, true);
+  lone_turn([&] {
+    for (auto& b : lone) warm_up(*b, false);
+  });
+  std::vector<std::vector<double>> ratio_to_first(benches.size()), ratio_to_lone(benches.size());
   for (int r = 0; r < reps; ++r) {
     for (size_t bi = 0; bi < benches.size(); ++bi) {
-      Bench& b = *benches[bi];
-      double start = now(), cpu_start = cpu_now();
-      int64_t steps = 0;
-      for (;;) {
-        b.step();
-        ++steps;
-        if (!agree(steps < min_steps || now() - start < window)) break;
-      }
-      const double dt = now() - start;
-      b.total_s += dt;
-      b.rates.push_back(double(steps * b.global_batch) / dt);
-      b.cpu_rates.push_back(double(steps * b.batch) / (cpu_now() - cpu_start) * threads);
-      ratio_to_first[bi].push_back(b.rates.back() / benches[0]->rates.back());
+      // After a lone turn the other ranks' cores wake from sleep: one untimed step first (on every rank).
+      if (vs_one_rank && world > 1) benches[bi]->step();
+      time_window(*benches[bi], true);
+      ratio_to_first[bi].push_back(benches[bi]->rates.back() / benches[0]->rates.back());
     }
+    lone_turn([&] {
+      for (size_t bi = 0; bi < lone.size(); ++bi) {
+        time_window(*lone[bi], false);
+        ratio_to_lone[bi].push_back(benches[bi]->rates.back() / lone[bi]->rates.back());
+      }
+    });
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -377,14 +430,14 @@ int main(int argc, char** argv) {
                   ops::have_onednn() ? "yes" : "no", b.global_batch, world,
                   threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
                   *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
-                  100.0 * (b.update->comm_wait_seconds() - b.wait0) / std::max(b.total_s, 1e-9), median(b.cpu_rates),
+                  100.0 * b.wait_s / std::max(b.total_s, 1e-9), median(b.cpu_rates),
                   static_cast<long long>(b.m->trainable_params()), b.fwd_flops, b.train_flops,
                   b.train_flops * sps * 1e-9);
       // Every window's rate, in order (windows of the models in one process alternate: paired in time).
-      std::printf(" win_sps=");
-      for (size_t r = 0; r < b.rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.rates[r]);
-      std::printf(" win_cpu_sps=");
-      for (size_t r = 0; r < b.cpu_rates.size(); ++r) std::printf("%s%.0f", r ? "," : "", b.cpu_rates[r]);
+      std::printf(" win_sps=%s win_cpu_sps=%s", joined(b.rates).c_str(), joined(b.cpu_rates).c_str());
+      if (!lone.empty())
+        std::printf(" one_rank_sps=%.0f vs_one_rank=%.4f win_one_rank_sps=%s", median(lone[bi]->rates),
+                    median(ratio_to_lone[bi]), joined(lone[bi]->rates).c_str());
       if (benches.size() > 1)
         std::printf(" first=%s_%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
                     ops::conv_route_name(benches[0]->route), median(ratio_to_first[bi]));
