@@ -574,10 +574,15 @@ Tensor Conv2D::forward(const Tensor& x, Context&) {
   x_ = x;
   const ops::Window2d g = with_batch_size(geom_, x.dim(0));
   z_ = z_buf_.get(batch_map(g.batch, g, true), x);
-  ops::conv2d_forward(x, weights_[0].value, g, z_);
-  if (a_.use_bias) ops::bias_add(z_.reshape({-1, g.out_c}), weights_[1].value);
-  if (a_.act == ops::Activation::Linear || emit_logits_) return y_ = z_;
-  y_ = ops::activation_backward_needs_x(a_.act, a_.alpha) ? y_buf_.get(z_.shape(), x) : z_;
+  ops::ConvEpilogue ep;
+  if (a_.use_bias) ep.bias = weights_[1].value;
+  // The activation goes into the convolution's epilogue when its backward needs only y (y_ is then z_,
+  // overwritten in place); otherwise z_ is kept and y_ is written apart.
+  const bool apart = a_.act != ops::Activation::Linear && !emit_logits_ && ops::activation_backward_needs_x(a_.act, a_.alpha);
+  if (!apart && !emit_logits_) ep.act = a_.act, ep.alpha = a_.alpha;
+  ops::conv2d_forward(x, weights_[0].value, g, z_, ep);
+  if (!apart) return y_ = z_;
+  y_ = y_buf_.get(z_.shape(), x);
   ops::activation_forward(a_.act, a_.alpha, z_, y_);
   return y_;
 }

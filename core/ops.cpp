@@ -245,6 +245,25 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const T
     kernels::conv2d_forward(be, x.data<T>(), w.data<T>(), g, y.data<T>(), path == KernelPath::Reference);
   });
 }
+void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y, const ConvEpilogue& ep,
+                    KernelPath path) {
+  if (ep.bias.defined()) {
+    same(y, ep.bias, "conv2d_forward (bias)");
+    LS_CHECK(ep.bias.numel() == g.out_c, "conv2d_forward: bias ", shape_str(ep.bias.shape()), " for ", g.out_c,
+             " output channels");
+  }
+  if (x.device() == Device::CPU && x.dtype() == DType::F32 && path == KernelPath::Auto && ep.act != Activation::Softmax) {
+    check_conv(x, w, y, g, "conv2d_forward");
+    kernels::Epilogue<float> e;
+    e.bias = ep.bias.defined() ? ep.bias.data<float>() : nullptr;
+    e.act = ep.act;
+    e.alpha = float(ep.alpha);
+    return kernels::conv2d_forward(kernels::Cpu{}, x.data<float>(), w.data<float>(), g, y.data<float>(), e);
+  }
+  conv2d_forward(x, w, g, y, path);
+  if (ep.bias.defined()) bias_add(y.reshape({-1, g.out_c}), ep.bias);
+  if (ep.act != Activation::Linear) activation_forward(ep.act, ep.alpha, y, y);
+}
 void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Window2d& g, const Tensor& dx, KernelPath path) {
   check_conv(dx, w, dy, g, "conv2d_backward_data");
   dispatch(dy, [&](auto t, auto be) {

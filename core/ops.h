@@ -152,6 +152,19 @@ void activation_backward(Activation act, double alpha, const Tensor& x, const Te
 // Whether activation_backward needs x (else y suffices, so x may be overwritten in place).
 bool activation_backward_needs_x(Activation act, double alpha);
 
+// What a convolution layer does to its output: y = act(conv(x, w) + bias) (bias [out_c], undefined: none).
+struct ConvEpilogue {
+  Tensor bias;
+  Activation act = Activation::Linear;
+  double alpha = 0.0;
+};
+// y = act(conv(x, w) + bias), assigned. On the CPU in float (KernelPath::Auto) the bias and an elementwise
+// activation are fused into the convolution: applied to each block of outputs as the kernel writes it (each
+// Winograd tile, each im2col block), not in two more passes over y; elsewhere (float64, Reference, CUDA,
+// Softmax) conv2d_forward, bias_add and activation_forward in turn, with the same result.
+void conv2d_forward(const Tensor& x, const Tensor& w, const Window2d& g, const Tensor& y, const ConvEpilogue& ep,
+                    KernelPath path = KernelPath::Auto);
+
 // A per-sample broadcast of a parameter (PReLU's alpha with shared axes): element (b, i1..ik) of x
 // uses alpha[Σ coord_j * stride_j]; a shared axis has stride 0.
 struct Broadcast {

@@ -340,16 +340,28 @@ constexpr onednn::Way kOneDnnWay = onednn::Way::Blocked;
 // ---- convolutions ---------------------------------------------------------------------------------------
 template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Window2d& g, T* y, bool reference) {
   if (reference) return ref_forward(x, w, g, y);
+  conv2d_forward(Cpu{}, x, w, g, y, Epilogue<T>{});
+}
+
+template <typename T>
+void conv2d_forward(Cpu, const T* x, const T* w, const Window2d& g, T* y, const Epilogue<T>& ep) {
+  const int64_t pixels = g.out_h * g.out_w;
   if constexpr (std::is_same_v<T, float>)
     switch (way_of<T>(g, ConvOp::Forward)) {
-      case Way::Winograd: return winograd::forward(x, w, g, y);
-      case Way::OneDnn: return onednn::conv2d_forward(x, w, g, y, kOneDnnWay);
+      case Way::Winograd: return winograd::forward(x, w, g, y, ep);
+      case Way::OneDnn:
+        onednn::conv2d_forward(x, w, g, y, kOneDnnWay);
+        return ep.apply_in_blocks(y, g.batch * pixels, g.out_c);
       case Way::Own: break;
     }
-  if (depthwise(g)) return dw_forward(x, w, g, y);
-  const int64_t pixels = g.out_h * g.out_w;
-  if (pointwise(g))
-    return product<T>(false, false, g.batch * pixels, g.out_c, g.in_c, x, g.in_c, w, g.out_c, T(0), y, g.out_c);
+  if (depthwise(g)) {
+    dw_forward(x, w, g, y);
+    return ep.apply_in_blocks(y, g.batch * pixels, g.out_c);
+  }
+  if (pointwise(g)) {
+    product<T>(false, false, g.batch * pixels, g.out_c, g.in_c, x, g.in_c, w, g.out_c, T(0), y, g.out_c);
+    return ep.apply_in_blocks(y, g.batch * pixels, g.out_c);
+  }
   const int64_t cg = g.in_c / g.groups, og = g.out_c / g.groups, k = g.k_h * g.k_w * cg;
   const int64_t nb = block_samples<T>(g, k);
   T* col = scratch_of<T>(nb * pixels * k);
@@ -360,6 +372,7 @@ template <typename T> void conv2d_forward(Cpu, const T* x, const T* w, const Win
       product<T>(false, false, rows, og, k, col, k, w + grp * og, g.out_c, T(0),
            y + n0 * pixels * g.out_c + grp * og, g.out_c);
     }
+    if (!ep.empty()) ep.apply(y + n0 * pixels * g.out_c, rows, g.out_c);  // the block's outputs, all groups
   }
 }
 
@@ -538,6 +551,7 @@ template <typename T> void scale_channels(Cpu, const T* x, const T* m, T* y, int
 
 #define LS_INSTANTIATE(T)                                                                                     \
   template void conv2d_forward<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                        \
+  template void conv2d_forward<T>(Cpu, const T*, const T*, const Window2d&, T*, const Epilogue<T>&);          \
   template void conv2d_backward_data<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                  \
   template void conv2d_backward_filter<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                \
   template void max_pool2d_forward<T>(Cpu, const T*, const Window2d&, T*);                                    \

@@ -417,6 +417,23 @@ void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int
   }
 }
 
+template <typename T> void Epilogue<T>::apply(T* y, int64_t rows, int64_t cols) const {
+  if (bias)
+    for (int64_t r = 0; r < rows; ++r) {
+      T* yr = y + r * cols;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) yr[c] += bias[c];
+    }
+  if (act != ops::Activation::Linear) activation_forward(Cpu{}, act, alpha, y, y, rows, cols);
+}
+template <typename T> void Epilogue<T>::apply_in_blocks(T* y, int64_t rows, int64_t cols) const {
+  if (empty()) return;
+  const int64_t step = std::max<int64_t>(1, (int64_t(64 << 10) / int64_t(sizeof(T))) / std::max<int64_t>(cols, 1));
+  for (int64_t r0 = 0; r0 < rows; r0 += step) apply(y + r0 * cols, std::min(step, rows - r0), cols);
+}
+template struct Epilogue<float>;
+template struct Epilogue<double>;
+
 template <typename T>
 void activation_backward(Cpu, ops::Activation act, T alpha, const T* x, const T* y, const T* dy, T* dx,
                          int64_t rows, int64_t cols) {

@@ -46,9 +46,26 @@ void gemm_weight_grad(Cpu, int64_t m, int64_t n, int64_t k, const T* a, int64_t 
 template <typename T> void bias_add(Cpu, T* y, const T* b, int64_t rows, int64_t cols);
 template <typename T> void bias_grad(Cpu, const T* dy, T* db, int64_t rows, int64_t cols, T beta);
 
+// A convolution's output epilogue, y = act(y + bias) on a block of rows x cols outputs (bias may be null; act
+// is elementwise, never Softmax): applied by the kernel to each block it has just written, while the block is
+// in cache, instead of two more passes over the whole output.
+template <typename T> struct Epilogue {
+  const T* bias = nullptr;
+  ops::Activation act = ops::Activation::Linear;
+  T alpha = T(0);
+  bool empty() const { return bias == nullptr && act == ops::Activation::Linear; }
+  void apply(T* y, int64_t rows, int64_t cols) const;
+  // apply() over rows x cols in blocks of about 64 KiB (a kernel whose output cannot be reached block by block).
+  void apply_in_blocks(T* y, int64_t rows, int64_t cols) const;
+};
+
 // Convolutions, pooling, padding (kernels/conv_cpu.cpp). `reference`: the plain loops (ops::KernelPath).
 template <typename T>
 void conv2d_forward(Cpu, const T* x, const T* w, const ops::Window2d& g, T* y, bool reference);
+// The fast kernels' conv2d_forward, then ep on each block of the output as it is written: per Winograd tile,
+// per im2col block of samples, in 64 KiB blocks after oneDNN's, the depthwise and the pointwise kernels.
+template <typename T>
+void conv2d_forward(Cpu, const T* x, const T* w, const ops::Window2d& g, T* y, const Epilogue<T>& ep);
 template <typename T>
 void conv2d_backward_data(Cpu, const T* dy, const T* w, const ops::Window2d& g, T* dx, bool reference);
 template <typename T>

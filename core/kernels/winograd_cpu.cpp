@@ -247,12 +247,17 @@ void transform_input_tile(const float* in, const Plane& P, const Tile& tl, const
 }
 
 // M[p·ps + k] of tile t -> its outputs inside the output map.
-template <int M> void transform_output_tile(const float* m, int64_t ps, const Plane& P, const Tile& tl, float* out) {
+// Then the epilogue (if any) on those outputs, a row of the tile at a time (nc pixels x K channels, contiguous).
+template <int M>
+void transform_output_tile(const float* m, int64_t ps, const Plane& P, const Tile& tl, float* out,
+                           const Epilogue<float>* ep) {
   const int nr = int(std::min<int64_t>(M, P.oh - tl.ty * M)), nc = int(std::min<int64_t>(M, P.ow - tl.tx * M));
   float* dst = out + ((tl.n * P.oh + tl.ty * M) * P.ow + tl.tx * M) * P.k;
   int64_t k = 0;
   for (; k + kLanes <= P.k; k += kLanes) Wino<M>::template output<kLanes>(m + k, ps, dst, P.ow * P.k, P.k, k, nr, nc);
   for (; k < P.k; ++k) Wino<M>::template output<1>(m + k, ps, dst, P.ow * P.k, P.k, k, nr, nc);
+  if (ep)
+    for (int r = 0; r < nr; ++r) ep->apply(dst + r * P.ow * P.k, nc, P.k);
 }
 
 // dM[p·ps + k] for tile t of the output gradient (zeros outside it).
@@ -283,7 +288,9 @@ template <int M> void transform_kernel(const float* src, int64_t C, int64_t K, f
 int threads_now() { return omp_in_parallel() ? 1 : std::max(1, omp_get_max_threads()); }
 
 // out = the correlation of `in` with the transformed kernel U [points][C][K] (Plane P).
-template <int M> void correlate(const float* in, const Plane& P, const float* u, float* out, int threads) {
+template <int M>
+void correlate(const float* in, const Plane& P, const float* u, float* out, int threads,
+               const Epilogue<float>* ep = nullptr) {
   constexpr int kP = Wino<M>::kPoints;
   const int64_t T = P.tiles();
   if (T == 0) return;
@@ -297,7 +304,7 @@ template <int M> void correlate(const float* in, const Plane& P, const float* u,
     for (int64_t i = 0; i < nb; ++i) transform_input_tile<M>(in, P, tile_of(P, t0 + i), zeros, v + i * C, tb * C);
     for (int p = 0; p < kP; ++p)
       gemm(Cpu{}, false, false, nb, K, C, 1.0f, v + p * tb * C, C, u + p * C * K, K, 0.0f, m + p * tb * K, K);
-    for (int64_t i = 0; i < nb; ++i) transform_output_tile<M>(m + i * K, tb * K, P, tile_of(P, t0 + i), out);
+    for (int64_t i = 0; i < nb; ++i) transform_output_tile<M>(m + i * K, tb * K, P, tile_of(P, t0 + i), out, ep);
   });
 }
 
@@ -329,11 +336,11 @@ const float* rotated_kernel(const float* w, int64_t C, int64_t K) {
   return wr;
 }
 
-template <int M> void forward_impl(const float* x, const float* w, const Window2d& g, float* y) {
+template <int M> void forward_impl(const float* x, const float* w, const Window2d& g, float* y, const Epilogue<float>& ep) {
   const int threads = threads_now();
   float* u = scratch_of(2, Wino<M>::kPoints * g.in_c * g.out_c);
   transform_kernel<M>(w, g.in_c, g.out_c, u, threads);
-  correlate<M>(x, forward_plane(g, M), u, y, threads);
+  correlate<M>(x, forward_plane(g, M), u, y, threads, ep.empty() ? nullptr : &ep);
 }
 
 template <int M> void backward_data_impl(const float* dy, const float* w, const Window2d& g, float* dx) {
@@ -499,11 +506,13 @@ const char* algorithm(const Window2d& g, const char* op) {
   }
 }
 
-void forward(const float* x, const float* w, const Window2d& g, float* y) {
+void forward(const float* x, const float* w, const Window2d& g, float* y, const Epilogue<float>& ep) {
   switch (tile_m(g, Op::Forward)) {
-    case 4: return forward_impl<4>(x, w, g, y);
-    case 2: return forward_impl<2>(x, w, g, y);
-    default: return direct_correlate(x, forward_plane(g, 1), w, y, threads_now());
+    case 4: return forward_impl<4>(x, w, g, y, ep);
+    case 2: return forward_impl<2>(x, w, g, y, ep);
+    default:
+      direct_correlate(x, forward_plane(g, 1), w, y, threads_now());
+      return ep.apply_in_blocks(y, g.batch * g.out_h * g.out_w, g.out_c);
   }
 }
 void backward_data(const float* dy, const float* w, const Window2d& g, float* dx) {

@@ -23,6 +23,7 @@
 // sums (36·C·K a thread).
 #pragma once
 
+#include "core/kernels/cpu.h"
 #include "core/ops.h"
 
 namespace lockstep::kernels::winograd {
@@ -36,8 +37,9 @@ bool supports(const ops::Window2d& g);
 // "direct" (where too few terms per output keep Winograd's rounding error from the bound; winograd_cpu.cpp).
 const char* algorithm(const ops::Window2d& g, const char* op);
 
-// As kernels::conv2d_forward / conv2d_backward_data / conv2d_backward_filter (outputs assigned).
-void forward(const float* x, const float* w, const ops::Window2d& g, float* y);
+// As kernels::conv2d_forward / conv2d_backward_data / conv2d_backward_filter (outputs assigned). The forward
+// applies `ep` to each tile's outputs as the output transform writes them.
+void forward(const float* x, const float* w, const ops::Window2d& g, float* y, const Epilogue<float>& ep = {});
 void backward_data(const float* dy, const float* w, const ops::Window2d& g, float* dx);
 void backward_filter(const float* x, const float* dy, const ops::Window2d& g, float* dw);
 

@@ -587,6 +587,53 @@ TEST(ConvFastPath, MatchesReferenceOnLargeFloatShapes) {
   }
 }
 
+// The bias and activation fused into the convolution (ops::ConvEpilogue: per Winograd tile, per im2col
+// block, in blocks after the other kernels) give the bits of the unfused sequence conv2d_forward, bias_add,
+// activation_forward, on every route and every kind of kernel (Winograd F(4x4) and its direct loops, im2col
+// with several blocks and groups, pointwise, depthwise, oneDNN), for elementwise activations with and
+// without a bias, Softmax (never fused), and float64 (not fused).
+TEST(ConvEpilogue, FusedGivesTheUnfusedBits) {
+  const ConvSpec specs[] = {
+      {3, 9, 11, 32, 48, 3, 3, 1, 1, 1, 1, true, 1},    // Winograd F(4x4), ragged tiles at the edges
+      {2, 5, 5, 2, 3, 3, 3, 1, 1, 1, 1, true, 1},       // too few terms: Winograd's direct loops
+      {7, 32, 32, 32, 16, 3, 3, 1, 1, 1, 1, true, 2},   // im2col over several blocks, groups 2
+      {3, 12, 12, 48, 96, 1, 1, 1, 1, 1, 1, true, 1},   // pointwise
+      {4, 20, 20, 32, 64, 3, 3, 1, 1, 1, 1, true, 32},  // depthwise x2
+      {2, 17, 15, 8, 16, 5, 3, 2, 3, 2, 1, false, 1},   // strided, dilated
+  };
+  const std::pair<ops::Activation, double> acts[] = {
+      {ops::Activation::Linear, 0.0}, {ops::Activation::Relu, 0.0},    {ops::Activation::LeakyRelu, 0.2},
+      {ops::Activation::Elu, 1.0},    {ops::Activation::Selu, 0.0},    {ops::Activation::Sigmoid, 0.0},
+      {ops::Activation::Swish, 0.0},  {ops::Activation::Softmax, 0.0},
+  };
+  ConvRouteGuard restore;
+  uint64_t seed = 900;
+  for (ConvRoute route : conv_routes())
+    for (const ConvSpec& s : specs)
+      for (DType dt : {DType::F32, DType::F64})
+        for (const auto& [act, alpha] : acts)
+          for (bool with_bias : {true, false}) {
+            ops::set_conv_route(route);
+            const Window2d g = conv_geometry(s);
+            const Tensor x = randn(x_shape(g), ++seed, 1.0, 0.0, dt), w = randn(w_shape(g), ++seed, 0.3, 0.0, dt);
+            ops::ConvEpilogue ep;
+            if (with_bias) ep.bias = randn({g.out_c}, ++seed, 1.0, 0.0, dt);
+            ep.act = act;
+            ep.alpha = alpha;
+            Tensor fused = nan_tensor(y_shape(g), dt), plain = nan_tensor(y_shape(g), dt);
+            ops::conv2d_forward(x, w, g, fused, ep);
+            ops::conv2d_forward(x, w, g, plain);
+            if (with_bias) ops::bias_add(plain.reshape({-1, g.out_c}), ep.bias);
+            if (act != ops::Activation::Linear) ops::activation_forward(act, alpha, plain, plain);
+            const std::vector<double> a = fused.to_double_vector(), b = plain.to_double_vector();
+            ASSERT_EQ(a.size(), b.size());
+            size_t differ = 0;
+            for (size_t i = 0; i < a.size(); ++i) differ += !(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])));
+            EXPECT_EQ(differ, 0u) << describe(s) << " " << route_name(route) << " " << dtype_name(dt) << " act "
+                                  << int(act) << (with_bias ? " bias" : "");
+          }
+}
+
 TEST(ConvFastPath, MatchesReferenceOverSeveralDoubleBlocks) {
   // float64: 2.25 MiB of columns a sample, so one sample a block (5 blocks); groups 3: 1.125 MiB a
   // group-sample, blocks of 3, 2.
