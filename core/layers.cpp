@@ -587,10 +587,16 @@ Tensor Conv2D::forward(const Tensor& x, Context&) {
   return y_;
 }
 
+bool Conv2D::set_relu_backward_in_consumer(bool on) {
+  if (a_.act != ops::Activation::Relu || emit_logits_) return false;
+  relu_in_consumer_ = on;
+  return true;
+}
+
 Tensor Conv2D::backward(const Tensor& dy, Context&, bool need_dx) {
   const ops::Window2d g = with_batch_size(geom_, x_.dim(0));
   Tensor dz = dy.reshape(batch_map(g.batch, g, true));
-  if (a_.act != ops::Activation::Linear && !emit_logits_) {
+  if (a_.act != ops::Activation::Linear && !emit_logits_ && !relu_in_consumer_) {
     dz = dz_buf_.get(z_.shape(), dy);
     ops::activation_backward(a_.act, a_.alpha, z_, y_, dy.reshape(z_.shape()), dz);
   }
@@ -624,11 +630,16 @@ Tensor Pooling2D::forward(const Tensor& x, Context&) {
   else ops::avg_pool2d_forward(x, g, y_);
   return y_;
 }
+bool Pooling2D::set_relu_gate(bool on) {
+  if (!max_) return false;
+  relu_gate_ = on;
+  return true;
+}
 Tensor Pooling2D::backward(const Tensor& dy, Context&, bool need_dx) {
   if (!need_dx) return Tensor();
   const ops::Window2d g = with_batch_size(geom_, x_.dim(0));
   Tensor dx = dx_buf_.get(x_.shape(), dy);
-  if (max_) ops::max_pool2d_backward(x_, y_, dy, g, dx);
+  if (max_) ops::max_pool2d_backward(x_, y_, dy, g, dx, relu_gate_);
   else ops::avg_pool2d_backward(dy, g, dx);
   return dx;
 }

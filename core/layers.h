@@ -147,6 +147,12 @@ class Layer {
   // For a final softmax/sigmoid fused into the loss: the layer emits pre-activation logits.
   virtual ops::Activation output_activation() const { return ops::Activation::Linear; }
   virtual void set_emit_logits(bool) {}
+  // A ReLU's backward done by the one layer that consumes this layer's output (Model::build pairs a ReLU
+  // convolution with a max pooling that is its only consumer): the producer, whose output is relu(z), then
+  // takes dL/dy as dL/dz, and the consumer routes its gradient only where its input is > 0 (relu'), in its
+  // own pass. Each returns false when it cannot take its part (nothing is changed then).
+  virtual bool set_relu_backward_in_consumer(bool) { return false; }
+  virtual bool set_relu_gate(bool) { return false; }
 
   // Cross-layer backward at the bottom of the trainable stack (Model::backward). A layer that needs
   // no input gradient and whose output is a normalisation describes it (`normalized_output`); the
@@ -400,12 +406,14 @@ class Conv2D : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
   ops::Activation output_activation() const override { return a_.act; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
+  bool set_relu_backward_in_consumer(bool on) override;
   void backward_operands(std::vector<Touch>* out, bool descending) const override;
 
  private:
   Args a_;
   ops::Window2d geom_;  // batch set per forward
   bool emit_logits_ = false;
+  bool relu_in_consumer_ = false;  // backward's dy is already dL/dz
   Tensor x_, z_, y_;
   Buffer z_buf_, y_buf_, dz_buf_, dx_buf_;
 };
@@ -420,9 +428,11 @@ class Pooling2D : public Layer {
   Shape build(const Shape& in) override;
   Tensor forward(const Tensor& x, Context& ctx) override;
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
+  bool set_relu_gate(bool on) override;
 
  private:
   bool max_;
+  bool relu_gate_ = false;  // the input is a ReLU's output whose backward this layer does
   Window2dArgs w_;
   ops::Window2d geom_;
   Tensor x_, y_;

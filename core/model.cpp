@@ -260,6 +260,16 @@ void Model::build(Graph g) {
   consumers_.assign(size_t(n_values), 0);
   for (const LayerCall& c : calls_)
     for (int v : c.inputs) ++consumers_[size_t(v)];
+  // A ReLU convolution whose output only a max pooling reads (and is no model output): the pooling's
+  // backward does the ReLU's too, in its own pass (Layer::set_relu_gate).
+  for (int k2 = 0; k2 < n_calls; ++k2) {
+    const LayerCall& c = calls_[size_t(k2)];
+    const int v = c.inputs.size() == 1 ? c.inputs[0] : -1, k = v - n_in;
+    if (k < 0 || consumers_[size_t(v)] != 1 || std::count(outputs_.begin(), outputs_.end(), v) > 0) continue;
+    Layer &producer = op(k), &consumer = op(k2);
+    if (producer.shared() || consumer.shared() || producer.output_activation() != ops::Activation::Relu) continue;
+    if (consumer.set_relu_gate(true) && !producer.set_relu_backward_in_consumer(true)) consumer.set_relu_gate(false);
+  }
   chain_ = n_in == 1 && outputs_.size() == 1 && clones_.empty() && outputs_[0] == n_in + n_calls - 1;
   for (int k = 0; chain_ && k < n_calls; ++k) chain_ = calls_[size_t(k)].inputs == std::vector<int>{n_in + k - 1};
   fused_.assign(outputs_.size(), ops::Activation::Linear);

@@ -293,14 +293,23 @@ void max_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y) {
   LS_CHECK(!y.shares_storage_with(x), "max_pool2d_forward: output aliases input");
   dispatch(x, [&](auto t, auto be) { using T = decltype(t); kernels::max_pool2d_forward(be, x.data<T>(), g, y.data<T>()); });
 }
-void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx) {
+void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx,
+                         bool relu_gate) {
   check_pool(x, y, g, "max_pool2d_backward");
   check_pool(dx, dy, g, "max_pool2d_backward");
   same(x, dx, "max_pool2d_backward");
+  if (x.device() == Device::CPU) {
+    dispatch(x, [&](auto t, auto) {
+      using T = decltype(t);
+      kernels::max_pool2d_backward(kernels::Cpu{}, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>(), relu_gate);
+    });
+    return;
+  }
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
     kernels::max_pool2d_backward(be, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>());
   });
+  if (relu_gate) activation_backward(Activation::Relu, 0.0, x, x, dx, dx);
 }
 void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y) {
   check_pool(x, y, g, "avg_pool2d_forward");

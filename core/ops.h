@@ -118,8 +118,11 @@ void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Window2d& g
 // window's positions inside the input (TensorFlow's avg_pool leaves padding out of the count).
 void max_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);
 // dx (assigned): each output's gradient goes to the first position of its window, in row-major order,
-// that holds the maximum (TensorFlow's MaxPoolGrad), found again from x and y.
-void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx);
+// that holds the maximum (TensorFlow's MaxPoolGrad), found again from x and y. relu_gate (x is a ReLU's
+// output): the ReLU's backward too, dx · (x > 0), in the same pass on the CPU (an output whose maximum is not
+// positive routes nothing); the same bits as max_pool2d_backward then activation_backward(Relu).
+void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx,
+                         bool relu_gate = false);
 void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);
 void avg_pool2d_backward(const Tensor& dy, const Window2d& g, const Tensor& dx);
 // Zero padding: small [N, H, W, C] is the block of big [N, H', W', C] at (top, left). into_big: big <-

@@ -451,6 +451,10 @@ template <typename T> void max_pool2d_forward(Cpu, const T* x, const Window2d& g
 
 template <typename T>
 void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2d& g, T* dx) {
+  max_pool2d_backward(Cpu{}, x, y, dy, g, dx, false);
+}
+template <typename T>
+void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2d& g, T* dx, bool relu_gate) {
   const int64_t c_n = g.in_c;
   std::fill(dx, dx + g.batch * g.in_h * g.in_w * c_n, T(0));
   // Per sample: windows of one sample overlap, so a sample's outputs are one thread's.
@@ -464,7 +468,12 @@ void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const int64_t o = ((n * g.out_h + oh) * g.out_w + ow) * c_n;
         const T *yo = y + o, *dyo = dy + o;
-        std::fill(open, open + c_n, T(1));
+        if (relu_gate) {
+#pragma omp simd
+          for (int64_t c = 0; c < c_n; ++c) open[c] = yo[c] > T(0) ? T(1) : T(0);
+        } else {
+          std::fill(open, open + c_n, T(1));
+        }
         for_taps(g, oh, ow, [&](int64_t, int64_t ih, int64_t iw) {
           const int64_t i = pix(g, n, ih, iw) * c_n;
           const T* xi = x + i;
@@ -556,6 +565,7 @@ template <typename T> void scale_channels(Cpu, const T* x, const T* m, T* y, int
   template void conv2d_backward_filter<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                \
   template void max_pool2d_forward<T>(Cpu, const T*, const Window2d&, T*);                                    \
   template void max_pool2d_backward<T>(Cpu, const T*, const T*, const T*, const Window2d&, T*);               \
+  template void max_pool2d_backward<T>(Cpu, const T*, const T*, const T*, const Window2d&, T*, bool);         \
   template void avg_pool2d_forward<T>(Cpu, const T*, const Window2d&, T*);                                    \
   template void avg_pool2d_backward<T>(Cpu, const T*, const Window2d&, T*);                                   \
   template void pad2d<T>(Cpu, T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \

@@ -146,6 +146,54 @@ TEST(Pooling2DGrad, MaxAndAverageIncludingSamePadding) {
   }
 }
 
+// A ReLU convolution whose output only a max pooling reads: Model::build pairs them and the pooling does the
+// ReLU's backward in its own pass (Layer::set_relu_gate). The gradients (input and weights, through the layer
+// loop and Model::backward) equal bit for bit those of the same network with the ReLU as a separate
+// Activation layer, which is never paired, in float64 and float32 (windows apart, overlapping, padded), and
+// match central differences.
+TEST(Pooling2DGrad, ReluConvUnderAMaxPoolFusedGivesTheSeparateBits) {
+  for (const char* pool : {"max_pooling2d: {}", "max_pooling2d: {pool_size: 3, strides: 2, padding: same}",
+                           "max_pooling2d: {pool_size: 2, padding: same}"})
+    for (DType dt : {DType::F64, DType::F32}) {
+      const std::string conv = str_cat("conv2d: {filters: 4, kernel_size: 3, padding: same, ", kBias);
+      const std::string head = str_cat("dense: {units: 3, ", kBias, "}");
+      auto fused = seq("[6, 7, 3]", {conv + ", activation: relu}", pool, "flatten: {}", head}, dt);
+      auto apart = seq("[6, 7, 3]", {conv + "}", "activation: {activation: relu}", pool, "flatten: {}", head}, dt);
+      fused->init(5);
+      apart->init(6);
+      for (size_t w = 0; w < 2; ++w) {
+        apart->layer(0).weights()[w].value.copy_from(fused->layer(0).weights()[w].value);
+        apart->layer(4).weights()[w].value.copy_from(fused->layer(3).weights()[w].value);
+      }
+      const Tensor x = randn(batched(4, fused->input_shape()), 61, 1.0, 0.0, dt);
+      Context ctx = training_ctx();
+      auto grads = [&](Model& m, bool layer_loop) {
+        const Tensor y = m.forward(x, ctx);
+        const Tensor r = randn(y.shape(), 4242, 1.0, 0.0, dt);
+        Tensor g = r;
+        if (layer_loop)
+          for (int i = int(m.layers().size()) - 1; i >= 0; --i) g = m.layer(i).backward(g, ctx, true);
+        else
+          m.backward(r, ctx);
+        std::vector<double> v = m.grads_arena().to_double_vector();
+        if (layer_loop) {
+          const std::vector<double> dx = g.to_double_vector();
+          v.insert(v.end(), dx.begin(), dx.end());
+        }
+        return v;
+      };
+      for (bool layer_loop : {true, false}) {
+        const std::vector<double> a = grads(*fused, layer_loop), b = grads(*apart, layer_loop);
+        ASSERT_EQ(a.size(), b.size());
+        size_t differ = 0, nonzero = 0;
+        for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i], nonzero += a[i] != 0;
+        EXPECT_EQ(differ, 0u) << pool << " " << dtype_name(dt) << (layer_loop ? " layer loop" : " Model::backward");
+        EXPECT_GT(nonzero, a.size() / 2) << pool;
+      }
+      if (dt == DType::F64) expect_model_grads_ok(*fused, x, training_ctx(), pool);
+    }
+}
+
 TEST(GlobalPooling2DGrad, AverageAndMaxWithAndWithoutKeepdims) {
   struct Case {
     const char* pool;

@@ -884,7 +884,7 @@ TEST(PoolBackward, MaxTiesGoToTheFirstInRowMajorOrder) {
 // The kernel runs over channels in vectors (open/hit masks per channel): channel counts past one and two
 // AVX-512 vectors with a remainder, values from a set of five so most windows hold ties, every pool shape;
 // the gradient must equal the loops' first-maximum routing (exactly in float64; float32 rounds the sums
-// where windows overlap).
+// where windows overlap), and with relu_gate the bits of max_pool2d_backward then the ReLU's backward.
 TEST(PoolBackward, MaxWideChannelsWithTiesMatchLoops) {
   uint64_t seed = 700;
   for (int64_t c : {16, 37})
@@ -904,6 +904,15 @@ TEST(PoolBackward, MaxWideChannelsWithTiesMatchLoops) {
                                naive_max_pool_grad(xv, dy.to_double_vector(), p)),
                   dt == DType::F64 ? 0.0 : 1e-5)
             << describe(p) << " " << dtype_name(dt);
+        // relu_gate on a ReLU's output (many zeros, windows all zero): the bits of the two passes.
+        Tensor xr = x.clone();
+        ops::activation_forward(ops::Activation::Relu, 0.0, x, xr);
+        const Tensor yr = pool_forward(xr, g, true);
+        Tensor gated = nan_tensor(x_shape(g), dt), apart = nan_tensor(x_shape(g), dt);
+        ops::max_pool2d_backward(xr, yr, dy, g, gated, true);
+        ops::max_pool2d_backward(xr, yr, dy, g, apart);
+        ops::activation_backward(ops::Activation::Relu, 0.0, xr, xr, apart, apart);
+        EXPECT_EQ(gated.to_double_vector(), apart.to_double_vector()) << describe(p) << " " << dtype_name(dt) << " relu gate";
       }
 }
 
