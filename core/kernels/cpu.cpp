@@ -418,12 +418,7 @@ void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int
 }
 
 template <typename T> void Epilogue<T>::apply(T* y, int64_t rows, int64_t cols) const {
-  if (bias)
-    for (int64_t r = 0; r < rows; ++r) {
-      T* yr = y + r * cols;
-#pragma omp simd
-      for (int64_t c = 0; c < cols; ++c) yr[c] += bias[c];
-    }
+  if (bias) bias_add(Cpu{}, y, bias, rows, cols);
   if (act != ops::Activation::Linear) activation_forward(Cpu{}, act, alpha, y, y, rows, cols);
 }
 template <typename T> void Epilogue<T>::apply_in_blocks(T* y, int64_t rows, int64_t cols) const {
