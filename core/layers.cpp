@@ -295,16 +295,21 @@ Shape ActivationLayer::build(const Shape& in) {
   input_shape_ = output_shape_ = in;
   return in;
 }
+bool ActivationLayer::set_relu_in_producer(bool on) {
+  if (act_ != ops::Activation::Relu || emit_logits_) return false;
+  in_producer_ = on;
+  return true;
+}
 Tensor ActivationLayer::forward(const Tensor& x, Context&) {
   x_ = x;
-  if (act_ == ops::Activation::Linear || emit_logits_) return y_ = x;
+  if (act_ == ops::Activation::Linear || emit_logits_ || in_producer_) return y_ = x;
   y_ = y_buf_.get(x.shape(), x);
   ops::activation_forward(act_, alpha_, x, y_);
   return y_;
 }
 Tensor ActivationLayer::backward(const Tensor& dy, Context&, bool need_dx) {
   if (!need_dx) return Tensor();
-  if (act_ == ops::Activation::Linear || emit_logits_) return dy;
+  if (act_ == ops::Activation::Linear || emit_logits_ || in_producer_) return dy;
   Tensor dx = dx_buf_.get(dy.shape(), dy);
   ops::activation_backward(act_, alpha_, x_, y_, dy, dx);
   return dx;
@@ -399,8 +404,9 @@ Tensor BatchNormalization::forward(const Tensor& x, Context& ctx) {
   const int64_t C = view_.channels;
   Tensor y = y_buf_.get(x.shape(), x);
   was_training_ = training(ctx);
+  y_ = relu_ ? y : Tensor();
   if (!was_training_) {
-    ops::bn_apply(x, view_, g("moving_mean"), g("moving_variance"), g("gamma"), g("beta"), epsilon_, y);
+    ops::bn_apply(x, view_, g("moving_mean"), g("moving_variance"), g("gamma"), g("beta"), epsilon_, y, relu_);
     return y;
   }
   if (!mean_.defined() || mean_.device() != x.device() || mean_.dtype() != x.dtype()) {
@@ -417,7 +423,7 @@ Tensor BatchNormalization::forward(const Tensor& x, Context& ctx) {
     count = double(ctx.global_batch > 0 ? ctx.global_batch : x.dim(0)) * double(per_sample);
   }
   ops::bn_moments(stats_, count, mean_, var_);
-  ops::bn_apply(x, view_, mean_, var_, g("gamma"), g("beta"), epsilon_, y);
+  ops::bn_apply(x, view_, mean_, var_, g("gamma"), g("beta"), epsilon_, y, relu_);
   ops::bn_update_moving(g("moving_mean"), mean_, momentum_);
   if (bessel_ && count > 1) {
     Tensor unbiased = var_.clone();
@@ -450,22 +456,27 @@ Tensor BatchNormalization::backward(const Tensor& dy, Context& ctx, bool need_dx
   const bool owes = owes_param_grads();
   // Training mode's input gradient needs the sums too.
   if (owes || (was_training_ && need_dx)) {
-    ops::bn_backward_sums(dy, x_, view_, xhat_mean(), xhat_var(), epsilon_, grad_sums());
+    ops::bn_backward_sums(dy, x_, view_, xhat_mean(), xhat_var(), epsilon_, grad_sums(), y_);
     if (owes) set_param_grads(sums_);
   }
   if (!need_dx) return Tensor();
   Tensor dx = dx_buf_.get(dy.shape(), dy);
   if (!was_training_) {
-    ops::bn_backward_inference(dy, view_, g("moving_variance"), g("gamma"), epsilon_, dx);
+    ops::bn_backward_inference(dy, view_, g("moving_variance"), g("gamma"), epsilon_, dx, y_);
     return dx;
   }
   if (sync_ && ctx.all_reduce_sum) ctx.all_reduce_sum(sums_);
-  ops::bn_backward_apply(dy, x_, view_, mean_, var_, g("gamma"), epsilon_, sums_, stats_count_, dx);
+  ops::bn_backward_apply(dy, x_, view_, mean_, var_, g("gamma"), epsilon_, sums_, stats_count_, dx, y_);
   return dx;
 }
 
+bool BatchNormalization::absorb_relu(bool on) {
+  relu_ = on;
+  return true;
+}
 bool BatchNormalization::normalized_output(NormalizedOutput* out) {
-  if (!owes_param_grads() || !x_.defined()) return false;
+  // With a ReLU absorbed the output is no affine normalisation.
+  if (relu_ || !owes_param_grads() || !x_.defined()) return false;
   *out = NormalizedOutput{x_, xhat_mean(), xhat_var(), g("gamma"), g("beta"), grad_sums(), view_, epsilon_};
   return true;
 }
@@ -813,6 +824,11 @@ Shape Merge::build_multi(const std::vector<Shape>& in) {
   return out;
 }
 
+bool Merge::absorb_relu(bool on) {
+  if (op_ != Op::Add) return false;
+  relu_ = on;
+  return true;
+}
 Tensor Merge::forward_multi(const std::vector<Tensor>& xs, Context&) {
   xs_ = xs;
   const size_t n = xs.size();
@@ -830,6 +846,12 @@ Tensor Merge::forward_multi(const std::vector<Tensor>& xs, Context&) {
       return y;
     }
     case Op::Add:
+      // x0 + x1 in one pass, then the others in order (the bits of copying x0 and adding each in turn).
+      ops::add(xs[0], xs[1], y, relu_ && n == 2);
+      for (size_t i = 2; i < n; ++i) ops::axpy(1.0, xs[i], y);
+      if (relu_ && n > 2) ops::activation_forward(ops::Activation::Relu, 0.0, y, y);
+      y_ = relu_ ? y : Tensor();
+      return y;
     case Op::Subtract:
     case Op::Average:
       ops::copy(xs[0], y);
@@ -876,10 +898,17 @@ std::vector<Tensor> Merge::backward_multi(const Tensor& dy, Context&, const std:
       }
       break;
     }
-    case Op::Add:
+    case Op::Add: {
+      Tensor g = dy;
+      if (relu_) {
+        // The absorbed ReLU's backward (its output gates: > 0 exactly where its input was).
+        g = own(0);
+        ops::activation_backward(ops::Activation::Relu, 0.0, y_, y_, dy, g);
+      }
       for (size_t i = 0; i < n; ++i)
-        if (need_dx[i]) dx[i] = dy;
+        if (need_dx[i]) dx[i] = g;
       break;
+    }
     case Op::Subtract:
       if (need_dx[0]) dx[0] = dy;
       if (need_dx[1]) {

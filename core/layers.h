@@ -153,6 +153,12 @@ class Layer {
   // own pass. Each returns false when it cannot take its part (nothing is changed then).
   virtual bool set_relu_backward_in_consumer(bool) { return false; }
   virtual bool set_relu_gate(bool) { return false; }
+  // A ReLU layer fed by this layer's output alone (Model::build pairs them, e.g. a BatchNormalization or
+  // an Add under an Activation('relu')): the producer applies the ReLU in its own forward pass and does the
+  // ReLU's backward in its own backward (`absorb_relu`); the ReLU layer then passes values and gradients
+  // through unchanged (`set_relu_in_producer`). Each returns false when it cannot take its part.
+  virtual bool absorb_relu(bool) { return false; }
+  virtual bool set_relu_in_producer(bool) { return false; }
 
   // Cross-layer backward at the bottom of the trainable stack (Model::backward). A layer that needs
   // no input gradient and whose output is a normalisation describes it (`normalized_output`); the
@@ -260,12 +266,14 @@ class ActivationLayer : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
   ops::Activation output_activation() const override { return act_; }
   void set_emit_logits(bool e) override { emit_logits_ = e; }
+  bool set_relu_in_producer(bool on) override;
 
  private:
   std::string key_, class_;
   ops::Activation act_;
   double alpha_;
   bool emit_logits_ = false;
+  bool in_producer_ = false;  // a ReLU its producer applies (Layer::absorb_relu): values pass through
   Tensor x_, y_;
   Buffer y_buf_, dx_buf_;
 };
@@ -327,6 +335,7 @@ class BatchNormalization : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
   bool normalized_output(NormalizedOutput* out) override;
   void backward_from_sums(const NormalizedOutput& n) override;
+  bool absorb_relu(bool on) override;
   bool sync() const { return sync_; }
 
  private:
@@ -336,10 +345,11 @@ class BatchNormalization : public Layer {
   Initializer beta_init_, gamma_init_, mm_init_, mv_init_;
   bool sync_;
   bool bessel_ = false;  // Keras's fused path (4-D inputs) stores the unbiased variance
+  bool relu_ = false;    // a following ReLU layer's forward and backward done here (Layer::absorb_relu)
   // cache
   bool was_training_ = false;
   ops::FeatureView view_;
-  Tensor x_;
+  Tensor x_, y_;  // y_: kept when relu_ (the ReLU's output gates the gradient)
   Tensor mean_, var_, stats_, sums_;
   double stats_count_ = 0;
   Buffer y_buf_, dx_buf_;
@@ -540,9 +550,12 @@ class Merge : public Layer {
   Tensor forward_multi(const std::vector<Tensor>& xs, Context& ctx) override;
   Tensor backward(const Tensor& dy, Context& ctx, bool need_dx) override;
   std::vector<Tensor> backward_multi(const Tensor& dy, Context& ctx, const std::vector<bool>& need_dx) override;
+  bool absorb_relu(bool on) override;
 
  private:
   Op op_;
+  bool relu_ = false;    // Add: a following ReLU layer's forward and backward done here (Layer::absorb_relu)
+  Tensor y_;             // the output, kept when relu_
   int axis_;             // Concatenate: as given (batched, negative from the end); after build, per-sample
   std::vector<Shape> in_shapes_;
   std::vector<Tensor> xs_;

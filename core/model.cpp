@@ -260,6 +260,14 @@ void Model::build(Graph g) {
   consumers_.assign(size_t(n_values), 0);
   for (const LayerCall& c : calls_)
     for (int v : c.inputs) ++consumers_[size_t(v)];
+  // Pairings across layers, undone first (a layer may have been paired in another model).
+  for (int k = 0; k < n_calls; ++k) {
+    Layer& l = op(k);
+    l.set_relu_gate(false);
+    l.set_relu_backward_in_consumer(false);
+    l.set_relu_in_producer(false);
+    l.absorb_relu(false);
+  }
   // A ReLU convolution whose output only a max pooling reads (and is no model output): the pooling's
   // backward does the ReLU's too, in its own pass (Layer::set_relu_gate).
   for (int k2 = 0; k2 < n_calls; ++k2) {
@@ -269,6 +277,17 @@ void Model::build(Graph g) {
     Layer &producer = op(k), &consumer = op(k2);
     if (producer.shared() || consumer.shared() || producer.output_activation() != ops::Activation::Relu) continue;
     if (consumer.set_relu_gate(true) && !producer.set_relu_backward_in_consumer(true)) consumer.set_relu_gate(false);
+  }
+  // A ReLU layer whose input only one producer's output feeds (and is no model output), a BatchNormalization
+  // or an Add: the producer applies the ReLU in its own passes and the ReLU layer passes through
+  // (Layer::absorb_relu).
+  for (int k2 = 0; k2 < n_calls; ++k2) {
+    const LayerCall& c = calls_[size_t(k2)];
+    const int v = c.inputs.size() == 1 ? c.inputs[0] : -1, k = v - n_in;
+    if (k < 0 || consumers_[size_t(v)] != 1 || std::count(outputs_.begin(), outputs_.end(), v) > 0) continue;
+    Layer &producer = op(k), &consumer = op(k2);
+    if (producer.shared() || consumer.shared()) continue;
+    if (consumer.set_relu_in_producer(true) && !producer.absorb_relu(true)) consumer.set_relu_in_producer(false);
   }
   chain_ = n_in == 1 && outputs_.size() == 1 && clones_.empty() && outputs_[0] == n_in + n_calls - 1;
   for (int k = 0; chain_ && k < n_calls; ++k) chain_ = calls_[size_t(k)].inputs == std::vector<int>{n_in + k - 1};
@@ -761,9 +780,10 @@ void Model::graph_backward(const std::vector<Tensor>& douts, Context& ctx, const
     }
     if (!grad_owned_[size_t(v)]) {
       Tensor own = grad_bufs_[size_t(v)].get(g.shape(), g);
-      ops::copy(slot, own);
+      ops::add(slot, g, own);  // in one pass: the bits of copying slot and adding g
       slot = own;
       grad_owned_[size_t(v)] = 1;
+      return;
     }
     ops::axpy(1.0, g, slot);
   };

@@ -97,6 +97,16 @@ void axpby(double a, const Tensor& x, double b, const Tensor& y) {
     kernels::axpby(be, T(a), x.data<T>(), T(b), y.data<T>(), x.numel());
   });
 }
+void add(const Tensor& a, const Tensor& b, const Tensor& out, bool relu) {
+  same_numel(a, b, "add");
+  same_numel(a, out, "add");
+  same(a, b, "add");
+  same(a, out, "add");
+  dispatch(a, [&](auto t, auto be) {
+    using T = decltype(t);
+    kernels::add(be, a.data<T>(), b.data<T>(), out.data<T>(), a.numel(), relu);
+  });
+}
 void mul(const Tensor& a, const Tensor& b, const Tensor& out) {
   same_numel(a, b, "mul");
   same_numel(a, out, "mul");
@@ -498,6 +508,12 @@ static void check_stats(const Tensor& stats, const FeatureView& v, const Tensor&
   LS_CHECK(stats.dtype() == DType::F64 && stats.numel() == 2 * v.channels && stats.device() == x.device(), op,
            ": statistics must be float64 [2C] on the input's device");
 }
+// A following ReLU's output (undefined: none), whose backward the normalisation's does.
+static void check_gate(const Tensor& relu_out, const Tensor& dy, const char* op) {
+  if (!relu_out.defined()) return;
+  same(relu_out, dy, op);
+  same_numel(relu_out, dy, op);
+}
 void bn_sums(const Tensor& x, const FeatureView& v, const Tensor& stats) {
   check_stats(stats, v, x, "bn_sums");
   LS_CHECK(x.numel() == v.outer * v.channels * v.inner, "bn_sums: view does not match ", shape_str(x.shape()));
@@ -512,13 +528,14 @@ void bn_moments(const Tensor& stats, double count, const Tensor& mean, const Ten
   });
 }
 void bn_apply(const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var, const Tensor& gamma,
-              const Tensor& beta, double eps, const Tensor& y) {
+              const Tensor& beta, double eps, const Tensor& y, bool relu) {
   same_numel(x, y, "bn_apply");
   same(x, mean, "bn_apply");
   LS_CHECK(mean.numel() == v.channels && var.numel() == v.channels, "bn_apply: ", v.channels, " channels");
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::bn_apply(be, x.data<T>(), v, mean.data<T>(), var.data<T>(), opt<T>(gamma), opt<T>(beta), T(eps), y.data<T>());
+    kernels::bn_apply(be, x.data<T>(), v, mean.data<T>(), var.data<T>(), opt<T>(gamma), opt<T>(beta), T(eps), y.data<T>(),
+                      relu);
   });
 }
 void bn_update_moving(const Tensor& moving, const Tensor& batch, double momentum) {
@@ -529,31 +546,37 @@ void bn_update_moving(const Tensor& moving, const Tensor& batch, double momentum
   });
 }
 void bn_backward_sums(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var,
-                      double eps, const Tensor& sums) {
+                      double eps, const Tensor& sums, const Tensor& relu_out) {
   same_numel(dy, x, "bn_backward_sums");
   check_stats(sums, v, x, "bn_backward_sums");
+  check_gate(relu_out, dy, "bn_backward_sums");
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::bn_backward_sums(be, dy.data<T>(), x.data<T>(), v, mean.data<T>(), var.data<T>(), T(eps), sums.data<double>());
+    kernels::bn_backward_sums(be, dy.data<T>(), x.data<T>(), v, mean.data<T>(), var.data<T>(), T(eps), sums.data<double>(),
+                              opt<T>(relu_out));
   });
 }
 void bn_backward_apply(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var,
-                       const Tensor& gamma, double eps, const Tensor& sums, double count, const Tensor& dx) {
+                       const Tensor& gamma, double eps, const Tensor& sums, double count, const Tensor& dx,
+                       const Tensor& relu_out) {
   same_numel(dy, x, "bn_backward_apply");
+  check_gate(relu_out, dy, "bn_backward_apply");
   same_numel(dy, dx, "bn_backward_apply");
   check_stats(sums, v, x, "bn_backward_apply");
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
     kernels::bn_backward_apply(be, dy.data<T>(), x.data<T>(), v, mean.data<T>(), var.data<T>(), opt<T>(gamma), T(eps),
-                               sums.data<double>(), count, dx.data<T>());
+                               sums.data<double>(), count, dx.data<T>(), opt<T>(relu_out));
   });
 }
 void bn_backward_inference(const Tensor& dy, const FeatureView& v, const Tensor& var, const Tensor& gamma, double eps,
-                           const Tensor& dx) {
+                           const Tensor& dx, const Tensor& relu_out) {
   same_numel(dy, dx, "bn_backward_inference");
+  check_gate(relu_out, dy, "bn_backward_inference");
   dispatch(dy, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::bn_backward_inference(be, dy.data<T>(), v, var.data<T>(), opt<T>(gamma), T(eps), dx.data<T>());
+    kernels::bn_backward_inference(be, dy.data<T>(), v, var.data<T>(), opt<T>(gamma), T(eps), dx.data<T>(),
+                                   opt<T>(relu_out));
   });
 }
 void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbeta) {

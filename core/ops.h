@@ -36,6 +36,8 @@ void copy(const Tensor& src, const Tensor& dst);
 void scale(const Tensor& x, double a);                                   // x *= a
 void axpy(double a, const Tensor& x, const Tensor& y);                   // y += a*x
 void axpby(double a, const Tensor& x, double b, const Tensor& y);        // y = a*x + b*y
+void add(const Tensor& a, const Tensor& b, const Tensor& out,           // out = a+b, then max(out, 0) when
+         bool relu = false);                                             //   relu (activation_forward's ReLU)
 void mul(const Tensor& a, const Tensor& b, const Tensor& out);           // out = a*b
 void clip_by_value(const Tensor& x, double lo, double hi);               // in place
 double sum(const Tensor& x);
@@ -206,22 +208,27 @@ FeatureView feature_view(const Shape& shape, int axis);
 void bn_sums(const Tensor& x, const FeatureView& v, const Tensor& stats);
 // From summed statistics over `count` samples: mean = Σx/n, var = max(Σx²/n - mean², 0) (biased).
 void bn_moments(const Tensor& stats, double count, const Tensor& mean, const Tensor& var);
-// y = gamma*(x-mean)/sqrt(var+eps) + beta; gamma/beta may be undefined (scale/center off).
+// y = gamma*(x-mean)/sqrt(var+eps) + beta; gamma/beta may be undefined (scale/center off). relu: a ReLU
+// applied to y in the same pass (the same bits as activation_forward after it).
 void bn_apply(const Tensor& x, const FeatureView& v, const Tensor& mean, const Tensor& var, const Tensor& gamma,
-              const Tensor& beta, double eps, const Tensor& y);
+              const Tensor& beta, double eps, const Tensor& y, bool relu = false);
 // moving = momentum*moving + (1-momentum)*batch.
 void bn_update_moving(const Tensor& moving, const Tensor& batch, double momentum);
 // sums[0:C] = Σdy, sums[C:2C] = Σdy·x̂ per channel (F64), x̂ = (x-mean)/sqrt(var+eps).
+// The three backward ops take relu_out, the output of a ReLU applied to the normalisation's output
+// (bn_apply's relu), or undefined: when defined, dy is the ReLU's output gradient and each op first does
+// the ReLU's backward on the fly (dy where relu_out > 0, else 0: activation_backward's bits), so that the
+// gated gradient is never written out.
 void bn_backward_sums(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean,
-                      const Tensor& var, double eps, const Tensor& sums);
+                      const Tensor& var, double eps, const Tensor& sums, const Tensor& relu_out = Tensor());
 // Training-mode input gradient from (possibly globally reduced) sums over `count` samples:
 // dx = gamma/sqrt(var+eps) * (dy - Σdy/n - x̂·Σdy·x̂/n).
 void bn_backward_apply(const Tensor& dy, const Tensor& x, const FeatureView& v, const Tensor& mean,
                        const Tensor& var, const Tensor& gamma, double eps, const Tensor& sums, double count,
-                       const Tensor& dx);
+                       const Tensor& dx, const Tensor& relu_out = Tensor());
 // Inference-mode input gradient: dx = dy * gamma/sqrt(var+eps).
 void bn_backward_inference(const Tensor& dy, const FeatureView& v, const Tensor& var, const Tensor& gamma,
-                           double eps, const Tensor& dx);
+                           double eps, const Tensor& dx, const Tensor& relu_out = Tensor());
 // dgamma = sums[C:2C], dbeta = sums[0:C], converted to the parameters' dtype (either may be undefined).
 void bn_param_grads(const Tensor& sums, const Tensor& dgamma, const Tensor& dbeta);
 // A Dense layer above a normalisation y = gamma*x̂ + beta that needs no input gradient (the bottom of the

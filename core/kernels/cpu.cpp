@@ -132,6 +132,15 @@ template <typename T> void axpby(Cpu, T a, const T* x, T b, T* y, int64_t n) {
     elementwise(n, [=](int64_t i) { y[i] = a * x[i] + b * y[i]; });
   }
 }
+template <typename T> void add(Cpu, const T* a, const T* b, T* out, int64_t n, bool relu) {
+  if (relu)
+    elementwise(n, [=](int64_t i) {
+      const T v = a[i] + b[i];
+      out[i] = v > T(0) ? v : T(0);
+    });
+  else
+    elementwise(n, [=](int64_t i) { out[i] = a[i] + b[i]; });
+}
 template <typename T> void mul(Cpu, const T* a, const T* b, T* out, int64_t n) {
   elementwise(n, [=](int64_t i) { out[i] = a[i] * b[i]; });
 }
@@ -645,8 +654,13 @@ template <typename T> void bn_moments(Cpu, const double* stats, double count, T*
     var[i] = T(v > 0 ? v : 0.0);
   }
 }
-// Per-channel y = x*a + b with a = gamma*invstd, b = beta - mean*a.
-template <typename T>
+// Per-channel y = x*a + b with a = gamma*invstd, b = beta - mean*a; Relu: then max(y, 0) as activation_forward's.
+template <bool Relu, typename T> static inline T affine_out(T x, T a, T b) {
+  const T v = x * a + b;
+  if constexpr (Relu) return v > T(0) ? v : T(0);
+  return v;
+}
+template <bool Relu, typename T>
 static void channel_affine(const T* x, ops::FeatureView v, const T* a, const T* b, T* y) {
   const int64_t C = v.channels;
   if (v.inner == 1) {
@@ -654,7 +668,7 @@ static void channel_affine(const T* x, ops::FeatureView v, const T* a, const T* 
       const T* xr = x + o * C;
       T* yr = y + o * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * a[c] + b[c];
+      for (int64_t c = 0; c < C; ++c) yr[c] = affine_out<Relu>(xr[c], a[c], b[c]);
     });
     return;
   }
@@ -662,12 +676,12 @@ static void channel_affine(const T* x, ops::FeatureView v, const T* a, const T* 
     for (int64_t c = 0; c < C; ++c) {
       const T* xr = x + (o * C + c) * v.inner;
       T* yr = y + (o * C + c) * v.inner;
-      for (int64_t i = 0; i < v.inner; ++i) yr[i] = xr[i] * a[c] + b[c];
+      for (int64_t i = 0; i < v.inner; ++i) yr[i] = affine_out<Relu>(xr[i], a[c], b[c]);
     }
 }
 template <typename T>
 void bn_apply(Cpu, const T* x, ops::FeatureView v, const T* mean, const T* var, const T* gamma, const T* beta,
-              T eps, T* y) {
+              T eps, T* y, bool relu) {
   const int64_t C = v.channels;
   std::vector<T> a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
@@ -675,14 +689,24 @@ void bn_apply(Cpu, const T* x, ops::FeatureView v, const T* mean, const T* var, 
     a[c] = (gamma ? gamma[c] : T(1)) * inv;
     b[c] = (beta ? beta[c] : T(0)) - mean[c] * a[c];
   }
-  channel_affine(x, v, a.data(), b.data(), y);
+  if (relu)
+    channel_affine<true>(x, v, a.data(), b.data(), y);
+  else
+    channel_affine<false>(x, v, a.data(), b.data(), y);
 }
 template <typename T> void bn_update_moving(Cpu, T* moving, const T* batch, int64_t c, T momentum) {
   for (int64_t i = 0; i < c; ++i) moving[i] -= (moving[i] - batch[i]) * (T(1) - momentum);
 }
-template <typename T>
-void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var, T eps,
-                      double* sums) {
+// dy[i], or where a ReLU follows the normalisation (gate = that ReLU's output, > 0 exactly where its input
+// is), dy[i] where gate[i] > 0 and 0 elsewhere: the ReLU's backward as activation_backward computes it.
+template <bool Gate, typename T> static inline T gated(const T* dy, const T* gate, int64_t i) {
+  const T g = dy[i];
+  if constexpr (Gate) return gate[i] > T(0) ? g : T(0);
+  return g;
+}
+template <bool Gate, typename T>
+static void bn_backward_sums_impl(const T* dy, const T* gate, const T* x, ops::FeatureView v, const T* mean,
+                                  const T* var, T eps, double* sums) {
   const int64_t C = v.channels;
   std::vector<double> inv(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) inv[c] = 1.0 / std::sqrt(double(var[c]) + double(eps));
@@ -697,10 +721,12 @@ void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T*
     for (int64_t o = 0; o < v.outer; ++o) {
       const T* xr = x + o * C;
       const T* dr = dy + o * C;
+      const T* gr = Gate ? gate + o * C : nullptr;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        sdy[c] += double(dr[c]);
-        sx[c] += double(dr[c]) * double(xr[c]);
+        const double g = double(gated<Gate>(dr, gr, c));
+        sdy[c] += g;
+        sx[c] += g * double(xr[c]);
       }
     }
   } else {
@@ -708,10 +734,12 @@ void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T*
     for (int64_t c = 0; c < C; ++c) {
       const T* xr = x + (o * C + c) * v.inner;
       const T* dr = dy + (o * C + c) * v.inner;
+      const T* gr = Gate ? gate + (o * C + c) * v.inner : nullptr;
       double a = 0, b = 0;
       for (int64_t i = 0; i < v.inner; ++i) {
-        a += dr[i];
-        b += double(dr[i]) * double(xr[i]);
+        const T g = gated<Gate>(dr, gr, i);
+        a += g;
+        b += double(g) * double(xr[i]);
       }
       sdy[c] += a;
       sdx[c] += b;
@@ -720,8 +748,16 @@ void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T*
   for (int64_t c = 0; c < C; ++c) sdyx[c] = inv[c] * (sdx[c] - double(mean[c]) * sdy[c]);
 }
 template <typename T>
-void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var,
-                       const T* gamma, T eps, const double* sums, double count, T* dx) {
+void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var, T eps,
+                      double* sums, const T* gate) {
+  if (gate)
+    bn_backward_sums_impl<true>(dy, gate, x, v, mean, var, eps, sums);
+  else
+    bn_backward_sums_impl<false>(dy, gate, x, v, mean, var, eps, sums);
+}
+template <bool Gate, typename T>
+static void bn_backward_apply_impl(const T* dy, const T* gate, const T* x, ops::FeatureView v, const T* mean,
+                                   const T* var, const T* gamma, T eps, const double* sums, double count, T* dx) {
   const int64_t C = v.channels;
   // dx = k·(dy - Σdy/n - x̂·Σdy·x̂/n) with k = gamma·invstd and x̂ = (x-mean)·invstd
   //    = k·dy + (x·p + q) with p = -k·invstd·Σdy·x̂/n, q = -k·Σdy/n - mean·p.
@@ -740,22 +776,37 @@ void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T
     for (int64_t o = 0; o < v.outer; ++o) {
       const int64_t base = o * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) dx[base + c] = kp[c] * dy[base + c] + x[base + c] * pp[c] + qp[c];
+      for (int64_t c = 0; c < C; ++c) dx[base + c] = kp[c] * gated<Gate>(dy, gate, base + c) + x[base + c] * pp[c] + qp[c];
     }
     return;
   }
   for (int64_t o = 0; o < v.outer; ++o)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t base = (o * C + c) * v.inner;
-      for (int64_t i = 0; i < v.inner; ++i) dx[base + i] = k[c] * dy[base + i] + x[base + i] * p[c] + q[c];
+      for (int64_t i = 0; i < v.inner; ++i) dx[base + i] = k[c] * gated<Gate>(dy, gate, base + i) + x[base + i] * p[c] + q[c];
     }
 }
 template <typename T>
-void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx) {
+void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var,
+                       const T* gamma, T eps, const double* sums, double count, T* dx, const T* gate) {
+  if (gate)
+    bn_backward_apply_impl<true>(dy, gate, x, v, mean, var, gamma, eps, sums, count, dx);
+  else
+    bn_backward_apply_impl<false>(dy, gate, x, v, mean, var, gamma, eps, sums, count, dx);
+}
+template <typename T>
+void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx,
+                           const T* gate) {
   const int64_t C = v.channels;
   std::vector<T> a(static_cast<size_t>(C)), z(static_cast<size_t>(C), T(0));
   for (int64_t c = 0; c < C; ++c) a[c] = (gamma ? gamma[c] : T(1)) / std::sqrt(var[c] + eps);
-  channel_affine(dy, v, a.data(), z.data(), dx);
+  if (gate) {
+    // The ReLU's backward first (as activation_backward: into dx), then the scaling in place.
+    elementwise(v.outer * C * v.inner, [=](int64_t i) { dx[i] = gated<true>(dy, gate, i); });
+    channel_affine<false>(dx, v, a.data(), z.data(), dx);
+    return;
+  }
+  channel_affine<false>(dy, v, a.data(), z.data(), dx);
 }
 template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T* dgamma, T* dbeta) {
   for (int64_t i = 0; i < c; ++i) {
@@ -1089,6 +1140,7 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
   template void copy<T>(Cpu, const T*, T*, int64_t);                                                           \
   template void scale<T>(Cpu, T*, int64_t, T);                                                                 \
   template void axpby<T>(Cpu, T, const T*, T, T*, int64_t);                                                    \
+  template void add<T>(Cpu, const T*, const T*, T*, int64_t, bool);                                            \
   template void mul<T>(Cpu, const T*, const T*, T*, int64_t);                                                  \
   template void clip_by_value<T>(Cpu, T*, int64_t, T, T);                                                      \
   template double sum<T>(Cpu, const T*, int64_t);                                                              \
@@ -1112,13 +1164,13 @@ template <typename T> void truncated_normal(Cpu, T* x, int64_t n, double mean, d
   template void alpha_dropout_forward<T>(Cpu, const T*, T, rng::Stream, int64_t, T*, T*, int64_t);             \
   template void bn_sums<T>(Cpu, const T*, ops::FeatureView, double*);                                          \
   template void bn_moments<T>(Cpu, const double*, double, T*, T*, int64_t);                                    \
-  template void bn_apply<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, const T*, const T*, T, T*);    \
+  template void bn_apply<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, const T*, const T*, T, T*, bool);\
   template void bn_update_moving<T>(Cpu, T*, const T*, int64_t, T);                                            \
   template void bn_backward_sums<T>(Cpu, const T*, const T*, ops::FeatureView, const T*, const T*, T,          \
-                                    double*);                                                                  \
+                                    double*, const T*);                                                                \
   template void bn_backward_apply<T>(Cpu, const T*, const T*, ops::FeatureView, const T*, const T*, const T*,  \
-                                     T, const double*, double, T*);                                            \
-  template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*);          \
+                                     T, const double*, double, T*, const T*);                                     \
+  template void bn_backward_inference<T>(Cpu, const T*, ops::FeatureView, const T*, const T*, T, T*, const T*);\
   template void bn_param_grads<T>(Cpu, const double*, int64_t, T*, T*);                                        \
   template void dense_normalized_grads<T>(Cpu, const T*, const T*, int64_t, T*, const T*, const T*, const T*, \
                                           T*, int64_t, int64_t, double*, T);                                   \

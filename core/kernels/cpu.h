@@ -18,6 +18,8 @@ template <typename T> void fill(Cpu, T* x, int64_t n, T v);
 template <typename T> void copy(Cpu, const T* src, T* dst, int64_t n);
 template <typename T> void scale(Cpu, T* x, int64_t n, T a);
 template <typename T> void axpby(Cpu, T a, const T* x, T b, T* y, int64_t n);
+// out = a + b (relu: then max(out, 0) as activation_forward's ReLU).
+template <typename T> void add(Cpu, const T* a, const T* b, T* out, int64_t n, bool relu);
 template <typename T> void mul(Cpu, const T* a, const T* b, T* out, int64_t n);
 template <typename T> void clip_by_value(Cpu, T* x, int64_t n, T lo, T hi);
 template <typename T> double sum(Cpu, const T* x, int64_t n);
@@ -107,16 +109,17 @@ template <typename T> void bn_sums(Cpu, const T* x, ops::FeatureView v, double* 
 template <typename T> void bn_moments(Cpu, const double* stats, double count, T* mean, T* var, int64_t c);
 template <typename T>
 void bn_apply(Cpu, const T* x, ops::FeatureView v, const T* mean, const T* var, const T* gamma, const T* beta,
-              T eps, T* y);
+              T eps, T* y, bool relu);
 template <typename T> void bn_update_moving(Cpu, T* moving, const T* batch, int64_t c, T momentum);
 template <typename T>
 void bn_backward_sums(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var, T eps,
-                      double* sums);
+                      double* sums, const T* gate);
 template <typename T>
 void bn_backward_apply(Cpu, const T* dy, const T* x, ops::FeatureView v, const T* mean, const T* var,
-                       const T* gamma, T eps, const double* sums, double count, T* dx);
+                       const T* gamma, T eps, const double* sums, double count, T* dx, const T* gate);
 template <typename T>
-void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx);
+void bn_backward_inference(Cpu, const T* dy, ops::FeatureView v, const T* var, const T* gamma, T eps, T* dx,
+                           const T* gate);
 template <typename T> void bn_param_grads(Cpu, const double* sums, int64_t c, T* dgamma, T* dbeta);
 template <typename T>
 void dense_normalized_grads(Cpu, const T* xhat, const T* dz, int64_t rows, T* w, const T* s, const T* gamma,

@@ -383,6 +383,12 @@ void axpby(Cuda, float a, const float* x, float b, float* y, int64_t n) {
   else
     each(n, [=] __device__(int64_t i) { y[i] = a * x[i] + b * y[i]; }, "axpby");
 }
+void add(Cuda, const float* a, const float* b, float* out, int64_t n, bool relu) {
+  if (relu)
+    each(n, [=] __device__(int64_t i) { const float v = a[i] + b[i]; out[i] = v > 0.0f ? v : 0.0f; }, "add_relu");
+  else
+    each(n, [=] __device__(int64_t i) { out[i] = a[i] + b[i]; }, "add");
+}
 void mul(Cuda, const float* a, const float* b, float* out, int64_t n) {
   each(n, [=] __device__(int64_t i) { out[i] = a[i] * b[i]; }, "mul");
 }
@@ -1234,7 +1240,7 @@ void bn_moments(Cuda, const double* stats, double count, float* mean, float* var
       "bn_moments");
 }
 void bn_apply(Cuda, const float* x, ops::FeatureView v, const float* mean, const float* var, const float* gamma,
-              const float* beta, float eps, float* y) {
+              const float* beta, float eps, float* y, bool relu) {
   const int64_t C = v.channels, I = v.inner;
   each(
       v.outer * C * I,
@@ -1243,7 +1249,8 @@ void bn_apply(Cuda, const float* x, ops::FeatureView v, const float* mean, const
         const float inv = 1.0f / sqrtf(var[c] + eps);
         const float a = (gamma ? gamma[c] : 1.0f) * inv;
         const float b = (beta ? beta[c] : 0.0f) - mean[c] * a;
-        y[e] = x[e] * a + b;
+        const float out = x[e] * a + b;
+        y[e] = relu && !(out > 0.0f) ? 0.0f : out;
       },
       "bn_apply");
 }
@@ -1251,7 +1258,7 @@ void bn_update_moving(Cuda, float* moving, const float* batch, int64_t c, float 
   each(c, [=] __device__(int64_t i) { moving[i] -= (moving[i] - batch[i]) * (1.0f - momentum); }, "bn_update_moving");
 }
 void bn_backward_sums(Cuda, const float* dy, const float* x, ops::FeatureView v, const float* mean, const float* var,
-                      float eps, double* sums) {
+                      float eps, double* sums, const float* gate) {
   const int64_t C = v.channels, O = v.outer, I = v.inner, OC = O * C;
   Scratch part(2 * std::max<int64_t>(OC, 1) * int64_t(sizeof(double)));
   double* pp = part.as<double>();
@@ -1262,8 +1269,9 @@ void bn_backward_sums(Cuda, const float* dy, const float* x, ops::FeatureView v,
         const float* dr = dy + oc * I;
         double a = 0, b = 0;
         for (int64_t i = 0; i < I; ++i) {
-          a += dr[i];
-          b += double(dr[i]) * double(xr[i]);
+          const float g = gate && !(gate[oc * I + i] > 0.0f) ? 0.0f : dr[i];
+          a += g;
+          b += double(g) * double(xr[i]);
         }
         pp[oc] = a;
         pp[OC + oc] = b;
@@ -1284,7 +1292,8 @@ void bn_backward_sums(Cuda, const float* dy, const float* x, ops::FeatureView v,
       "bn_backward_sums");
 }
 void bn_backward_apply(Cuda, const float* dy, const float* x, ops::FeatureView v, const float* mean, const float* var,
-                       const float* gamma, float eps, const double* sums, double count, float* dx) {
+                       const float* gamma, float eps, const double* sums, double count, float* dx,
+                       const float* gate) {
   const int64_t C = v.channels, I = v.inner;
   Scratch coef(3 * std::max<int64_t>(C, 1) * int64_t(sizeof(float)));
   float* kk = coef.as<float>();
@@ -1306,19 +1315,21 @@ void bn_backward_apply(Cuda, const float* dy, const float* x, ops::FeatureView v
       v.outer * C * I,
       [=] __device__(int64_t e) {
         const int64_t c = (e / I) % C;
-        dx[e] = kk[c] * dy[e] + x[e] * pp[c] + qq[c];
+        const float g = gate && !(gate[e] > 0.0f) ? 0.0f : dy[e];
+        dx[e] = kk[c] * g + x[e] * pp[c] + qq[c];
       },
       "bn_backward_apply");
 }
 void bn_backward_inference(Cuda, const float* dy, ops::FeatureView v, const float* var, const float* gamma, float eps,
-                           float* dx) {
+                           float* dx, const float* gate) {
   const int64_t C = v.channels, I = v.inner;
   each(
       v.outer * C * I,
       [=] __device__(int64_t e) {
         const int64_t c = (e / I) % C;
         const float a = (gamma ? gamma[c] : 1.0f) / sqrtf(var[c] + eps);
-        dx[e] = dy[e] * a + 0.0f;
+        const float g = gate && !(gate[e] > 0.0f) ? 0.0f : dy[e];
+        dx[e] = g * a + 0.0f;
       },
       "bn_backward_inference");
 }

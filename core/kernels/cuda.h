@@ -26,6 +26,7 @@ void fill(Cuda, float* x, int64_t n, float v);
 void copy(Cuda, const float* src, float* dst, int64_t n);
 void scale(Cuda, float* x, int64_t n, float a);
 void axpby(Cuda, float a, const float* x, float b, float* y, int64_t n);
+void add(Cuda, const float* a, const float* b, float* out, int64_t n, bool relu);
 void mul(Cuda, const float* a, const float* b, float* out, int64_t n);
 void clip_by_value(Cuda, float* x, int64_t n, float lo, float hi);
 double sum(Cuda, const float* x, int64_t n);
@@ -78,14 +79,15 @@ void alpha_dropout_forward(Cuda, const float* x, float rate, rng::Stream s, int6
 void bn_sums(Cuda, const float* x, ops::FeatureView v, double* stats);
 void bn_moments(Cuda, const double* stats, double count, float* mean, float* var, int64_t c);
 void bn_apply(Cuda, const float* x, ops::FeatureView v, const float* mean, const float* var, const float* gamma,
-              const float* beta, float eps, float* y);
+              const float* beta, float eps, float* y, bool relu);
 void bn_update_moving(Cuda, float* moving, const float* batch, int64_t c, float momentum);
 void bn_backward_sums(Cuda, const float* dy, const float* x, ops::FeatureView v, const float* mean,
-                      const float* var, float eps, double* sums);
+                      const float* var, float eps, double* sums, const float* gate);
 void bn_backward_apply(Cuda, const float* dy, const float* x, ops::FeatureView v, const float* mean,
-                       const float* var, const float* gamma, float eps, const double* sums, double count, float* dx);
+                       const float* var, const float* gamma, float eps, const double* sums, double count, float* dx,
+                       const float* gate);
 void bn_backward_inference(Cuda, const float* dy, ops::FeatureView v, const float* var, const float* gamma,
-                           float eps, float* dx);
+                           float eps, float* dx, const float* gate);
 void bn_param_grads(Cuda, const double* sums, int64_t c, float* dgamma, float* dbeta);
 void dense_normalized_grads(Cuda, const float* xhat, const float* dz, int64_t rows, float* w, const float* s,
                             const float* gamma, const float* beta, float* dw, int64_t in, int64_t out, double* sums,

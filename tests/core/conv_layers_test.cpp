@@ -9,6 +9,8 @@
 
 #include <cmath>
 #include <map>
+#include <regex>
+#include <sstream>
 
 #include "tests/core/test_util.h"
 
@@ -443,6 +445,81 @@ TEST(ResidualGraphGrad, InferenceMode) {
   auto m = model_from_yaml(residual_yaml());
   m->init(12);
   expect_grads_ok(check_model_grads(*m, randn({2, 6, 6, 3}, 121), inference_ctx(), true), false, "residual inference");
+}
+
+// BatchNormalization and Add under an Activation('relu') that alone reads them (bn_stem, b1_bn1, b1_add in
+// residual_yaml): Model::build has the producer apply the ReLU and do its backward (Layer::absorb_relu), the
+// ReLU layer passing through. Outputs, moving statistics, weight gradients (Model::backward) and the input
+// gradient (each call's backward) equal bit for bit those of the same graph with a linear Activation before
+// each ReLU (never paired), in float64 and float32, in training and inference mode.
+TEST(ReluAbsorbed, BatchNormAndAddUnderAReluGiveTheSeparateBits) {
+  const std::string fused_yaml = residual_yaml();
+  std::string apart_yaml;
+  {
+    std::istringstream in(fused_yaml);
+    std::string line;
+    const std::regex relu(R"(^(\s*)- activation: \{name: (\w+), activation: relu\}$)");
+    std::smatch m;
+    int inserted = 0;
+    while (std::getline(in, line)) {
+      if (std::regex_match(line, m, relu))
+        apart_yaml += str_cat(m[1].str(), "- activation: {name: ", m[2].str(), "_linear, activation: linear}\n"), ++inserted;
+      apart_yaml += line + "\n";
+    }
+    ASSERT_EQ(inserted, 3);
+  }
+  for (DType dt : {DType::F64, DType::F32})
+    for (bool training : {true, false}) {
+      SCOPED_TRACE(str_cat(dtype_name(dt), training ? " training" : " inference"));
+      auto fused = model_from_yaml(fused_yaml, dt), apart = model_from_yaml(apart_yaml, dt);
+      fused->init(11);
+      ASSERT_EQ(fused->weights_arena().numel(), apart->weights_arena().numel());
+      apart->weights_arena().copy_from(fused->weights_arena());
+      const Tensor x = randn({3, 6, 6, 3}, 111, 1.0, 0.2, dt);
+      const Tensor r = randn({3, 3}, 4242, 1.0, 0.0, dt);
+      auto run = [&](Model& m) {
+        Context ctx = training ? training_ctx() : inference_ctx();
+        std::vector<double> v = m.forward(x, ctx).to_double_vector();
+        m.backward(r, ctx);
+        for (const Tensor& t : {m.weights_arena(), m.grads_arena()}) {
+          const std::vector<double> w = t.to_double_vector();
+          v.insert(v.end(), w.begin(), w.end());
+        }
+        Context c2 = training ? training_ctx() : inference_ctx();
+        m.forward(x, c2);
+        const std::vector<double> dx = graph_input_grad(m, r, c2).to_double_vector();
+        v.insert(v.end(), dx.begin(), dx.end());
+        return v;
+      };
+      const std::vector<double> a = run(*fused), b = run(*apart);
+      ASSERT_EQ(a.size(), b.size());
+      size_t differ = 0, zero = 0;
+      for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i], zero += a[i] == 0;
+      EXPECT_EQ(differ, 0u);
+      EXPECT_LT(zero, a.size() / 4);
+      // The pairing took place: the fused graph's ReLU layers return their input itself.
+      for (const char* name : {"relu_stem", "b1_relu1", "b1_out"}) {
+        Context ctx = training_ctx();
+        const Tensor t = randn({2, 6, 6, 4}, 7, 1.0, 0.0, dt);
+        EXPECT_EQ(fused->layer(fused->find_layer(name)).forward(t, ctx).raw(), t.raw()) << name;
+        EXPECT_NE(apart->layer(apart->find_layer(name)).forward(t, ctx).raw(), t.raw()) << name;
+      }
+    }
+}
+
+// A layer paired in one model is unpaired when it is built into another where no ReLU follows it.
+TEST(ReluAbsorbed, PairingIsUndoneInTheNextModel) {
+  auto first = model_from_yaml(residual_yaml());
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::move(first->layers()[size_t(first->find_layer("bn_stem"))]));
+  Model alone({6, 6, 4}, std::move(layers));
+  alone.init(3);
+  Context ctx = training_ctx();
+  const Tensor x = randn({2, 6, 6, 4}, 8, 1.0, 0.0, alone.dtype());
+  const Tensor y = alone.forward(x, ctx);
+  size_t negative = 0;
+  for (double v : y.to_double_vector()) negative += v < 0;
+  EXPECT_GT(negative, 0u) << "a BatchNormalization without a ReLU after it kept applying one";
 }
 
 // ---- [H, W] images into an input declared [H, W, 1] -------------------------------------------------------

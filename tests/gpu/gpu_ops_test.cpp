@@ -364,6 +364,29 @@ TEST_F(Gpu, BatchNorm) {
       EXPECT_GPU_BITWISE(gdx, dx);
     }
 
+    // A ReLU absorbed (Layer::absorb_relu): bn_apply's relu and the backward ops gated by its output.
+    {
+      Tensor y(cs.shape), gy(cs.shape, Device::CUDA);
+      ops::bn_apply(x, v, mean, var, gamma, beta, eps, y, true);
+      ops::bn_apply(gx, v, gmean, gvar, ggamma, gbeta, eps, gy, true);
+      EXPECT_EQ(count_different(gy, y), 0) << "bn_apply with relu bits";
+      Tensor rs({2 * C}, Device::CPU, DType::F64), grs({2 * C}, Device::CUDA, DType::F64);
+      ops::bn_backward_sums(dy, x, v, mean, var, eps, rs, y);
+      ops::bn_backward_sums(gdy, gx, v, gmean, gvar, eps, grs, gy);
+      EXPECT_EQ(count_different(grs, rs), 0) << "gated bn_backward_sums bits";
+      Tensor dx(cs.shape), gdx(cs.shape, Device::CUDA);
+      ops::bn_backward_apply(dy, x, v, mean, var, gamma, eps, rs, count, dx, y);
+      ops::bn_backward_apply(gdy, gx, v, gmean, gvar, ggamma, eps, on_gpu(rs), count, gdx, gy);
+      EXPECT_EQ(count_different(gdx, dx), 0) << "gated bn_backward_apply bits";
+      ops::bn_backward_inference(dy, v, var, gamma, eps, dx, y);
+      ops::bn_backward_inference(gdy, v, gvar, ggamma, eps, gdx, gy);
+      EXPECT_GPU_BITWISE(gdx, dx);
+      Tensor s2(cs.shape), gs2(cs.shape, Device::CUDA);
+      ops::add(x, dy, s2, true);
+      ops::add(gx, gdy, gs2, true);
+      EXPECT_GPU_BITWISE(gs2, s2);
+    }
+
     Tensor dg({C}), db({C}), gdg({C}, Device::CUDA), gdb({C}, Device::CUDA);
     ops::bn_param_grads(sums, dg, db);
     ops::bn_param_grads(on_gpu(sums), gdg, gdb);
