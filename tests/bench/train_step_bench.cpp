@@ -41,7 +41,10 @@
 // Under mpirun (N ranks) --batch-size is the GLOBAL batch: each rank takes batch/N samples and the step
 // is the trainer's (core/update_step.h): sync BN over the communicator, gradients all-reduced in
 // buckets launched from the backward pass, then the update. Rank 0 prints global samples/s and the
-// share of the step spent blocked waiting for the all-reduces (comm_wait_pct).
+// share of the step spent blocked waiting for the all-reduces (comm_wait_pct: the gradient buckets';
+// sync_bn_pct: the time inside synchronized BN's all-reduces of the batch statistics and their gradient
+// sums, which block until every rank has reached them, waits included; blocked_pct_by_rank: both together on
+// each rank).
 //   mpirun -np 2 train_step_bench --model a --batch-size 256 --threads 1
 // --vs-one-rank 1 (under mpirun) also times one rank alone in the same process group: rank 0 builds each
 // model a second time with a one-process communicator at the GLOBAL batch, and every round, after the N
@@ -198,7 +201,8 @@ struct Bench {
   int64_t n = 4096, pos = 0;
   int batch = 0, global_batch = 0, world = 1, rank = 0;
   std::vector<double> rates, cpu_rates;
-  double total_s = 0.0, wait_s = 0.0;  // timed windows only
+  double total_s = 0.0, wait_s = 0.0, sync_bn_s = 0.0;  // timed windows only
+  double sync_bn_clock = 0.0;  // seconds inside sync BN's all-reduces so far (waits included)
 
   void step() {
     ops::set_conv_route(route);
@@ -282,7 +286,12 @@ std::unique_ptr<Bench> make_bench(std::string model, const std::string& form_arg
   b->douts[0] = b->dout;
   b->ctx.training = true;
   b->ctx.global_batch = global_batch;
-  if (b->world > 1) b->ctx.all_reduce_sum = [&comm](const Tensor& t) { comm.all_reduce(t); };
+  if (b->world > 1)
+    b->ctx.all_reduce_sum = [&comm, clock = &b->sync_bn_clock](const Tensor& t) {
+      const auto t0 = std::chrono::steady_clock::now();
+      comm.all_reduce(t);
+      *clock += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
   b->opt = Optimizer::from_config(opt_node);
   b->opt->bind(m);
   // The trainer's backward, all-reduce and update (core/update_step.h).
@@ -371,6 +380,7 @@ int main(int argc, char** argv) {
   // One timed window of b: at least min_steps steps and `window` seconds.
   auto time_window = [&](Bench& b, bool all) {
     const double start = now(), cpu_start = cpu_now(), wait_start = b.update->comm_wait_seconds();
+    const double bn_start = b.sync_bn_clock;
     int64_t steps = 0;
     for (;;) {
       b.step();
@@ -380,6 +390,7 @@ int main(int argc, char** argv) {
     const double dt = now() - start;
     b.total_s += dt;
     b.wait_s += b.update->comm_wait_seconds() - wait_start;
+    b.sync_bn_s += b.sync_bn_clock - bn_start;
     b.rates.push_back(double(steps * b.global_batch) / dt);
     b.cpu_rates.push_back(double(steps * b.batch) / (cpu_now() - cpu_start) * threads);
   };
@@ -418,23 +429,37 @@ int main(int argc, char** argv) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
+  // Each rank's share of the timed windows spent blocked in collectives (buckets and sync BN): the faster
+  // rank waits for the slower one, so a lopsided pair says the ranks ran at different speeds.
+  std::vector<std::vector<double>> blocked(benches.size(), std::vector<double>(size_t(world)));
+  for (size_t bi = 0; bi < benches.size(); ++bi) {
+    const Bench& b = *benches[bi];
+    const double mine = 100.0 * (b.wait_s + b.sync_bn_s) / std::max(b.total_s, 1e-9);
+    comm->all_gather(std::span<const double>(&mine, 1), std::span<double>(blocked[bi]));
+  }
   if (comm->rank() == 0)
     for (size_t bi = 0; bi < benches.size(); ++bi) {
       Bench& b = *benches[bi];
       const double sps = median(b.rates);
       std::printf("impl=lockstep model=%s form=%s path=%s conv=%s onednn=%s batch=%d ranks=%d threads=%d "
                   "samples_per_sec=%.0f min=%.0f "
-                  "max=%.0f step_ms=%.4f comm_wait_pct=%.1f cpu_samples_per_sec=%.0f params=%lld "
+                  "max=%.0f step_ms=%.4f comm_wait_pct=%.1f sync_bn_pct=%.1f cpu_samples_per_sec=%.0f params=%lld "
                   "fwd_flops_per_sample=%.0f train_flops_per_sample=%.0f gflops=%.2f",
                   b.model.c_str(), b.form.c_str(), takes_chain_path(*b.m) ? "chain" : "graph", ops::conv_route_name(b.route),
                   ops::have_onednn() ? "yes" : "no", b.global_batch, world,
                   threads, sps, *std::min_element(b.rates.begin(), b.rates.end()),
                   *std::max_element(b.rates.begin(), b.rates.end()), 1e3 * b.global_batch / sps,
-                  100.0 * b.wait_s / std::max(b.total_s, 1e-9), median(b.cpu_rates),
+                  100.0 * b.wait_s / std::max(b.total_s, 1e-9), 100.0 * b.sync_bn_s / std::max(b.total_s, 1e-9),
+                  median(b.cpu_rates),
                   static_cast<long long>(b.m->trainable_params()), b.fwd_flops, b.train_flops,
                   b.train_flops * sps * 1e-9);
       // Every window's rate, in order (windows of the models in one process alternate: paired in time).
       std::printf(" win_sps=%s win_cpu_sps=%s", joined(b.rates).c_str(), joined(b.cpu_rates).c_str());
+      if (world > 1) {
+        std::string per_rank;
+        for (double v : blocked[bi]) per_rank += str_cat(per_rank.empty() ? "" : ",", std::round(v * 10) / 10);
+        std::printf(" blocked_pct_by_rank=%s", per_rank.c_str());
+      }
       if (!lone.empty())
         std::printf(" one_rank_sps=%.0f vs_one_rank=%.4f win_one_rank_sps=%s", median(lone[bi]->rates),
                     median(ratio_to_lone[bi]), joined(lone[bi]->rates).c_str());
