@@ -12,8 +12,9 @@
 #     Dense kernel elements) x 3 (forward, input gradient, kernel gradient), x 2 for the first layer, whose
 #     input gradient is never computed. Pooling, BN, activations, the loss and the update are not counted.
 # and 2 ranks x 1 thread (mpirun -np 2, the trainer's step with its all-reduce) against 1 rank at global
-# batch 128, both timed in the same mpirun (train_step_bench --vs-one-rank 1: between the 2-rank windows rank 0
-# times the model alone at the global batch while rank 1 sleeps), so the ratio pairs windows seconds apart.
+# batch 128, both timed in the same mpirun (train_step_bench --vs-one-rank 1: between the 2-rank windows one rank,
+# rank 0 and rank 1 in turns, times the model alone at the global batch while the other sleeps), so the ratio
+# pairs windows seconds apart.
 # Rounds are interleaved (lockstep, PyTorch, ...; the order flips every round) and medians reported: the
 # machine's vCPUs are shared (../shared/bench/BASELINE.md §3). Every row records the 1-minute load average
 # before its process; CPU-s figures are samples per CPU-second of the process (1 thread: the rate on a quiet
@@ -73,13 +74,18 @@ ls_base=(--threads 1 --reps "$reps" --window-sec "$window" --warmup-steps 2 --mi
 ls_args=("${ls_base[@]}")
 if [ -n "${CONV_ROUTES:-}" ]; then ls_args+=(--conv-routes "$(echo ${CONV_ROUTES} | tr ' ' ,)"); fi
 pt_args=(--threads 1 --reps "$reps" --window-sec "$window" --warmup 2 --min-steps 2)
+# The 2 ranks are bound to a core each, as cluster/mpirun-local.sh launches ranks x threads that fit the cores
+# (unbound, the two ranks of this 2-vCPU VM sometimes shared one core: windows of one run spread 638-975
+# samples/s); with fewer than 2 cores they share one, unbound.
+bind=(--bind-to core)
+[ "$(nproc)" -ge 2 ] || bind=(--oversubscribe --bind-to none)
 
 run_lockstep() {  # model batch round
   local l; l=$(load)
   "$bench" --model "$1" --batch-size "$2" "${ls_args[@]}" | sed "s/^/round=$3 load=$l /" >> "$out/ls.txt"
   if [ "${DIST:-1}" = 1 ] && [ "$2" = 128 ]; then  # 2 ranks x 1 thread at global batch 128, right after 1 rank
     l=$(load)
-    mpirun --allow-run-as-root --timeout 600 --bind-to none -np 2 "$bench" --model "$1" --batch-size "$2" \
+    mpirun --allow-run-as-root --timeout 600 "${bind[@]}" -np 2 "$bench" --model "$1" --batch-size "$2" \
         "${ls_base[@]}" --vs-one-rank 1 | sed "s/^/round=$3 load=$l /" >> "$out/dist.txt" || echo "mpirun failed ($1, $2)" >&2
   fi
 }
@@ -192,13 +198,15 @@ if len(routes) > 1:
 if dist:
     print()
     print("2 ranks x 1 thread (mpirun -np 2) against 1 rank x 1 thread, global batch 128, samples/s. In-run: the")
-    print("one rank's windows are rank 0's alone inside the same mpirun, between the 2-rank windows (rank 1 asleep);")
+    print("one rank's windows run inside the same mpirun between the 2-rank windows, rank 0 and rank 1 in turns alone;")
     print("ratio: per round the median of the paired windows' ratios, then the median over rounds. Separate: against")
     print("the 1-rank process run just before the mpirun. CPU-s: 2 x rank 0's samples per CPU-second / the in-run")
     print("1-rank figure (the busy-polling all-reduce wait counts as CPU time): a projection when cores are shared.")
+    print("all-reduce wait: rank 0's share of the step blocked on the gradient buckets; sync BN: inside synchronized")
+    print("BN's all-reduces (the batch statistics and their gradient sums), waits included; by rank: both, per rank.")
     print()
-    print("| model | 1x1 in-run | 2x1 | 2x1 / 1x1 in-run | per round | 2x1 / 1x1 separate | 2x1 / 1x1 (CPU-s) | all-reduce wait | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | 1x1 in-run | 2x1 | 2x1 / 1x1 in-run | per round | 2x1 / 1x1 separate | 2x1 / 1x1 (CPU-s) | all-reduce wait | sync BN | blocked by rank | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in models:
         two = sel(dist, m, "128")
         one = [r for r in sel(ls, m, "128") if r.get("conv", "-") in {t.get("conv", "-") for t in two}]
@@ -212,10 +220,14 @@ if dist:
         d = med([float(r["samples_per_sec"]) for r in two])
         w = med([float(r["comm_wait_pct"]) for r in two])
         dc = med([float(r["cpu_samples_per_sec"]) for r in two])
+        bn = med([float(r["sync_bn_pct"]) for r in two if "sync_bn_pct" in r])
+        by_rank = [[float(x) for x in r["blocked_pct_by_rank"].split(",")] for r in two if "blocked_pct_by_rank" in r]
+        by_rank = ", ".join(f"{med(list(col)):.1f}%" for col in zip(*by_rank)) if by_rank else "-"
         print(f"| {m} | {f(a)} | {f(d)} | " + (f"{med(per):.2f}x" if per else "-") + " | " +
               ", ".join(f"{x:.2f}" for x in per) + " | " + (f"{med(sep):.2f}x" if sep else "-") + " | " +
               (f"{2 * dc / a:.2f}x" if a and dc else "-") + " | " +
-              (f"{w:.1f}%" if w is not None else "-") + f" | {loads(two)} |")
+              (f"{w:.1f}%" if w is not None else "-") + " | " + (f"{bn:.1f}%" if bn is not None else "-") +
+              f" | {by_rank} | {loads(two)} |")
 if gemm:
     print()
     print("Products of the step (conv_gemm_bench): per model and batch, ms per step by way (thread CPU time),")

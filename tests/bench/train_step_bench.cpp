@@ -46,12 +46,16 @@
 // sums, which block until every rank has reached them, waits included; blocked_pct_by_rank: both together on
 // each rank).
 //   mpirun -np 2 train_step_bench --model a --batch-size 256 --threads 1
-// --vs-one-rank 1 (under mpirun) also times one rank alone in the same process group: rank 0 builds each
+// --vs-one-rank 1 (under mpirun) also times one rank alone in the same process group: every rank builds each
 // model a second time with a one-process communicator at the GLOBAL batch, and every round, after the N
-// ranks' window, runs that model's window on its own while the other ranks wait asleep (a barrier whose
-// wait sleeps after 1 ms). Rows then carry one_rank_sps (median of the lone windows) and vs_one_rank (the
-// median over rounds of the N-rank window's rate over the lone window's of the same round): the scaling
-// ratio with the machine's drift (on a shared VM as large as the gap being measured) cancelled pairwise.
+// ranks' window, one rank (rank r % N in round r, so the lone windows visit every rank's core) runs that
+// model's window on its own while the other ranks wait asleep (a barrier whose wait sleeps after 1 ms).
+// Rows then carry one_rank_sps (median of the lone windows), one_rank_sps_by_rank (the median of each rank's)
+// and vs_one_rank (the median over rounds of the N-rank window's rate over the lone window's of the same
+// round): the scaling ratio with the machine's drift (on a shared VM as large as the gap being measured)
+// cancelled pairwise. Rotating the lone rank matters where cores run at different speeds (this 2-vCPU VM's
+// second vCPU has run 1-5% slower than its first for minutes at a time): the N ranks are paced by the slowest
+// core, and one rank is timed on each core in turn rather than always on rank 0's.
 #include <algorithm>
 #include <time.h>
 
@@ -355,10 +359,10 @@ int main(int argc, char** argv) {
       benches.push_back(make_bench(name, form, config, batch, *comm, bucket_opts, reduction));
       benches.back()->route = r;
     }
-  // Rank 0's lone copies (--vs-one-rank): the same models on a one-process communicator, global batch.
+  // Each rank's lone copies (--vs-one-rank): the same models on a one-process communicator, global batch.
   comm::LocalCommunicator alone;
   std::vector<std::unique_ptr<Bench>> lone;
-  if (vs_one_rank && world > 1 && comm->rank() == 0)
+  if (vs_one_rank && world > 1)
     for (const auto& b : benches) {
       ops::set_conv_route(b->route);
       lone.push_back(make_bench(b->model, b->form, config, batch, alone, bucket_opts, reduction));
@@ -394,10 +398,10 @@ int main(int argc, char** argv) {
     b.rates.push_back(double(steps * b.global_batch) / dt);
     b.cpu_rates.push_back(double(steps * b.batch) / (cpu_now() - cpu_start) * threads);
   };
-  // Rank 0 runs its lone windows while the other ranks sleep in a barrier (they must not load the machine).
-  auto lone_turn = [&](auto&& run) {
+  // Rank `who` runs its lone windows while the other ranks sleep in a barrier (they must not load the machine).
+  auto lone_turn = [&](int who, auto&& run) {
     if (!vs_one_rank || world == 1) return;
-    if (comm->rank() == 0) run();
+    if (comm->rank() == who) run();
     const comm::WaitPolicy usual = comm::wait_policy();
     comm::WaitPolicy sleepy = usual;
     sleepy.spin = std::chrono::microseconds(100);
@@ -407,10 +411,14 @@ int main(int argc, char** argv) {
     comm::set_wait_policy(usual);
   };
   for (auto& b : benches) warm_up(*b, true);
-  lone_turn([&] {
-    for (auto& b : lone) warm_up(*b, false);
-  });
+  for (int who = 0; who < world; ++who)
+    lone_turn(who, [&] {
+      for (auto& b : lone) warm_up(*b, false);
+    });
   std::vector<std::vector<double>> ratio_to_first(benches.size()), ratio_to_lone(benches.size());
+  // The lone windows' rates, on every rank (from whichever rank ran them), and which rank that was.
+  std::vector<std::vector<double>> lone_rates(benches.size());
+  std::vector<int> lone_rank;
   for (int r = 0; r < reps; ++r) {
     for (size_t bi = 0; bi < benches.size(); ++bi) {
       // After a lone turn the other ranks' cores wake from sleep: one untimed step first (on every rank).
@@ -418,12 +426,18 @@ int main(int argc, char** argv) {
       time_window(*benches[bi], true);
       ratio_to_first[bi].push_back(benches[bi]->rates.back() / benches[0]->rates.back());
     }
-    lone_turn([&] {
-      for (size_t bi = 0; bi < lone.size(); ++bi) {
-        time_window(*lone[bi], false);
-        ratio_to_lone[bi].push_back(benches[bi]->rates.back() / lone[bi]->rates.back());
-      }
+    if (!vs_one_rank || world == 1) continue;
+    const int who = r % world;
+    lone_turn(who, [&] {
+      for (auto& b : lone) time_window(*b, false);
     });
+    for (size_t bi = 0; bi < lone.size(); ++bi) {
+      double rate = comm->rank() == who ? lone[bi]->rates.back() : 0.0;
+      comm->all_reduce(std::span<double>(&rate, 1));
+      lone_rates[bi].push_back(rate);
+      ratio_to_lone[bi].push_back(benches[bi]->rates.back() / rate);
+    }
+    lone_rank.push_back(who);
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -460,9 +474,17 @@ int main(int argc, char** argv) {
         for (double v : blocked[bi]) per_rank += str_cat(per_rank.empty() ? "" : ",", std::round(v * 10) / 10);
         std::printf(" blocked_pct_by_rank=%s", per_rank.c_str());
       }
-      if (!lone.empty())
-        std::printf(" one_rank_sps=%.0f vs_one_rank=%.4f win_one_rank_sps=%s", median(lone[bi]->rates),
-                    median(ratio_to_lone[bi]), joined(lone[bi]->rates).c_str());
+      if (!lone.empty()) {
+        std::string by_rank;
+        for (int k = 0; k < world; ++k) {
+          std::vector<double> mine;
+          for (size_t w = 0; w < lone_rank.size(); ++w)
+            if (lone_rank[w] == k) mine.push_back(lone_rates[bi][w]);
+          by_rank += str_cat(k ? "," : "", mine.empty() ? 0.0 : std::round(median(mine)));
+        }
+        std::printf(" one_rank_sps=%.0f vs_one_rank=%.4f win_one_rank_sps=%s one_rank_sps_by_rank=%s",
+                    median(lone_rates[bi]), median(ratio_to_lone[bi]), joined(lone_rates[bi]).c_str(), by_rank.c_str());
+      }
       if (benches.size() > 1)
         std::printf(" first=%s_%s_%s vs_first=%.4f", benches[0]->model.c_str(), benches[0]->form.c_str(),
                     ops::conv_route_name(benches[0]->route), median(ratio_to_first[bi]));
