@@ -308,18 +308,10 @@ void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, con
   check_pool(x, y, g, "max_pool2d_backward");
   check_pool(dx, dy, g, "max_pool2d_backward");
   same(x, dx, "max_pool2d_backward");
-  if (x.device() == Device::CPU) {
-    dispatch(x, [&](auto t, auto) {
-      using T = decltype(t);
-      kernels::max_pool2d_backward(kernels::Cpu{}, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>(), relu_gate);
-    });
-    return;
-  }
   dispatch(x, [&](auto t, auto be) {
     using T = decltype(t);
-    kernels::max_pool2d_backward(be, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>());
+    kernels::max_pool2d_backward(be, x.data<T>(), y.data<T>(), dy.data<T>(), g, dx.data<T>(), relu_gate);
   });
-  if (relu_gate) activation_backward(Activation::Relu, 0.0, x, x, dx, dx);
 }
 void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y) {
   check_pool(x, y, g, "avg_pool2d_forward");

@@ -121,8 +121,8 @@ void conv2d_backward_filter(const Tensor& x, const Tensor& dy, const Window2d& g
 void max_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);
 // dx (assigned): each output's gradient goes to the first position of its window, in row-major order,
 // that holds the maximum (TensorFlow's MaxPoolGrad), found again from x and y. relu_gate (x is a ReLU's
-// output): the ReLU's backward too, dx · (x > 0), in the same pass on the CPU (an output whose maximum is not
-// positive routes nothing); the same bits as max_pool2d_backward then activation_backward(Relu).
+// output): the ReLU's backward too, dx · (x > 0), in the same pass (an output whose maximum is not positive
+// routes nothing); the same bits as max_pool2d_backward then activation_backward(Relu), on CPU and CUDA.
 void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy, const Window2d& g, const Tensor& dx,
                          bool relu_gate = false);
 void avg_pool2d_forward(const Tensor& x, const Window2d& g, const Tensor& y);

@@ -912,13 +912,20 @@ void max_pool2d_forward(Cuda, const float* x, const Window2d& geom, float* y) {
   each(g.batch * g.out_h * g.out_w * g.in_c, [=] __device__(int64_t i) { max_pool_forward_at(x, g, i, y); },
        "max_pool2d_forward");
 }
-void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const Window2d& geom, float* dx) {
+void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const Window2d& geom, float* dx,
+                         bool relu_gate) {
   const Window2d g = geom;
   const int64_t outs = g.batch * g.out_h * g.out_w * g.in_c;
   if (g.batch == 0) return;
   Scratch buf(outs * int64_t(sizeof(int32_t)));
   int32_t* arg = buf.as<int32_t>();
-  each(outs, [=] __device__(int64_t i) { max_pool_arg_at(x, y, g, i, arg); }, "max_pool2d_backward (argmax)");
+  each(
+      outs,
+      [=] __device__(int64_t i) {
+        max_pool_arg_at(x, y, g, i, arg);
+        if (relu_gate && !(y[i] > 0.0f)) arg[i] = -1;  // the ReLU below passed nothing there
+      },
+      "max_pool2d_backward (argmax)");
   each(g.batch * g.in_h * g.in_w * g.in_c, [=] __device__(int64_t i) { max_pool_backward_at(arg, dy, g, i, dx); },
        "max_pool2d_backward");
 }

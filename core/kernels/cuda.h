@@ -55,7 +55,9 @@ void conv2d_forward(Cuda, const float* x, const float* w, const ops::Window2d& g
 void conv2d_backward_data(Cuda, const float* dy, const float* w, const ops::Window2d& g, float* dx, bool reference);
 void conv2d_backward_filter(Cuda, const float* x, const float* dy, const ops::Window2d& g, float* dw, bool reference);
 void max_pool2d_forward(Cuda, const float* x, const ops::Window2d& g, float* y);
-void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const ops::Window2d& g, float* dx);
+// relu_gate: an output whose maximum is not > 0 routes nothing (x is a ReLU's output: its backward, fused).
+void max_pool2d_backward(Cuda, const float* x, const float* y, const float* dy, const ops::Window2d& g, float* dx,
+                         bool relu_gate);
 void avg_pool2d_forward(Cuda, const float* x, const ops::Window2d& g, float* y);
 void avg_pool2d_backward(Cuda, const float* dy, const ops::Window2d& g, float* dx);
 // small [n, h, w, c] <-> the block at (top, left) of big [n, bh, bw, c].

@@ -170,6 +170,11 @@ TEST_F(Gpu, PoolingBitwise) {
       ops::max_pool2d_backward(gx, gyc, gdy, g, gdx2);
       EXPECT_GPU_BITWISE(gdx, dx);
       EXPECT_GPU_BITWISE(gdx2, gdx);
+      // With the ReLU gate (x a ReLU's output: an output whose maximum is not > 0 routes nothing).
+      Tensor rdx(xs), grdx = gpu_nan(xs);
+      ops::max_pool2d_backward(x, y, dy, g, rdx, true);
+      ops::max_pool2d_backward(gx, gyc, gdy, g, grdx, true);
+      EXPECT_GPU_BITWISE(grdx, rdx);
 
       Tensor a(ys), ga = gpu_nan(ys), ga2 = gpu_nan(ys);
       ops::avg_pool2d_forward(x, g, a);
