@@ -450,10 +450,6 @@ template <typename T> void max_pool2d_forward(Cpu, const T* x, const Window2d& g
 }
 
 template <typename T>
-void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2d& g, T* dx) {
-  max_pool2d_backward(Cpu{}, x, y, dy, g, dx, false);
-}
-template <typename T>
 void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const Window2d& g, T* dx, bool relu_gate) {
   const int64_t c_n = g.in_c;
   std::fill(dx, dx + g.batch * g.in_h * g.in_w * c_n, T(0));
@@ -564,7 +560,6 @@ template <typename T> void scale_channels(Cpu, const T* x, const T* m, T* y, int
   template void conv2d_backward_data<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                  \
   template void conv2d_backward_filter<T>(Cpu, const T*, const T*, const Window2d&, T*, bool);                \
   template void max_pool2d_forward<T>(Cpu, const T*, const Window2d&, T*);                                    \
-  template void max_pool2d_backward<T>(Cpu, const T*, const T*, const T*, const Window2d&, T*);               \
   template void max_pool2d_backward<T>(Cpu, const T*, const T*, const T*, const Window2d&, T*, bool);         \
   template void avg_pool2d_forward<T>(Cpu, const T*, const Window2d&, T*);                                    \
   template void avg_pool2d_backward<T>(Cpu, const T*, const Window2d&, T*);                                   \

@@ -106,6 +106,11 @@ template <typename T> inline T sigmoid(T x) {
   const T inv = T(1) / (T(1) + e);
   return x >= T(0) ? inv : e * inv;
 }
+// The ReLU and its backward, in one place: the fused paths (add, BN's affine, BN's gated backward) give the
+// same bits as activation_forward / activation_backward only because they share these.
+template <typename T> inline T relu_of(T v) { return v > T(0) ? v : T(0); }
+// g where the ReLU's input (or, equally, its output) x is > 0, else 0.
+template <typename T> inline T relu_grad(T x, T g) { return x > T(0) ? g : T(0); }
 }  // namespace
 
 void cpu_set_threads(int n) {
@@ -134,10 +139,7 @@ template <typename T> void axpby(Cpu, T a, const T* x, T b, T* y, int64_t n) {
 }
 template <typename T> void add(Cpu, const T* a, const T* b, T* out, int64_t n, bool relu) {
   if (relu)
-    elementwise(n, [=](int64_t i) {
-      const T v = a[i] + b[i];
-      out[i] = v > T(0) ? v : T(0);
-    });
+    elementwise(n, [=](int64_t i) { out[i] = relu_of(a[i] + b[i]); });
   else
     elementwise(n, [=](int64_t i) { out[i] = a[i] + b[i]; });
 }
@@ -392,7 +394,7 @@ void activation_forward(Cpu, ops::Activation act, T alpha, const T* x, T* y, int
       elementwise(n, [=](int64_t i) { y[i] = std::tanh(x[i]); });
       return;
     case A::Relu:
-      elementwise(n, [=](int64_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
+      elementwise(n, [=](int64_t i) { y[i] = relu_of(x[i]); });
       return;
     case A::LeakyRelu:
       elementwise(n, [=](int64_t i) { y[i] = x[i] > T(0) ? x[i] : alpha * x[i]; });
@@ -458,7 +460,7 @@ void activation_backward(Cpu, ops::Activation act, T alpha, const T* x, const T*
         // Loads before the select: a conditional load keeps GCC from vectorising (and the branch
         // mispredicts on half the elements).
         const T g = dy[i];
-        dx[i] = x[i] > T(0) ? g : T(0);
+        dx[i] = relu_grad(x[i], g);
       });
       return;
     case A::LeakyRelu:
@@ -654,10 +656,10 @@ template <typename T> void bn_moments(Cpu, const double* stats, double count, T*
     var[i] = T(v > 0 ? v : 0.0);
   }
 }
-// Per-channel y = x*a + b with a = gamma*invstd, b = beta - mean*a; Relu: then max(y, 0) as activation_forward's.
+// Per-channel y = x*a + b with a = gamma*invstd, b = beta - mean*a; Relu: then relu_of(y).
 template <bool Relu, typename T> static inline T affine_out(T x, T a, T b) {
   const T v = x * a + b;
-  if constexpr (Relu) return v > T(0) ? v : T(0);
+  if constexpr (Relu) return relu_of(v);
   return v;
 }
 template <bool Relu, typename T>
@@ -698,10 +700,10 @@ template <typename T> void bn_update_moving(Cpu, T* moving, const T* batch, int6
   for (int64_t i = 0; i < c; ++i) moving[i] -= (moving[i] - batch[i]) * (T(1) - momentum);
 }
 // dy[i], or where a ReLU follows the normalisation (gate = that ReLU's output, > 0 exactly where its input
-// is), dy[i] where gate[i] > 0 and 0 elsewhere: the ReLU's backward as activation_backward computes it.
+// is), relu_grad(gate[i], dy[i]): the ReLU's backward as activation_backward computes it.
 template <bool Gate, typename T> static inline T gated(const T* dy, const T* gate, int64_t i) {
   const T g = dy[i];
-  if constexpr (Gate) return gate[i] > T(0) ? g : T(0);
+  if constexpr (Gate) return relu_grad(gate[i], g);
   return g;
 }
 template <bool Gate, typename T>

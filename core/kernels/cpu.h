@@ -73,8 +73,6 @@ void conv2d_backward_data(Cpu, const T* dy, const T* w, const ops::Window2d& g, 
 template <typename T>
 void conv2d_backward_filter(Cpu, const T* x, const T* dy, const ops::Window2d& g, T* dw, bool reference);
 template <typename T> void max_pool2d_forward(Cpu, const T* x, const ops::Window2d& g, T* y);
-template <typename T>
-void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const ops::Window2d& g, T* dx);
 // relu_gate: an output whose maximum is not > 0 routes nothing (x is a ReLU's output: its backward, fused).
 template <typename T>
 void max_pool2d_backward(Cpu, const T* x, const T* y, const T* dy, const ops::Window2d& g, T* dx, bool relu_gate);
