@@ -416,9 +416,8 @@ int main(int argc, char** argv) {
       for (auto& b : lone) warm_up(*b, false);
     });
   std::vector<std::vector<double>> ratio_to_first(benches.size()), ratio_to_lone(benches.size());
-  // The lone windows' rates, on every rank (from whichever rank ran them), and which rank that was.
+  // The lone windows' rates, on every rank (window w ran on rank w % world).
   std::vector<std::vector<double>> lone_rates(benches.size());
-  std::vector<int> lone_rank;
   for (int r = 0; r < reps; ++r) {
     for (size_t bi = 0; bi < benches.size(); ++bi) {
       // After a lone turn the other ranks' cores wake from sleep: one untimed step first (on every rank).
@@ -437,7 +436,6 @@ int main(int argc, char** argv) {
       lone_rates[bi].push_back(rate);
       ratio_to_lone[bi].push_back(benches[bi]->rates.back() / rate);
     }
-    lone_rank.push_back(who);
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -478,8 +476,7 @@ int main(int argc, char** argv) {
         std::string by_rank;
         for (int k = 0; k < world; ++k) {
           std::vector<double> mine;
-          for (size_t w = 0; w < lone_rank.size(); ++w)
-            if (lone_rank[w] == k) mine.push_back(lone_rates[bi][w]);
+          for (size_t w = size_t(k); w < lone_rates[bi].size(); w += size_t(world)) mine.push_back(lone_rates[bi][w]);
           by_rank += str_cat(k ? "," : "", mine.empty() ? 0.0 : std::round(median(mine)));
         }
         std::printf(" one_rank_sps=%.0f vs_one_rank=%.4f win_one_rank_sps=%s one_rank_sps_by_rank=%s",
