@@ -268,25 +268,21 @@ void Model::build(Graph g) {
     l.set_relu_in_producer(false);
     l.absorb_relu(false);
   }
-  // A ReLU convolution whose output only a max pooling reads (and is no model output): the pooling's
-  // backward does the ReLU's too, in its own pass (Layer::set_relu_gate).
-  for (int k2 = 0; k2 < n_calls; ++k2) {
-    const LayerCall& c = calls_[size_t(k2)];
-    const int v = c.inputs.size() == 1 ? c.inputs[0] : -1, k = v - n_in;
-    if (k < 0 || consumers_[size_t(v)] != 1 || std::count(outputs_.begin(), outputs_.end(), v) > 0) continue;
-    Layer &producer = op(k), &consumer = op(k2);
-    if (producer.shared() || consumer.shared() || producer.output_activation() != ops::Activation::Relu) continue;
-    if (consumer.set_relu_gate(true) && !producer.set_relu_backward_in_consumer(true)) consumer.set_relu_gate(false);
-  }
-  // A ReLU layer whose input only one producer's output feeds (and is no model output), a BatchNormalization
-  // or an Add: the producer applies the ReLU in its own passes and the ReLU layer passes through
-  // (Layer::absorb_relu).
+  // Pairs of calls where the producer's output feeds the consumer alone (and is no model output), neither
+  // layer shared:
+  //  * a ReLU convolution under a max pooling: the pooling's backward does the ReLU's too, in its own pass
+  //    (Layer::set_relu_gate);
+  //  * a BatchNormalization or an Add under a ReLU layer: the producer applies the ReLU in its own passes
+  //    and the ReLU layer passes through (Layer::absorb_relu).
   for (int k2 = 0; k2 < n_calls; ++k2) {
     const LayerCall& c = calls_[size_t(k2)];
     const int v = c.inputs.size() == 1 ? c.inputs[0] : -1, k = v - n_in;
     if (k < 0 || consumers_[size_t(v)] != 1 || std::count(outputs_.begin(), outputs_.end(), v) > 0) continue;
     Layer &producer = op(k), &consumer = op(k2);
     if (producer.shared() || consumer.shared()) continue;
+    if (producer.output_activation() == ops::Activation::Relu && consumer.set_relu_gate(true) &&
+        !producer.set_relu_backward_in_consumer(true))
+      consumer.set_relu_gate(false);
     if (consumer.set_relu_in_producer(true) && !producer.absorb_relu(true)) consumer.set_relu_in_producer(false);
   }
   chain_ = n_in == 1 && outputs_.size() == 1 && clones_.empty() && outputs_[0] == n_in + n_calls - 1;
